@@ -1,0 +1,381 @@
+"""``submit_job`` / ``submit_many`` / ``gather``: the producer's whole API.
+
+``submit_job`` is a real Celery task object (name ``inferq.infer``): ``.delay`` and
+``.apply_async`` take Celery's usual options (``priority``, ``expires``, ``countdown``, ``eta``,
+``task_id``) and return a standard ``AsyncResult``. What it does differently from a plain Celery
+task is on the way out: the image is preprocessed to the model's spec here, and the message is
+pushed by a Redis script that refuses it at once (``QueueFull``) when the model's queue is at its
+limit, in the same round trip as the push. ``submit_many`` pushes many messages per round trip, and
+``gather`` collects many results per round trip.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from celery import Celery, Task
+from celery.result import AsyncResult
+from kombu.serialization import dumps as kombu_dumps
+
+from producer.preprocess import ImageLike, to_tensor
+from producer.spec_cache import SpecCache
+from shared import codec, keys
+from shared.celeryconf import make_celery
+from shared.errors import InferqError, QueueFull
+from shared.lua import LuaScript, execute_with_scripts
+from shared.redisconn import make_client
+from shared.results import value_from_meta
+from shared.settings import Settings, get_settings
+
+# Push messages only if the queue (all its priority lists) stays within its limit.
+# KEYS: every priority list of the queue; ARGV: limit, target list index (1-based), messages...
+# Returns the new depth, or -(depth + 1) when refused.
+PUSH = LuaScript(
+    """
+local depth = 0
+for i = 1, #KEYS do depth = depth + redis.call('LLEN', KEYS[i]) end
+local n = #ARGV - 2
+if depth + n > tonumber(ARGV[1]) then return -(depth + 1) end
+for i = 3, #ARGV do redis.call('LPUSH', KEYS[tonumber(ARGV[2])], ARGV[i]) end
+return depth + n
+"""
+)
+
+_MAX_PUSH_BYTES = 8 * 1024 * 1024  # per script call: keeps Redis responsive to other clients
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One message ready to push: the queue list it goes to and its kombu envelope."""
+
+    task_id: str
+    queue: str
+    priority: int
+    limit: int
+    envelope: bytes
+
+
+class Runtime:
+    """Per-process state, built once: settings, the Redis client, the spec cache, the Celery app."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.client = make_client(settings.broker_url)
+        self.specs = SpecCache(self.client, settings.spec_cache_ttl_s)
+        self.headers: dict[tuple[tuple[int, ...], str], bytes] = {}
+
+    def tensor_header(self, shape: tuple[int, ...], dtype: str) -> bytes:
+        key = (shape, dtype)
+        if key not in self.headers:
+            self.headers[key] = codec.header_for(codec.np.dtype(dtype), shape)
+        return self.headers[key]
+
+
+_runtime: Runtime | None = None
+_runtime_lock = threading.Lock()
+
+
+def runtime() -> Runtime:
+    global _runtime
+    with _runtime_lock:
+        if _runtime is None:
+            _runtime = Runtime(get_settings())
+        return _runtime
+
+
+def reset_runtime() -> None:
+    """Forget connections and caches (after settings change, or in a forked child)."""
+    global _runtime
+    with _runtime_lock:
+        _runtime = None
+
+
+class SubmitJob(Task):  # type: ignore[misc]
+    """``inferq.infer``: runs in inferq workers; this side only prepares and publishes."""
+
+    name = keys.TASK_NAME
+    typing = False
+    ignore_result = False
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        raise InferqError("inferq.infer runs in an inferq worker, not in the producer process")
+
+    def apply_async(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult:
+        img, call = _split_call(args, kwargs)
+        prepared = prepare(self.app, img, call, options)
+        push(runtime().client, [prepared])
+        return self.AsyncResult(prepared.task_id)
+
+
+def _split_call(args: Sequence[Any] | None, kwargs: dict[str, Any] | None) -> tuple[Any, dict[str, Any]]:
+    args = list(args or ())
+    call = dict(kwargs or {})
+    if "img" in call:
+        img = call.pop("img")
+    elif args:
+        img = args.pop(0)
+    else:
+        raise InferqError("submit_job needs an image: submit_job.delay(img, model='NAME')")
+    if args:
+        call.setdefault("model", args.pop(0))
+    if "model" not in call:
+        raise InferqError("submit_job needs model=: submit_job.delay(img, model='NAME')")
+    return img, call
+
+
+def prepare(app: Celery, img: ImageLike, call: dict[str, Any], options: dict[str, Any]) -> Prepared:
+    """Preprocess ``img`` for ``call['model']`` and build its Celery message (protocol 2)."""
+    rt = runtime()
+    model = str(call["model"])
+    spec = rt.specs.get(model)
+    started = time.perf_counter()
+    tensor = to_tensor(img, spec, rt.settings.max_image_pixels)
+    payload = rt.tensor_header(spec.shape, spec.dtype) + tensor.tobytes()
+    preprocess_ms = (time.perf_counter() - started) * 1000.0
+    kwargs = {
+        "model": model,
+        "version": call.get("version"),
+        "preprocess_ms": preprocess_ms,
+        "submitted_at": time.time(),
+    }
+    task_id = str(options.get("task_id") or uuid.uuid4())
+    priority = _priority(options.get("priority"))
+    expires = options.get("expires")
+    if expires is None and spec.default_deadline_ms > 0:
+        expires = spec.default_deadline_ms / 1000.0
+    envelope = _envelope(app, task_id, payload, kwargs, spec, priority, expires, options)
+    return Prepared(task_id, keys.queue_name(model), priority, spec.queue_limit, envelope)
+
+
+def _priority(value: Any) -> int:
+    if value is None:
+        return keys.DEFAULT_PRIORITY
+    if not isinstance(value, int) or not 0 <= value <= 9:
+        raise InferqError(f"priority must be an int 0..9 (0 is highest on Redis), got {value!r}")
+    return value
+
+
+def _envelope(
+    app: Celery,
+    task_id: str,
+    payload: bytes,
+    kwargs: dict[str, Any],
+    spec: Any,
+    priority: int,
+    expires: Any,
+    options: dict[str, Any],
+) -> bytes:
+    message = app.amqp.create_task_message(
+        task_id,
+        keys.TASK_NAME,
+        (payload,),
+        kwargs,
+        countdown=options.get("countdown"),
+        eta=options.get("eta"),
+        expires=expires,
+        argsrepr=f"(<tensor {spec.dtype}{list(spec.shape)}>,)",
+    )
+    content_type, encoding, body = kombu_dumps(message.body, serializer="msgpack")
+    queue = keys.queue_name(spec.model)
+    envelope = {
+        "body": base64.b64encode(body).decode(),
+        "content-encoding": encoding,
+        "content-type": content_type,
+        "headers": message.headers,
+        "properties": {
+            **message.properties,
+            "delivery_mode": 2,
+            "delivery_info": {"exchange": "", "routing_key": queue},
+            "priority": priority,
+            "body_encoding": "base64",
+            "delivery_tag": str(uuid.uuid4()),
+        },
+    }
+    return json.dumps(envelope, separators=(",", ":")).encode()
+
+
+def push(client: redis.Redis, prepared: Sequence[Prepared]) -> list[int]:
+    """Push in one round trip; raise QueueFull (with ``accepted`` task ids) if any group was refused."""
+    pipe = client.pipeline(transaction=False)
+    groups = list(_groups(prepared))
+    for group in groups:
+        first = group[0]
+        PUSH.queue(
+            pipe,
+            keys.queue_keys(first.queue),
+            [first.limit, first.priority + 1, *(p.envelope for p in group)],
+        )
+    depths = execute_with_scripts(pipe, client, [PUSH])
+    refused = [(g, d) for g, d in zip(groups, depths, strict=True) if d < 0]
+    if refused:
+        accepted = [p.task_id for g, d in zip(groups, depths, strict=True) if d >= 0 for p in g]
+        group, depth = refused[0]
+        error = QueueFull(
+            f"queue {group[0].queue} must stay within its limit of {group[0].limit} waiting "
+            f"requests, got {-depth - 1} waiting and {len(group)} more submitted"
+        )
+        error.accepted = accepted  # type: ignore[attr-defined]
+        raise error
+    return [int(d) for d in depths]
+
+
+def _groups(prepared: Sequence[Prepared]) -> Iterable[list[Prepared]]:
+    """Messages of the same list, in order, chunked to at most _MAX_PUSH_BYTES per script call."""
+    by_list: dict[tuple[str, int], list[Prepared]] = {}
+    for p in prepared:
+        by_list.setdefault((p.queue, p.priority), []).append(p)
+    for items in by_list.values():
+        chunk: list[Prepared] = []
+        size = 0
+        for p in items:
+            if chunk and size + len(p.envelope) > _MAX_PUSH_BYTES:
+                yield chunk
+                chunk, size = [], 0
+            chunk.append(p)
+            size += len(p.envelope)
+        yield chunk
+
+
+def submit_many(
+    imgs: Iterable[ImageLike], model: str, *, chunk: int = 256, **options: Any
+) -> list[AsyncResult]:
+    """One AsyncResult per image; messages are pushed ``chunk`` at a time, one round trip each."""
+    if "task_id" in options:
+        raise InferqError("submit_many assigns task ids itself; pass no task_id")
+    results: list[AsyncResult] = []
+    batch: list[Prepared] = []
+    for img in imgs:
+        batch.append(prepare(submit_job.app, img, {"model": model}, options))
+        if len(batch) >= chunk:
+            results.extend(_push_chunk(batch, results))
+            batch = []
+    if batch:
+        results.extend(_push_chunk(batch, results))
+    return results
+
+
+def _push_chunk(batch: list[Prepared], done: list[AsyncResult]) -> list[AsyncResult]:
+    try:
+        push(runtime().client, batch)
+    except QueueFull as exc:
+        accepted = set(exc.accepted)  # type: ignore[attr-defined]
+        exc.accepted = [r.id for r in done] + [p.task_id for p in batch if p.task_id in accepted]  # type: ignore[attr-defined]
+        raise
+    return [submit_job.AsyncResult(p.task_id) for p in batch]
+
+
+def gather(
+    results: Sequence[AsyncResult | str],
+    timeout: float | None = None,
+    *,
+    return_exceptions: bool = False,
+    poll_s: float = 1.0,
+    on_result: Callable[[int], None] | None = None,
+) -> list[Any]:
+    """Wait for many results: subscribe to all, then one MGET, then read publications as they come.
+
+    Returns result dicts in order. A failed request raises its typed error, or, with
+    ``return_exceptions=True``, stands in the list as the error. Raises ``TimeoutError`` naming how
+    many are still pending when ``timeout`` passes. ``on_result(i)`` is called as result i arrives.
+    """
+    ids = [r if isinstance(r, str) else r.id for r in results]
+    collector = _Collector(runtime().client, ids, on_result)
+    collector.run(timeout, poll_s)
+    out = [collector.values[i] for i in range(len(ids))]
+    if not return_exceptions:
+        for value in out:
+            if isinstance(value, Exception):
+                raise value
+    return out
+
+
+class _Collector:
+    def __init__(self, client: redis.Redis, ids: list[str], on_result: Callable[[int], None] | None) -> None:
+        self.client = client
+        self.on_result = on_result
+        self.keys = [keys.result_key(i) for i in ids]
+        self.index: dict[str, list[int]] = {}
+        for i, k in enumerate(self.keys):
+            self.index.setdefault(k, []).append(i)
+        self.values: dict[int, Any] = {}
+
+    def pending(self) -> list[str]:
+        return [k for k, idx in self.index.items() if idx[0] not in self.values]
+
+    def run(self, timeout: float | None, poll_s: float) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        try:
+            for i in range(0, len(self.keys), 1000):
+                pubsub.subscribe(*self.keys[i : i + 1000])
+            self._sweep()
+            while self.pending():
+                self._listen(pubsub, deadline, poll_s)
+        finally:
+            pubsub.close()
+
+    def _listen(self, pubsub: Any, deadline: float | None, poll_s: float) -> None:
+        until = time.monotonic() + poll_s
+        while self.pending() and time.monotonic() < until:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"gather: {len(self.pending())} of {len(self.keys)} results still pending"
+                )
+            try:
+                msg = pubsub.get_message(timeout=min(0.2, poll_s))
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                time.sleep(0.2)  # Redis restarting: the subscription is renewed on reconnect
+                return
+            if msg is not None and msg.get("type") == "message":
+                self._record(msg["channel"].decode(), msg["data"])
+        self._sweep()  # covers publications missed while (re)subscribing
+
+    def _sweep(self) -> None:
+        pending = self.pending()
+        for i in range(0, len(pending), 1000):
+            chunk = pending[i : i + 1000]
+            try:
+                values = self.client.mget(chunk)
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                return
+            for key, raw in zip(chunk, values, strict=True):
+                if raw is not None:
+                    self._record(key, raw)
+
+    def _record(self, key: str, raw: bytes) -> None:
+        if key not in self.index:
+            return
+        meta = json.loads(raw)
+        if meta.get("status") not in ("SUCCESS", "FAILURE"):
+            return
+        try:
+            value: Any = value_from_meta(raw)
+        except InferqError as exc:
+            value = exc
+        for i in self.index[key]:
+            if i not in self.values and self.on_result is not None:
+                self.on_result(i)
+            self.values[i] = value
+
+
+def make_producer_app() -> Celery:
+    app = make_celery()
+    app.register_task(SubmitJob())
+    return app
+
+
+app = make_producer_app()
+submit_job: SubmitJob = app.tasks[keys.TASK_NAME]

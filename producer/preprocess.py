@@ -1,0 +1,142 @@
+"""Turn whatever a service holds into the model's uint8 CHW tensor, on the producer side.
+
+Accepted inputs: a PIL image, an HWC uint8 array (H x W, H x W x 1, H x W x 3/4), a CHW array
+(C in 1 or 3), encoded image bytes (PNG, JPEG, WebP, ...), a path, or a torch tensor (duck-typed:
+anything with ``.numpy()``; this module never imports torch). Normalisation to float happens on the
+worker's device, so the wire carries one byte per value.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from shared.errors import InvalidInput
+from shared.spec import InputSpec
+
+ImageLike = Any
+
+
+def to_tensor(img: ImageLike, spec: InputSpec, max_pixels: int) -> np.ndarray:
+    """``img`` as a C-contiguous array of ``spec.shape`` and ``spec.dtype``."""
+    if isinstance(img, np.ndarray) or hasattr(img, "numpy"):
+        array = _as_numpy(img)
+        if array.shape == spec.shape and array.dtype == np.dtype(spec.dtype):
+            return np.ascontiguousarray(array)  # already prepared for this model
+        pil = _array_to_image(array)
+    else:
+        pil = _open_image(img, max_pixels)
+    return image_to_tensor(pil, spec)
+
+
+def image_to_tensor(pil: Image.Image, spec: InputSpec) -> np.ndarray:
+    _, height, width = spec.shape
+    fitted = fit(pil.convert(spec.color), (width, height), spec.resize)
+    array = np.asarray(fitted, dtype=np.uint8)
+    chw = array[None, :, :] if array.ndim == 2 else array.transpose(2, 0, 1)
+    return np.ascontiguousarray(chw).astype(spec.dtype, copy=False)
+
+
+def fit(img: Image.Image, size: tuple[int, int], mode: str) -> Image.Image:
+    """Resize ``img`` to ``size`` (w, h): ``crop`` fills then centre-crops, ``letterbox`` fits then
+    pads with black, ``stretch`` ignores the aspect ratio."""
+    tw, th = size
+    w, h = img.size
+    if (w, h) == (tw, th):
+        return img
+    if mode == "stretch":
+        return img.resize((tw, th), Image.Resampling.BILINEAR)
+    scale = max(tw / w, th / h) if mode == "crop" else min(tw / w, th / h)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    resized = img.resize((nw, nh), Image.Resampling.BILINEAR)
+    if mode == "crop":
+        left, top = (nw - tw) // 2, (nh - th) // 2
+        return resized.crop((left, top, left + tw, top + th))
+    canvas = Image.new(img.mode, (tw, th))
+    canvas.paste(resized, ((tw - nw) // 2, (th - nh) // 2))
+    return canvas
+
+
+def _as_numpy(img: Any) -> np.ndarray:
+    if isinstance(img, np.ndarray):
+        return img
+    if hasattr(img, "detach"):
+        img = img.detach().cpu()
+    return np.asarray(img.numpy())
+
+
+def _array_to_image(array: np.ndarray) -> Image.Image:
+    if array.dtype != np.uint8:
+        array = _float_to_uint8(array)
+    if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[2] not in (1, 3, 4):
+        array = array.transpose(1, 2, 0)  # CHW -> HWC
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4)):
+        return Image.fromarray(np.ascontiguousarray(array))
+    raise InvalidInput(
+        "image array must be HxW, HxWx1/3/4 (HWC) or 1/3xHxW (CHW), "
+        f"got shape {tuple(array.shape)} dtype {array.dtype}"
+    )
+
+
+def _float_to_uint8(array: np.ndarray) -> np.ndarray:
+    if array.dtype.kind != "f":
+        raise InvalidInput(f"image array must be uint8 or float in [0, 1], got dtype {array.dtype}")
+    if not np.isfinite(array).all():
+        raise InvalidInput("image array must be finite, got NaN or Inf values")
+    if array.size and (array.min() < 0.0 or array.max() > 1.0):
+        raise InvalidInput(
+            f"float image array must lie in [0, 1], got [{array.min():.3g}, {array.max():.3g}]"
+        )
+    return np.round(array * 255.0).astype(np.uint8)
+
+
+def _open_image(img: Any, max_pixels: int) -> Image.Image:
+    if isinstance(img, Image.Image):
+        _check_pixels(img, max_pixels)
+        return img
+    if isinstance(img, (bytes, bytearray, memoryview)):
+        return _decode(io.BytesIO(bytes(img)), f"{len(img)} bytes of image data", max_pixels)
+    if isinstance(img, (str, os.PathLike)):
+        try:
+            with open(img, "rb") as fh:
+                data = fh.read()
+        except OSError as exc:
+            raise InvalidInput(f"image path must be a readable file, got {os.fspath(img)!r}: {exc}")
+        return _decode(io.BytesIO(data), f"file {os.fspath(img)!r}", max_pixels)
+    raise InvalidInput(
+        "image must be a PIL image, numpy array, tensor, encoded bytes or a path, "
+        f"got {type(img).__name__}"
+    )
+
+
+def _decode(stream: io.BytesIO, what: str, max_pixels: int) -> Image.Image:
+    try:
+        img = Image.open(stream)  # reads the header only: the size is known before decoding
+        _check_pixels(img, max_pixels)
+        img.load()
+    except InvalidInput:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        head = stream.getvalue()[:8]
+        raise InvalidInput(
+            f"image bytes must be a decodable PNG/JPEG/WebP/BMP/GIF image, got {what} "
+            f"starting {head!r}: {exc}"
+        ) from None
+    return img
+
+
+def _check_pixels(img: Image.Image, max_pixels: int) -> None:
+    w, h = img.size
+    if w * h > max_pixels:
+        raise InvalidInput(
+            f"image must have at most {max_pixels} pixels, got {w}x{h} = {w * h} "
+            "(refused before decoding: possible decompression bomb)"
+        )
+    if w < 1 or h < 1:
+        raise InvalidInput(f"image must be at least 1x1, got {w}x{h}")

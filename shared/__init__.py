@@ -1,0 +1,1 @@
+"""Pieces used by both the producer and the worker: settings, wire codec, names, errors, results."""

@@ -1,0 +1,55 @@
+"""Every Redis key, queue and task name inferq uses, in one place.
+
+Queue keys follow kombu's Redis transport so that any Celery client can publish to them and any
+kombu consumer can restore unacknowledged messages: a queue is a list named after it, priority
+sub-queues are ``<queue><SEP><priority>``, and unacked deliveries live in the ``unacked`` hash and
+``unacked_index`` sorted set.
+"""
+
+from __future__ import annotations
+
+TASK_NAME = "inferq.infer"
+QUEUE_PREFIX = "inferq."
+ADMIN_QUEUE = "inferq.admin"
+
+# kombu.transport.redis.Channel defaults; change them only together with kombu's transport options.
+PRIORITY_SEP = "\x06\x16"
+UNACKED = "unacked"
+UNACKED_INDEX = "unacked_index"
+
+# Celery's Redis result backend key prefix; results are also PUBLISHed on the same name.
+RESULT_PREFIX = "celery-task-meta-"
+
+MODEL_SPEC_PREFIX = "inferq:model:"
+MODEL_WORKERS_PREFIX = "inferq:workers:"
+
+# Celery on Redis: 0 is the highest priority. inferq publishes at DEFAULT_PRIORITY unless told
+# otherwise, so urgent requests (0..4) overtake a backlog and bulk work (6..9) yields to it.
+PRIORITIES = tuple(range(10))
+DEFAULT_PRIORITY = 5
+
+
+def queue_name(model: str) -> str:
+    return f"{QUEUE_PREFIX}{model}"
+
+
+def priority_queue_key(queue: str, priority: int) -> str:
+    """The list a message of ``priority`` lives in (kombu's ``_q_for_pri`` with steps 0..9)."""
+    return f"{queue}{PRIORITY_SEP}{priority}" if priority else queue
+
+
+def queue_keys(queue: str) -> list[str]:
+    """All lists of ``queue``, highest priority first."""
+    return [priority_queue_key(queue, p) for p in PRIORITIES]
+
+
+def result_key(task_id: str) -> str:
+    return f"{RESULT_PREFIX}{task_id}"
+
+
+def model_spec_key(model: str) -> str:
+    return f"{MODEL_SPEC_PREFIX}{model}"
+
+
+def model_workers_key(model: str) -> str:
+    return f"{MODEL_WORKERS_PREFIX}{model}"

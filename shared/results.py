@@ -1,0 +1,88 @@
+"""Result schema and its Celery result-backend encoding.
+
+A worker stores exactly what Celery's Redis backend would (``celery-task-meta-<id>`` holding
+``{status, result, traceback, children, date_done, task_id}`` as JSON, published on the same
+channel), so ``AsyncResult.get()`` works from any process. Failures carry ``exc_module =
+"shared.errors"`` and are re-raised as the same typed error; nothing is ever pickled.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from shared.errors import ERROR_TYPES, InferqError
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Where one request's time went, in milliseconds (wall clock across hosts; clamped at 0)."""
+
+    preprocess_ms: float
+    queue_ms: float
+    batch_wait_ms: float
+    collate_ms: float
+    infer_ms: float
+    post_ms: float
+    total_ms: float
+    batch_size: int
+    worker: str
+    device: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def success_meta(task_id: str, result: dict[str, Any]) -> bytes:
+    return _meta(task_id, "SUCCESS", result)
+
+
+def failure_meta(task_id: str, error: InferqError) -> bytes:
+    encoded = {
+        "exc_type": type(error).__name__,
+        "exc_message": [error.message],
+        "exc_module": type(error).__module__,
+    }
+    return _meta(task_id, "FAILURE", encoded)
+
+
+def _meta(task_id: str, status: str, result: Any) -> bytes:
+    meta = {
+        "status": status,
+        "result": result,
+        "traceback": None,
+        "children": [],
+        "date_done": _now_iso(),
+        "task_id": task_id,
+    }
+    return json.dumps(meta, separators=(",", ":")).encode()
+
+
+def error_from_meta(result: Any) -> InferqError:
+    """The typed error a FAILURE meta stands for; unknown types become a plain InferqError."""
+    if not isinstance(result, dict):
+        return InferqError(f"task failed with an unreadable error: {result!r}")
+    cls = ERROR_TYPES.get(str(result.get("exc_type")), InferqError)
+    message = result.get("exc_message") or [""]
+    text = message[0] if isinstance(message, list) and message else str(message)
+    if cls is InferqError and result.get("exc_type") not in ERROR_TYPES:
+        text = f"{result.get('exc_type')}: {text}"
+    return cls(str(text))
+
+
+def value_from_meta(raw: bytes | str) -> dict[str, Any]:
+    """The result dict of a stored meta, or raise its typed error."""
+    meta = json.loads(raw)
+    if meta.get("status") == "SUCCESS":
+        return dict(meta["result"])
+    raise error_from_meta(meta.get("result"))
+
+
+def is_final(raw: bytes | str) -> bool:
+    return json.loads(raw).get("status") in ("SUCCESS", "FAILURE", "REVOKED")

@@ -1,0 +1,166 @@
+"""One frozen settings object, built from ``INFERQ_*`` environment variables once.
+
+Nothing else in inferq reads the environment. Every default is documented here and in the README.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from shared.errors import ConfigError
+
+_URL_SCHEMES = ("redis", "rediss", "unix")
+_LOG_FORMATS = ("json", "console")
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``: the only form of a URL that may be logged."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def _check_url(name: str, url: str) -> str:
+    scheme = urlsplit(url).scheme
+    if scheme not in _URL_SCHEMES:
+        raise ConfigError(
+            f"{name} must be a redis://, rediss:// or unix:// URL, got scheme {scheme!r} "
+            f"in {redact_url(url)!r}"
+        )
+    return url
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All of inferq's knobs. Build with :meth:`from_env`; never mutate."""
+
+    #: Celery broker, a Redis URL; ``rediss://`` for TLS, ``redis://:password@host`` for auth.
+    broker_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
+    #: Celery result backend; defaults to the broker.
+    result_backend: str = field(default="", repr=False)
+    #: Root of the model repository (``<repo>/<model>/config.toml``, ``<repo>/<model>/<v>/model.pt``).
+    model_repository: Path = Path("./models")
+    log_level: str = "INFO"
+    #: ``json`` (structlog JSON lines, for production) or ``console`` (for people).
+    log_format: str = "console"
+    #: Port of each worker's Prometheus endpoint; 0 disables it.
+    metrics_port: int = 9808
+    #: Seconds before an unacknowledged message of a dead worker is delivered again.
+    visibility_timeout_s: float = 300.0
+    #: How often a worker sweeps for expired unacknowledged messages (kombu's default is ~100 s).
+    restore_interval_s: float = 5.0
+    #: How many batches' worth of messages a worker may hold locally beyond the one running.
+    prefetch_batches: int = 2
+    #: Largest accepted encoded tensor (bytes); larger payloads fail with PayloadTooLarge.
+    max_payload_bytes: int = 64 * 1024 * 1024
+    #: Largest decoded image the producer accepts (pixels): guards against decompression bombs.
+    max_image_pixels: int = 40_000_000
+    #: Seconds a result stays in the backend.
+    result_ttl_s: int = 86_400
+    #: Seconds a producer caches a model's published input spec.
+    spec_cache_ttl_s: float = 30.0
+    #: Longest a worker's fetcher blocks on an empty queue before polling every priority again.
+    idle_poll_s: float = 0.02
+    #: Seconds between a worker's heartbeats (model spec refresh in Redis).
+    heartbeat_s: float = 10.0
+    #: Models a worker serves when none are given on the command line (comma-separated).
+    models: str = ""
+    #: The worker's device: ``cpu`` or ``cuda:N``.
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if not self.result_backend:
+            object.__setattr__(self, "result_backend", self.broker_url)
+        _check_url("INFERQ_BROKER_URL", self.broker_url)
+        _check_url("INFERQ_RESULT_BACKEND", self.result_backend)
+        if self.log_format not in _LOG_FORMATS:
+            raise ConfigError(f"INFERQ_LOG_FORMAT must be one of {_LOG_FORMATS}, got {self.log_format!r}")
+        if self.log_level.upper() not in _LOG_LEVELS:
+            raise ConfigError(f"INFERQ_LOG_LEVEL must be one of {_LOG_LEVELS}, got {self.log_level!r}")
+        for name in ("visibility_timeout_s", "restore_interval_s", "idle_poll_s", "heartbeat_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.prefetch_batches < 1:
+            raise ConfigError(f"INFERQ_PREFETCH_BATCHES must be >= 1, got {self.prefetch_batches}")
+        if not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise ConfigError(f"INFERQ_DEVICE must be cpu or cuda:N, got {self.device!r}")
+        if self.max_payload_bytes < 1024:
+            raise ConfigError(f"INFERQ_MAX_PAYLOAD_BYTES must be >= 1024, got {self.max_payload_bytes}")
+
+    def __repr__(self) -> str:
+        # Passwords never reach a log through a repr.
+        shown = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.repr}
+        fields_ = ", ".join(f"{k}={v!r}" for k, v in shown.items())
+        return (
+            f"Settings(broker_url={redact_url(self.broker_url)!r}, "
+            f"result_backend={redact_url(self.result_backend)!r}, {fields_})"
+        )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        kwargs: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(_env_name(f.name))
+            if raw is not None and raw != "":
+                kwargs[f.name] = _parse(f.name, f.type, raw)
+        return cls(**kwargs)
+
+    @property
+    def model_list(self) -> list[str]:
+        return [m.strip() for m in self.models.split(",") if m.strip()]
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+_ENV_NAMES = {"result_backend": "INFERQ_RESULT_BACKEND", "broker_url": "INFERQ_BROKER_URL"}
+
+
+def _env_name(field_name: str) -> str:
+    return _ENV_NAMES.get(field_name, f"INFERQ_{field_name.upper()}")
+
+
+def _parse(name: str, type_: Any, raw: str) -> Any:
+    kind = str(type_)
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "Path":
+            return Path(raw)
+    except ValueError:
+        raise ConfigError(f"{_env_name(name)} must be a {kind}, got {raw!r}") from None
+    if name == "log_level":
+        return raw.upper()
+    return raw
+
+
+_settings: Settings | None = None
+
+
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use."""
+    global _settings
+    if _settings is None:
+        _settings = Settings.from_env()
+    return _settings
+
+
+def set_settings(settings: Settings | None) -> None:
+    """Replace the process-wide settings (CLI flags, tests); ``None`` re-reads the environment."""
+    global _settings
+    _settings = settings

@@ -1,0 +1,92 @@
+"""Celery wiring, kept thin: the inferq service runs as a worker bootstep.
+
+    celery -A worker.app worker --pool solo -Q inferq.admin --inferq-model shapes --inferq-device cpu
+
+(``inferq worker`` runs exactly this under a small supervisor that restarts it after a device
+failure.) The worker stays a Celery worker in every way users see: ``celery inspect ping``,
+broadcast commands, heartbeats and task events work as usual; the model queues are drained by the
+bulk fetcher instead of Celery's one-message-at-a-time consumer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Task, bootsteps
+from celery.worker.control import inspect_command
+from click import Option
+
+from shared import keys
+from shared.celeryconf import make_celery
+from shared.errors import InferqError
+from shared.logs import configure_logging, get_logger
+from shared.settings import get_settings
+from worker.events import EventsHook
+from worker.hooks import Hooks, LogHook, MetricsHook
+from worker.metrics import Metrics
+
+log = get_logger(__name__)
+
+app = make_celery()
+app.conf.worker_pool = "solo"  # one process per device; inferq's threads do the work
+
+
+class InferTask(Task):  # type: ignore[misc]
+    """Registered so the name is known; its messages are consumed by the bulk fetcher."""
+
+    name = keys.TASK_NAME
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        raise InferqError(
+            "inferq.infer messages must be sent to the model's queue (inferq.<model>), "
+            f"got one on {keys.ADMIN_QUEUE}"
+        )
+
+
+app.register_task(InferTask())
+
+
+class InferqStep(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Loads the models, checks the settings, and runs the inference service with the worker."""
+
+    requires = {"celery.worker.components:Pool"}
+
+    def __init__(self, worker: Any, inferq_model: tuple[str, ...] = (), inferq_device: str | None = None, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        settings = get_settings()
+        self.models = list(inferq_model) or settings.model_list
+        self.device = inferq_device or settings.device
+        self.service: Any = None
+
+    def start(self, worker: Any) -> None:
+        from worker.service import InferenceService  # torch is imported in the worker process only
+
+        settings = get_settings()
+        configure_logging(settings)
+        metrics = Metrics()
+        if settings.metrics_port:
+            metrics.serve(settings.metrics_port)
+        hooks = Hooks([MetricsHook(metrics), LogHook(), EventsHook(app, worker.hostname)])
+        self.service = InferenceService(settings, self.models, self.device, worker_name=worker.hostname, hooks=hooks)
+        worker.inferq = self.service
+        self.service.start()
+        metrics.up.set(1)
+
+    def stop(self, worker: Any) -> None:
+        if self.service is not None:
+            self.service.stop()
+            self.service = None
+
+    shutdown = stop
+
+
+app.steps["worker"].add(InferqStep)
+app.user_options["worker"].add(Option(["--inferq-model"], multiple=True, help="Model to serve (repeatable)."))
+app.user_options["worker"].add(Option(["--inferq-device"], default=None, help="cpu or cuda:N."))
+
+
+@inspect_command()  # type: ignore[misc]
+def inferq_stats(state: Any) -> dict[str, Any]:
+    """``celery -A worker.app inspect inferq_stats``: per-model in-hand counts, batch cap, warm-up."""
+    service = getattr(state.consumer.controller, "inferq", None)
+    return service.stats() if service is not None else {}

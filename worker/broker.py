@@ -1,0 +1,186 @@
+"""The worker's Redis side: bulk fetch, pipelined store-and-ack, redelivery of expired messages.
+
+It speaks kombu's Redis transport format exactly, so the queues stay ordinary Celery queues: any
+Celery client can publish to them, and a message taken here but never acknowledged is restored by
+this sweeper or by any kombu consumer after the visibility timeout.
+
+* ``fetch``: one script call pops up to N messages, highest priority list first, and records each
+  in ``unacked``/``unacked_index`` in the same atomic step (kombu's own consumer pops, then records
+  in a second round trip, so a crash between the two loses the message; here nothing can fall
+  between). Messages that are not kombu envelopes go to a dead-letter list instead.
+* ``store_and_ack``: results (SET + PUBLISH, as Celery's Redis backend does), then the acks, in
+  one pipelined round trip. Results are written before acks: a crash in between means the
+  request is computed again and the same result written again (at-least-once, idempotent).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import redis
+
+from shared import keys
+from shared.lua import LuaScript, execute_with_scripts
+
+DEAD_LETTER = "inferq.deadletter"
+DEAD_LETTER_MAX = 10_000
+
+# KEYS: the queue's lists (highest priority first), unacked hash, unacked index, dead-letter list.
+# ARGV: max messages, now (seconds), the queue name (routing key when a message lacks one).
+# Returns a flat list: tag1, raw1, tag2, raw2, ...
+FETCH = LuaScript(
+    """
+local nq = #KEYS - 3
+local unacked, index, dead = KEYS[nq + 1], KEYS[nq + 2], KEYS[nq + 3]
+local want, now = tonumber(ARGV[1]), ARGV[2]
+local out = {}
+for i = 1, nq do
+  local left = want - #out / 2
+  if left <= 0 then break end
+  local got = redis.call('RPOP', KEYS[i], left)
+  if got then
+    for _, raw in ipairs(got) do
+      local ok, msg = pcall(cjson.decode, raw)
+      local props = ok and type(msg) == 'table' and msg.properties
+      local tag = type(props) == 'table' and props.delivery_tag
+      if type(tag) == 'string' and tag ~= '' then
+        local info = type(props.delivery_info) == 'table' and props.delivery_info or {}
+        local ex = type(info.exchange) == 'string' and info.exchange or ''
+        local rk = type(info.routing_key) == 'string' and info.routing_key or ARGV[3]
+        redis.call('HSET', unacked, tag, '[' .. raw .. ',' .. cjson.encode(ex) .. ',' .. cjson.encode(rk) .. ']')
+        redis.call('ZADD', index, now, tag)
+        out[#out + 1] = tag
+        out[#out + 1] = raw
+      else
+        redis.call('LPUSH', dead, raw)
+        redis.call('LTRIM', dead, 0, tonumber(ARGV[4]) - 1)
+      end
+    end
+  end
+end
+return out
+"""
+)
+
+# Put one unacked message back on its list, unless someone acked or restored it first.
+# KEYS: unacked, unacked index, target list. ARGV: tag, message.
+RESTORE = LuaScript(
+    """
+redis.call('ZREM', KEYS[2], ARGV[1])
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 1 then
+  redis.call('RPUSH', KEYS[3], ARGV[2])
+  return 1
+end
+return 0
+"""
+)
+
+
+@dataclass(frozen=True)
+class Fetched:
+    tag: str
+    raw: bytes
+
+
+@dataclass(frozen=True)
+class Write:
+    """One result to store (``meta`` None: nothing to store, only the ack)."""
+
+    tag: str
+    task_id: str | None
+    meta: bytes | None
+
+
+class Broker:
+    def __init__(self, client: redis.Redis, result_client: redis.Redis, result_ttl_s: int) -> None:
+        self.client = client
+        self.results = result_client
+        self.result_ttl_s = result_ttl_s
+        self._same = result_client is client
+
+    def fetch(self, queue: str, count: int) -> list[Fetched]:
+        keys_ = [*keys.queue_keys(queue), keys.UNACKED, keys.UNACKED_INDEX, DEAD_LETTER]
+        flat = FETCH(self.client, keys_, [count, repr(time.time()), queue, DEAD_LETTER_MAX])
+        return [Fetched(flat[i].decode(), flat[i + 1]) for i in range(0, len(flat), 2)]
+
+    def wait(self, queue: str, timeout_s: float) -> bool:
+        """Block until the queue's default-priority list has a message (or timeout); takes nothing.
+
+        ``BLMOVE q q RIGHT RIGHT`` pops the tail and pushes it back at the tail: a wake-up that
+        leaves the list as it was.
+        """
+        key = keys.priority_queue_key(queue, keys.DEFAULT_PRIORITY)
+        return self.client.blmove(key, key, timeout_s, "RIGHT", "RIGHT") is not None
+
+    def depth(self, queue: str) -> int:
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys.queue_keys(queue):
+            pipe.llen(key)
+        return int(sum(pipe.execute()))
+
+    def store_and_ack(self, writes: Sequence[Write]) -> None:
+        """Results first, then acks; one round trip when results share the broker's Redis."""
+        pipe = self.results.pipeline(transaction=False)
+        for w in writes:
+            if w.meta is not None and w.task_id is not None:
+                key = keys.result_key(w.task_id)
+                pipe.set(key, w.meta, ex=self.result_ttl_s)
+                pipe.publish(key, w.meta)
+        if not self._same:
+            pipe.execute()
+            pipe = self.client.pipeline(transaction=False)
+        tags = [w.tag for w in writes]
+        if tags:
+            pipe.hdel(keys.UNACKED, *tags)
+            pipe.zrem(keys.UNACKED_INDEX, *tags)
+        pipe.execute()
+
+    def restore(self, tags: Sequence[str]) -> int:
+        """Put these unacked messages back on their queues now (warm shutdown, device failure)."""
+        if not tags:
+            return 0
+        payloads = self.client.hmget(keys.UNACKED, list(tags))
+        return self._restore_pairs([(t, p) for t, p in zip(tags, payloads, strict=True) if p])
+
+    def restore_expired(self, visibility_timeout_s: float, limit: int = 500) -> int:
+        """Redeliver messages unacked for longer than the visibility timeout (dead workers')."""
+        ceiling = time.time() - visibility_timeout_s
+        tags = [t.decode() for t in self.client.zrangebyscore(keys.UNACKED_INDEX, "-inf", ceiling, 0, limit)]
+        if not tags:
+            return 0
+        payloads = self.client.hmget(keys.UNACKED, tags)
+        stale = [t for t, p in zip(tags, payloads, strict=True) if p is None]
+        if stale:  # index entries whose message was acked between the two reads
+            self.client.zrem(keys.UNACKED_INDEX, *stale)
+        return self._restore_pairs([(t, p) for t, p in zip(tags, payloads, strict=True) if p])
+
+    def _restore_pairs(self, pairs: Sequence[tuple[str, bytes]]) -> int:
+        pipe = self.client.pipeline(transaction=False)
+        for tag, payload in pairs:
+            target, message = self._restore_target(payload)
+            RESTORE.queue(pipe, [keys.UNACKED, keys.UNACKED_INDEX, target], [tag, message])
+        return sum(int(r) for r in execute_with_scripts(pipe, self.client, [RESTORE]))
+
+    def _restore_target(self, payload: bytes) -> tuple[str, str]:
+        """The list a stored ``[message, exchange, routing_key]`` goes back to, and the message
+        marked redelivered (as kombu marks it)."""
+        message, exchange, routing_key = json.loads(payload)
+        message.setdefault("headers", {})["redelivered"] = True
+        props = message.setdefault("properties", {})
+        props.setdefault("delivery_info", {})["redelivered"] = True
+        queue = self._lookup(exchange, routing_key)
+        priority = min(9, max(0, int(props.get("priority") or 0)))
+        return keys.priority_queue_key(queue, priority), json.dumps(message, separators=(",", ":"))
+
+    def _lookup(self, exchange: str, routing_key: str) -> str:
+        """kombu's direct-exchange lookup: the default exchange routes by queue name."""
+        if not exchange:
+            return routing_key
+        for member in self.client.smembers(f"_kombu.binding.{exchange}"):
+            rk, _, queue = member.decode().split(keys.PRIORITY_SEP)
+            if rk == routing_key:
+                return queue
+        return routing_key

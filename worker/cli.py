@@ -1,0 +1,107 @@
+"""The ``inferq`` command line. Heavy imports (torch) happen inside the commands that need them."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from shared.errors import InferqError
+from shared.logs import configure_logging
+from shared.settings import get_settings
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """inferq: serve PyTorch models from a Celery + Redis message queue."""
+
+
+@main.command()
+@click.option("--model", "models", multiple=True, help="Model to serve (repeatable; default INFERQ_MODELS).")
+@click.option("--device", default=None, help="cpu or cuda:N (default INFERQ_DEVICE, else cpu).")
+@click.option("--hostname", default=None, help="Celery node name (default inferq-<models>-<device>-<pid>@host).")
+@click.option("--loglevel", default=None, help="Celery log level (default INFERQ_LOG_LEVEL).")
+@click.option("--events/--no-events", default=True, show_default=True, help="Send task events (Flower).")
+def worker(models: tuple[str, ...], device: str | None, hostname: str | None, loglevel: str | None, events: bool) -> None:
+    """Run a worker for MODEL on DEVICE (restarted on unrecoverable device errors)."""
+    from worker.supervisor import Supervisor, celery_argv, default_hostname
+
+    settings = get_settings()
+    configure_logging(settings)
+    chosen = list(models) or settings.model_list
+    if not chosen:
+        raise click.UsageError("pass --model NAME (or set INFERQ_MODELS)")
+    dev = device or settings.device
+    argv = celery_argv(chosen, dev, hostname or default_hostname(chosen, dev), loglevel or settings.log_level, events)
+    sys.exit(Supervisor(argv).run())
+
+
+@main.group()
+def models() -> None:
+    """Model repository commands."""
+
+
+@models.command("init-examples")
+@click.argument("dest", type=click.Path(file_okay=False, path_type=Path), required=False)
+@click.option("--only", multiple=True, help="Build only these (shapes, resnet18, resnet50).")
+def init_examples(dest: Path | None, only: tuple[str, ...]) -> None:
+    """Write the example models into DEST (default INFERQ_MODEL_REPOSITORY)."""
+    from worker.examples import EXAMPLE_NAMES, build_examples
+
+    target = dest or get_settings().model_repository
+    written = build_examples(target, list(only) or list(EXAMPLE_NAMES), log=click.echo)
+    for path in written:
+        click.echo(f"wrote {path}")
+
+
+@models.command("list")
+@click.option("--repo", type=click.Path(path_type=Path), default=None)
+def list_models(repo: Path | None) -> None:
+    """List the models and versions in the repository, verifying each file's sha256."""
+    from worker.repository import ModelRepository, verify
+
+    repository = ModelRepository(repo or get_settings().model_repository)
+    for name in repository.models():
+        try:
+            mv = repository.resolve(name)
+            verify(mv.path)
+            status = "ok"
+        except InferqError as exc:
+            status = f"ERROR {exc}"
+        click.echo(f"{name}\tversions={repository.versions(name)}\t{status}")
+
+
+@main.command()
+@click.option("--model", default="shapes", show_default=True)
+@click.option("--count", default=200, show_default=True, help="How many images to submit.")
+@click.option("--synthetic/--files", default=True, help="Generate shape images, or read FILES.")
+@click.option("--timeout", default=120.0, show_default=True)
+@click.argument("files", nargs=-1, type=click.Path(exists=True, dir_okay=False))
+def submit(model: str, count: int, synthetic: bool, timeout: float, files: tuple[str, ...]) -> None:
+    """Submit images to a running worker and print the results' summary."""
+    from producer.demo import run_submissions
+
+    run_submissions(model=model, count=count, files=list(files) if not synthetic else None, timeout=timeout)
+
+
+@main.command()
+@click.option("--count", default=300, show_default=True, help="Fresh images to classify.")
+@click.option("--model-repository", type=click.Path(path_type=Path), default=None)
+def demo(count: int, model_repository: Path | None) -> None:
+    """Everything end to end: Redis (embedded if none answers), example model, worker, producer."""
+    from worker.demo import run_demo
+
+    sys.exit(run_demo(count=count, repo=model_repository))
+
+
+def _entry() -> None:
+    try:
+        main()
+    except InferqError as exc:
+        click.echo(f"error: {type(exc).__name__}: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    _entry()

@@ -1,0 +1,62 @@
+"""``inferq demo``: start what is missing, classify fresh images, report, stop what it started."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import click
+
+from shared.redisconn import make_client
+from shared.settings import get_settings, set_settings
+from worker.localredis import LocalRedis, answers
+from worker.procs import start_worker
+from worker.repository import ModelRepository
+
+DEMO_MODEL = "shapes"
+
+
+def run_demo(count: int, repo: Path | None) -> int:
+    settings = get_settings()
+    if repo is not None:
+        settings = settings.replace(model_repository=repo)
+    local: LocalRedis | None = None
+    if not answers(settings.broker_url):
+        click.echo("no Redis answers at INFERQ_BROKER_URL: starting an embedded redis-server")
+        local = LocalRedis().start()
+        settings = settings.replace(broker_url=local.url, result_backend=local.url)
+    set_settings(settings)
+    try:
+        return _run(settings.model_repository, count, local)
+    finally:
+        if local is not None:
+            local.stop()
+
+
+def _run(repo: Path, count: int, local: LocalRedis | None) -> int:
+    from producer.client import reset_runtime
+    from producer.demo import run_submissions
+
+    settings = get_settings()
+    if DEMO_MODEL not in ModelRepository(repo).models():
+        from worker.examples import build_examples
+
+        click.echo(f"building the example model {DEMO_MODEL!r} in {repo} (trains in a few seconds)")
+        build_examples(repo, [DEMO_MODEL], log=click.echo)
+    env = {
+        "INFERQ_BROKER_URL": settings.broker_url,
+        "INFERQ_RESULT_BACKEND": settings.result_backend,
+        "INFERQ_MODEL_REPOSITORY": str(repo.resolve()),
+        "INFERQ_METRICS_PORT": "0",
+    }
+    log_path = Path(tempfile.mkdtemp(prefix="inferq-demo-")) / "worker.log"
+    click.echo(f"starting a worker for {DEMO_MODEL!r} (log: {log_path})")
+    worker = start_worker([DEMO_MODEL], env, log_path=log_path)
+    try:
+        worker.wait_ready(make_client(settings.broker_url))
+        reset_runtime()
+        summary = run_submissions(DEMO_MODEL, count)
+    finally:
+        click.echo("stopping the worker (warm shutdown)")
+        worker.terminate()
+    return 0 if summary.failed == 0 else 1

@@ -1,0 +1,86 @@
+"""Hooks on the request path: metrics, logs and events live here, not in the loops.
+
+Each hook is a class with no-op methods; the service calls every hook at each point, and a hook
+that raises is logged and skipped, never fatal to the request path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from shared.logs import get_logger
+
+if TYPE_CHECKING:
+    from worker.messages import InferenceRequest, Rejection
+    from worker.metrics import Metrics
+    from worker.runner import Outcome
+
+log = get_logger(__name__)
+
+
+class Hook:
+    def after_fetch(self, model: str, count: int, depth_hint: bool) -> None:
+        """``count`` messages were taken from ``model``'s queue (``depth_hint``: more may wait)."""
+
+    def after_batch(self, model: str, batch: Sequence[InferenceRequest], outcomes: Sequence[Outcome], infer_s: float) -> None:
+        """A batch was computed (its results not stored yet)."""
+
+    def after_store(self, model: str, outcomes: Sequence[Outcome], rejections: Sequence[Rejection], store_s: float) -> None:
+        """Results were stored and their messages acknowledged."""
+
+    def on_batch_cap(self, model: str, cap: int) -> None:
+        """The effective max batch size changed."""
+
+    def on_queue_depth(self, model: str, depth: int) -> None:
+        """Housekeeping measured the queue."""
+
+
+class Hooks:
+    def __init__(self, hooks: Sequence[Hook]) -> None:
+        self.hooks = list(hooks)
+
+    def emit(self, name: str, *args: object) -> None:
+        for hook in self.hooks:
+            try:
+                getattr(hook, name)(*args)
+            except Exception:
+                log.exception("hook failed", hook=type(hook).__name__, point=name)
+
+
+class MetricsHook(Hook):
+    def __init__(self, metrics: Metrics) -> None:
+        self.m = metrics
+
+    def after_batch(self, model: str, batch: Sequence[InferenceRequest], outcomes: Sequence[Outcome], infer_s: float) -> None:
+        self.m.batch_size.labels(model).observe(len(batch))
+        self.m.inference.labels(model).observe(infer_s)
+
+    def after_store(self, model: str, outcomes: Sequence[Outcome], rejections: Sequence[Rejection], store_s: float) -> None:
+        for o in outcomes:
+            outcome = "success" if o.error is None else o.error.reason
+            self.m.requests.labels(model, outcome).inc()
+            if o.value is not None:
+                timing = o.value["timing"]
+                self.m.latency.labels(model).observe(timing["total_ms"] / 1e3)
+                self.m.queue_wait.labels(model).observe(timing["queue_ms"] / 1e3)
+        for r in rejections:
+            self.m.requests.labels(model, r.error.reason).inc()
+
+    def on_batch_cap(self, model: str, cap: int) -> None:
+        self.m.batch_cap.labels(model).set(cap)
+
+    def on_queue_depth(self, model: str, depth: int) -> None:
+        self.m.queue_depth.labels(model).set(depth)
+
+
+class LogHook(Hook):
+    def after_store(self, model: str, outcomes: Sequence[Outcome], rejections: Sequence[Rejection], store_s: float) -> None:
+        for o in outcomes:
+            if o.error is not None:
+                log.warning("request failed", task_id=o.request.task_id, model=model, error=type(o.error).__name__, message=o.error.message)
+        for r in rejections:
+            log.warning("message rejected", task_id=r.task_id, model=model, error=type(r.error).__name__, message=r.error.message)
+
+    def on_batch_cap(self, model: str, cap: int) -> None:
+        log.info("effective max batch size", model=model, cap=cap)

@@ -1,0 +1,216 @@
+"""Decode a kombu Redis envelope into an :class:`InferenceRequest`, or a typed rejection.
+
+Everything a message carries is checked here, in the fetcher thread, before it can reach a batch:
+the task name, the serializer (pickle is refused and never deserialized), the tensor header
+against the model's spec, finite values for float tensors, and the deadline.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from shared import codec, keys
+from shared.errors import InferqError, InvalidInput, ModelUnavailable
+from shared.spec import InputSpec
+
+_PICKLE = "application/x-python-serialize"
+_MSGPACK = ("application/x-msgpack", "application/msgpack")
+_JSON = ("application/json",)
+
+
+@dataclass
+class InferenceRequest:
+    """One request between the broker and its result (mutable only in its timing marks)."""
+
+    task_id: str
+    tag: str
+    model: str
+    array: np.ndarray
+    submitted_at: float  # producer wall clock, seconds since the epoch
+    preprocess_ms: float
+    received_at: float  # worker monotonic clock
+    received_wall: float
+    deadline: float | None  # wall clock; None: no deadline
+    eta: float | None
+    priority: int
+    redelivered: bool = False
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A message that ends in a failure without being computed (``task_id`` None: unanswerable)."""
+
+    tag: str
+    task_id: str | None
+    error: InferqError
+
+
+Decoded = InferenceRequest | Rejection
+
+
+def decode_message(
+    tag: str,
+    raw: bytes,
+    spec: InputSpec,
+    *,
+    max_bytes: int,
+    now: float | None = None,
+    wall: float | None = None,
+) -> Decoded:
+    """Turn one raw envelope from ``spec.model``'s queue into a request or a rejection."""
+    task_id: str | None = None
+    try:
+        envelope = _load_envelope(raw)
+        headers = envelope.get("headers") or {}
+        task_id = _task_id(headers, envelope)
+        return _decode(tag, task_id, envelope, headers, spec, max_bytes, now, wall)
+    except InferqError as exc:
+        return Rejection(tag, task_id, exc)
+
+
+def _decode(
+    tag: str,
+    task_id: str,
+    envelope: dict[str, Any],
+    headers: dict[str, Any],
+    spec: InputSpec,
+    max_bytes: int,
+    now: float | None,
+    wall: float | None,
+) -> InferenceRequest:
+    if headers.get("task") != keys.TASK_NAME:
+        raise InvalidInput(f"task must be {keys.TASK_NAME!r}, got {headers.get('task')!r}")
+    args, kwargs = _load_body(envelope, max_bytes)
+    _check_target(kwargs, spec)
+    array = _decode_tensor(args, kwargs, spec, max_bytes)
+    wall = time.time() if wall is None else wall
+    submitted = _float(kwargs.get("submitted_at"), wall)
+    deadline = _timestamp(headers.get("expires"))
+    if deadline is None and spec.default_deadline_ms > 0:
+        deadline = submitted + spec.default_deadline_ms / 1000.0
+    props = envelope.get("properties") or {}
+    return InferenceRequest(
+        task_id=task_id,
+        tag=tag,
+        model=spec.model,
+        array=array,
+        submitted_at=submitted,
+        preprocess_ms=_float(kwargs.get("preprocess_ms"), 0.0),
+        received_at=time.monotonic() if now is None else now,
+        received_wall=wall,
+        deadline=deadline,
+        eta=_timestamp(headers.get("eta")),
+        priority=int(props.get("priority") or 0),
+        redelivered=bool(headers.get("redelivered") or props.get("delivery_info", {}).get("redelivered")),
+    )
+
+
+def _load_envelope(raw: bytes) -> dict[str, Any]:
+    try:
+        envelope = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"message must be a kombu JSON envelope, got undecodable bytes: {exc}") from None
+    if not isinstance(envelope, dict) or "body" not in envelope:
+        raise InvalidInput(f"message must be a kombu envelope with a body, got {type(envelope).__name__}")
+    return envelope
+
+
+def _task_id(headers: dict[str, Any], envelope: dict[str, Any]) -> str:
+    task_id = headers.get("id") or (envelope.get("properties") or {}).get("correlation_id")
+    if not isinstance(task_id, str) or not task_id:
+        raise InvalidInput("message must carry a Celery task id (protocol 2 'id' header), got none")
+    return task_id
+
+
+def _load_body(envelope: dict[str, Any], max_bytes: int) -> tuple[list[Any], dict[str, Any]]:
+    content_type = envelope.get("content-type")
+    if content_type == _PICKLE:
+        raise InvalidInput(
+            "message serializer must be msgpack or json, got pickle: pickle-serialized messages are "
+            "refused and never deserialized"
+        )
+    body = envelope["body"]
+    if (envelope.get("properties") or {}).get("body_encoding") == "base64":
+        if len(body) > max_bytes * 4 // 3 + 4096:
+            raise InvalidInput(f"message body must be at most ~{max_bytes} bytes, got {len(body) * 3 // 4}")
+        try:
+            body = base64.b64decode(body, validate=True)
+        except (binascii.Error, ValueError, TypeError) as exc:
+            raise InvalidInput(f"message body must be valid base64, got: {exc}") from None
+    decoded = _deserialize(content_type, body)
+    if not (isinstance(decoded, (list, tuple)) and len(decoded) >= 2):
+        raise InvalidInput("task body must be [args, kwargs, embed] (Celery protocol 2)")
+    args, kwargs = decoded[0], decoded[1]
+    if not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict):
+        raise InvalidInput(f"task body must hold a list and a dict, got {type(args).__name__}, {type(kwargs).__name__}")
+    return list(args), kwargs
+
+
+def _deserialize(content_type: Any, body: Any) -> Any:
+    try:
+        if content_type in _MSGPACK:
+            return msgpack.unpackb(body, raw=False, strict_map_key=False)
+        if content_type in _JSON:
+            return json.loads(body)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        raise InvalidInput(f"task body must be valid {content_type}, got: {exc}") from None
+    raise InvalidInput(f"message serializer must be msgpack or json, got content-type {content_type!r}")
+
+
+def _check_target(kwargs: dict[str, Any], spec: InputSpec) -> None:
+    model = kwargs.get("model", spec.model)
+    if model != spec.model:
+        raise InvalidInput(f"model must be {spec.model!r} on queue {keys.queue_name(spec.model)}, got {model!r}")
+    version = kwargs.get("version")
+    if version is not None and version != spec.version:
+        raise ModelUnavailable(
+            f"model {spec.model!r} version must be one this worker serves ({spec.version}), got {version!r}"
+        )
+
+
+def _decode_tensor(args: list[Any], kwargs: dict[str, Any], spec: InputSpec, max_bytes: int) -> np.ndarray:
+    payload = args[0] if args else kwargs.get("tensor")
+    if isinstance(payload, str):  # JSON clients send the codec bytes base64-encoded
+        try:
+            payload = base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidInput(f"tensor string must be base64 of the codec bytes, got: {exc}") from None
+    if not isinstance(payload, (bytes, bytearray)):
+        raise InvalidInput(f"first argument must be the encoded tensor (bytes), got {type(payload).__name__}")
+    header = codec.read_header(payload, max_bytes)
+    if header.dtype != np.dtype(spec.dtype) or header.shape != spec.shape:
+        raise InvalidInput(
+            f"tensor must be {spec.dtype}{list(spec.shape)} for model {spec.model!r}, "
+            f"got {header.dtype.name}{list(header.shape)}"
+        )
+    array = codec.decode(payload, max_bytes)
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise InvalidInput(f"tensor for model {spec.model!r} must be finite, got NaN or Inf values")
+    return array
+
+
+def _float(value: Any, default: float) -> float:
+    try:
+        return float(value) if value is not None else default
+    except (TypeError, ValueError):
+        return default
+
+
+def _timestamp(value: Any) -> float | None:
+    if value in (None, ""):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    try:
+        return datetime.fromisoformat(str(value)).timestamp()
+    except ValueError:
+        raise InvalidInput(f"expires/eta must be an ISO 8601 time, got {value!r}") from None

@@ -1,0 +1,253 @@
+"""The runner: one batch in, one outcome per request out. No Celery, no Redis.
+
+It collates uint8 tensors (into pinned memory, copied without blocking on CUDA), normalises them
+on the device, runs the model under ``inference_mode`` and autocast, and post-processes per
+request. Failures stay with the requests that caused them: expired requests are answered before
+compute, a batch whose forward raises is bisected until only the guilty requests fail, and an
+out-of-memory error splits the batch and lowers the batch cap instead of failing anyone.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from shared.errors import DeadlineExceeded, InferqError, ModelError, WorkerCrashed
+from shared.results import Timing
+from shared.spec import ModelConfig
+from worker.handlers import ModelHandler
+from worker.messages import InferenceRequest
+
+_AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Exactly one per request: ``value`` (the result dict) or ``error``."""
+
+    request: InferenceRequest
+    value: dict[str, Any] | None = None
+    error: InferqError | None = None
+
+
+class DeviceFailure(Exception):
+    """The device is unusable (e.g. a device-side assert): the process must restart."""
+
+
+def is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def is_fatal_device_error(exc: BaseException) -> bool:
+    text = str(exc)
+    return isinstance(exc, getattr(torch, "AcceleratorError", ())) or any(
+        marker in text
+        for marker in ("device-side assert", "illegal memory access", "CUDA error: unspecified launch")
+    )
+
+
+class BatchCap:
+    """The effective max batch size: halved on OOM, doubled back after a run of clean batches."""
+
+    def __init__(self, maximum: int, recover_after: int = 50) -> None:
+        self.maximum = maximum
+        self.value = maximum
+        self.recover_after = recover_after
+        self._clean = 0
+
+    def shrink(self, failed_size: int) -> None:
+        self.value = max(1, min(self.value, failed_size // 2))
+        self._clean = 0
+
+    def ok(self) -> None:
+        if self.value >= self.maximum:
+            return
+        self._clean += 1
+        if self._clean >= self.recover_after:
+            self.value = min(self.maximum, self.value * 2)
+            self._clean = 0
+
+
+class Runner:
+    def __init__(
+        self,
+        handler: ModelHandler,
+        config: ModelConfig,
+        version: int,
+        device: torch.device,
+        worker: str,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.handler = handler
+        self.config = config
+        self.version = version
+        self.device = device
+        self.worker = worker
+        self.cap = BatchCap(config.batching.max_batch_size)
+        self._clock = clock
+        self._wall = wall
+        self._autocast = _AUTOCAST.get(config.precision.mode)
+        channels = config.shape[0]
+        std = torch.tensor(config.preprocess.std, dtype=torch.float32)
+        mean = torch.tensor(config.preprocess.mean, dtype=torch.float32)
+        # x / scale - mean) / std  ==  x * a + b, one fused pass on the device
+        self._a = (1.0 / (config.preprocess.scale * std)).view(1, channels, 1, 1).to(device)
+        self._b = (-mean / std).view(1, channels, 1, 1).to(device)
+        self._staging = torch.empty(
+            (config.batching.max_batch_size, *config.shape),
+            dtype=torch.uint8,
+            pin_memory=device.type == "cuda",
+        )
+        self._labels = config.output.labels
+
+    # -- public -------------------------------------------------------------------------------
+
+    def run(self, batch: Sequence[InferenceRequest]) -> list[Outcome]:
+        """One outcome per request in ``batch``, in order."""
+        closed_at = self._clock()
+        now = self._wall()
+        expired = [r for r in batch if r.deadline is not None and r.deadline <= now]
+        live = [r for r in batch if not (r.deadline is not None and r.deadline <= now)]
+        outcomes = {id(r): Outcome(r, error=_expired(r, now)) for r in expired}
+        if live:
+            outcomes.update(self._run_live(live, closed_at))
+        result = [outcomes[id(r)] for r in batch]
+        assert len(result) == len(batch)
+        return result
+
+    def warmup(self, sizes: Sequence[int] | None = None, rounds: int = 2) -> dict[int, float]:
+        """Run zero batches of each size before serving; returns the slowest seconds per size."""
+        sizes = sorted(set(sizes or (1, *self.config.batching.preferred_batch_sizes, self.cap.maximum)))
+        seconds: dict[int, float] = {}
+        for size in sizes:
+            x = torch.zeros((size, *self.config.shape), dtype=torch.uint8)
+            for _ in range(rounds):
+                start = time.perf_counter()
+                self._forward(x.to(self.device))
+                seconds[size] = max(seconds.get(size, 0.0), time.perf_counter() - start)
+        return seconds
+
+    # -- one batch ---------------------------------------------------------------------------
+
+    def _run_live(self, live: list[InferenceRequest], closed_at: float) -> dict[int, Outcome]:
+        start = self._clock()
+        x = self.collate([r.array for r in live])
+        collated = self._clock()
+        rows = self._compute(x)
+        computed = self._clock()
+        values = [row if isinstance(row, InferqError) else self._postprocess(row) for row in rows]
+        done = self._clock()
+        timing = _BatchTimes(
+            closed_at, (collated - start) * 1e3, (computed - collated) * 1e3, (done - computed) * 1e3
+        )
+        return {id(r): self._outcome(r, v, timing, len(live)) for r, v in zip(live, values, strict=True)}
+
+    def collate(self, arrays: Sequence[np.ndarray]) -> torch.Tensor:
+        n = len(arrays)
+        staging = self._staging[:n] if n <= len(self._staging) else torch.empty((n, *self.config.shape), dtype=torch.uint8)
+        np.stack(arrays, out=staging.numpy())
+        return staging.to(self.device, non_blocking=True)
+
+    def _compute(self, x: torch.Tensor) -> list[Any]:
+        """Per row: the output row (CPU), or the error that row alone is guilty of."""
+        try:
+            out = self._forward(x)
+        except Exception as exc:
+            if is_fatal_device_error(exc):
+                raise DeviceFailure(str(exc)) from exc
+            return self._split(x, exc)
+        self.cap.ok()
+        return list(out)
+
+    def _split(self, x: torch.Tensor, exc: Exception) -> list[Any]:
+        n = len(x)
+        if is_oom(exc):
+            self.cap.shrink(n)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if n == 1:
+                return [ModelError(f"model must fit in device memory for one input, got OOM: {exc}")]
+        elif n == 1:
+            return [ModelError(f"model raised on this input: {type(exc).__name__}: {exc}")]
+        half = n // 2
+        return self._compute(x[:half]) + self._compute(x[half:])
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), self._autocast_ctx():
+            z = x.float().mul_(self._a).add_(self._b)
+            if self.config.precision.channels_last:
+                z = z.contiguous(memory_format=torch.channels_last)
+            out = self.handler.predict(z)
+        if not isinstance(out, torch.Tensor) or out.shape[0] != x.shape[0]:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ModelError(f"model must return one row per input ({x.shape[0]}), got {got}")
+        return out.float().cpu()
+
+    def _autocast_ctx(self) -> Any:
+        if self._autocast is None:
+            return torch.autocast(self.device.type, enabled=False)
+        return torch.autocast(self.device.type, dtype=self._autocast)
+
+    def _postprocess(self, row: torch.Tensor) -> Any:
+        out = self.config.output
+        if out.postprocess == "raw":
+            return row.tolist()
+        probs = torch.softmax(row.flatten(), dim=0)
+        scores, idx = probs.topk(min(out.top_k, probs.numel()))
+        return [
+            {"index": i, "label": self._labels[i] if i < len(self._labels) else str(i), "score": s}
+            for i, s in zip(idx.tolist(), scores.tolist(), strict=True)
+        ]
+
+    def _outcome(self, r: InferenceRequest, value: Any, t: _BatchTimes, size: int) -> Outcome:
+        if isinstance(value, InferqError):
+            return Outcome(r, error=value)
+        ready = self._wall()
+        timing = Timing(
+            preprocess_ms=r.preprocess_ms,
+            queue_ms=max(0.0, (r.received_wall - r.submitted_at) * 1e3),
+            batch_wait_ms=max(0.0, (t.closed_at - r.received_at) * 1e3),
+            collate_ms=t.collate_ms,
+            infer_ms=t.infer_ms,
+            post_ms=t.post_ms,
+            total_ms=r.preprocess_ms + max(0.0, (ready - r.submitted_at) * 1e3),
+            batch_size=size,
+            worker=self.worker,
+            device=str(self.device),
+        )
+        result = {
+            "model": self.config.name,
+            "version": self.version,
+            "outputs": value,
+            "timing": timing.as_dict(),
+        }
+        return Outcome(r, value=result)
+
+
+@dataclass(frozen=True)
+class _BatchTimes:
+    closed_at: float
+    collate_ms: float
+    infer_ms: float
+    post_ms: float
+
+
+def _expired(r: InferenceRequest, now: float) -> DeadlineExceeded:
+    late = (now - (r.deadline or now)) * 1e3
+    return DeadlineExceeded(
+        f"request must start before its deadline, got there {late:.0f} ms late "
+        f"(queued {max(0.0, (now - r.submitted_at) * 1e3):.0f} ms); it was not computed"
+    )
+
+
+def unrecoverable(batch: Sequence[InferenceRequest], exc: BaseException) -> list[Outcome]:
+    """Outcomes for a batch lost to a device failure: only these requests fail."""
+    error = WorkerCrashed(f"device failed while computing this batch; worker restarting: {exc}")
+    return [Outcome(r, error=error) for r in batch]

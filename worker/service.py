@@ -1,0 +1,446 @@
+"""The inference service: per served model, a fetcher thread and a runner thread; one writer.
+
+    Redis --fetch (bulk, atomic with unacked bookkeeping)--> decode/validate --> MicroBatcher
+          --> Runner (device) --> ResultWriter --(results + acks, one pipelined round trip)--> Redis
+
+The three stages overlap: while batch k runs on the device, batch k+1 is fetched and decoded and
+the results of batch k-1 are written and acknowledged. Messages a worker holds are bounded
+(``max_batch_size * (prefetch_batches + 1)`` per model) and counted from fetch to ack.
+
+Stop order (warm shutdown): stop fetching, put held-but-unstarted messages back on their queues,
+let each runner finish the batch in hand, write and ack those results, stop.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+import torch
+
+from shared import keys
+from shared.errors import ConfigError
+from shared.logs import get_logger
+from shared.redisconn import CONNECTION_ERRORS, make_client
+from shared.results import failure_meta, success_meta
+from shared.settings import Settings
+from shared.spec import InputSpec
+from worker.batcher import BatchPolicy, MicroBatcher
+from worker.broker import Broker, Write
+from worker.handlers import ModelHandler, load_handler
+from worker.hooks import Hooks
+from worker.messages import InferenceRequest, Rejection, decode_message
+from worker.repository import ModelRepository, ModelVersion
+from worker.runner import DeviceFailure, Outcome, Runner, unrecoverable
+
+log = get_logger(__name__)
+
+EXIT_DEVICE_FAILURE = 75  # the supervisor restarts a worker that exits with this code
+_FETCH_MAX = 256  # messages per fetch round trip at most
+
+
+class InHand:
+    """Messages taken from Redis and not yet acknowledged, bounded by ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+        self._cond = threading.Condition()
+
+    def room(self) -> int:
+        with self._cond:
+            return max(0, self.limit - self.count)
+
+    def add(self, n: int) -> None:
+        with self._cond:
+            self.count += n
+
+    def done(self, n: int) -> None:
+        with self._cond:
+            self.count -= n
+            self._cond.notify_all()
+
+    def wait_for_room(self, timeout: float) -> None:
+        with self._cond:
+            if self.count >= self.limit:
+                self._cond.wait(timeout)
+
+    def wait_empty(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self.count > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+            return True
+
+
+@dataclass
+class Served:
+    """One model this worker serves."""
+
+    model: ModelVersion
+    spec: InputSpec
+    runner: Runner
+    batcher: MicroBatcher[InferenceRequest]
+    in_hand: InHand
+    warmup_s: dict[int, float]
+    queue: str = ""
+    delayed: list[InferenceRequest] = field(default_factory=list)  # eta in the future
+
+    def __post_init__(self) -> None:
+        self.queue = keys.queue_name(self.model.name)
+
+
+@dataclass(frozen=True)
+class WriteJob:
+    served: Served
+    outcomes: Sequence[Outcome]
+    rejections: Sequence[Rejection]
+
+    def writes(self) -> list[Write]:
+        out = [
+            Write(o.request.tag, o.request.task_id, _meta(o))
+            for o in self.outcomes
+        ]
+        out += [
+            Write(r.tag, r.task_id, failure_meta(r.task_id, r.error) if r.task_id else None)
+            for r in self.rejections
+        ]
+        return out
+
+
+def _meta(o: Outcome) -> bytes:
+    if o.error is not None:
+        return failure_meta(o.request.task_id, o.error)
+    assert o.value is not None
+    return success_meta(o.request.task_id, o.value)
+
+
+HandlerLoader = Callable[[ModelVersion, torch.device], ModelHandler]
+
+
+class InferenceService:
+    def __init__(
+        self,
+        settings: Settings,
+        models: Sequence[str],
+        device: str,
+        *,
+        worker_name: str | None = None,
+        hooks: Hooks | None = None,
+        handler_loader: HandlerLoader = load_handler,
+        on_fatal: Callable[[int], None] = os._exit,
+    ) -> None:
+        if not models:
+            raise ConfigError("a worker must serve at least one model: pass --model NAME")
+        self.settings = settings
+        self.model_names = list(models)
+        self.device = torch.device(device)
+        self.worker_name = worker_name or f"{socket.gethostname()}:{os.getpid()}"
+        self.hooks = hooks or Hooks([])
+        self._load_handler = handler_loader
+        self._on_fatal = on_fatal
+        self.served: list[Served] = []
+        self._stopping = threading.Event()
+        self._fatal = threading.Event()
+        self._device_lock = threading.Lock()
+        self._writes: queue.Queue[WriteJob | None] = queue.Queue()
+        self._threads: list[threading.Thread] = []
+        self._fetch_threads: list[threading.Thread] = []
+        self._runner_threads: list[threading.Thread] = []
+        self.client: redis.Redis = make_client(settings.broker_url)
+        results = self.client if settings.result_backend == settings.broker_url else make_client(settings.result_backend)
+        self.broker = Broker(self.client, results, settings.result_ttl_s)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)  # CUDA is first touched here, after the fork
+        repo = ModelRepository(self.settings.model_repository)
+        self.served = [self._load(repo.resolve(name)) for name in self.model_names]
+        check_settings(self.settings, self.served)
+        self._publish_specs()
+        self._spawn("inferq-writer", self._write_loop)
+        self._spawn("inferq-housekeeping", self._housekeeping_loop)
+        for s in self.served:
+            self._fetch_threads.append(self._spawn(f"inferq-fetch-{s.model.name}", self._fetch_loop, s))
+            self._runner_threads.append(self._spawn(f"inferq-run-{s.model.name}", self._run_loop, s))
+        log.info("worker serving", models=[f"{s.model.name}:{s.model.version}" for s in self.served], device=str(self.device), worker=self.worker_name)
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Warm shutdown: nothing lost, nothing computed twice."""
+        if self._stopping.is_set():
+            return
+        log.info("warm shutdown: finishing the batches in hand")
+        self._stopping.set()
+        for t in self._fetch_threads:
+            t.join(timeout)
+        for s in self.served:
+            s.batcher.close()
+            self._give_back(s, s.batcher.drain() + s.delayed)
+            s.delayed = []
+        for t in self._runner_threads:
+            t.join(timeout)
+        self._writes.put(None)
+        for t in self._threads:
+            t.join(timeout)
+        self._unpublish()
+        log.info("worker stopped")
+
+    def _spawn(self, name: str, target: Callable[..., None], *args: Any) -> threading.Thread:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+        return thread
+
+    def _load(self, model: ModelVersion) -> Served:
+        started = time.perf_counter()
+        handler = self._load_handler(model, self.device)
+        runner = Runner(handler, model.config, model.version, self.device, self.worker_name)
+        warmup = runner.warmup()
+        b = model.config.batching
+        policy = BatchPolicy(b.max_batch_size, b.max_wait_ms / 1e3, b.preferred_batch_sizes)
+        limit = b.max_batch_size * (self.settings.prefetch_batches + 1)
+        log.info("model loaded", model=model.name, version=model.version, seconds=round(time.perf_counter() - started, 3), warmup_s={k: round(v, 4) for k, v in warmup.items()})
+        self.hooks.emit("on_batch_cap", model.name, runner.cap.value)
+        return Served(model, model.config.input_spec(model.version), runner, MicroBatcher(policy), InHand(limit), warmup)
+
+    # -- fetch -------------------------------------------------------------------------------
+
+    def _fetch_loop(self, s: Served) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._fetch_once(s)
+            except CONNECTION_ERRORS as exc:
+                s.batcher.set_more_coming(False)
+                log.warning("redis unavailable while fetching; retrying", model=s.model.name, error=str(exc))
+                self._stopping.wait(0.5)
+            except Exception:
+                log.exception("fetch loop error", model=s.model.name)
+                self._stopping.wait(0.5)
+
+    def _fetch_once(self, s: Served) -> None:
+        self._release_due(s)
+        room = s.in_hand.room()
+        if room <= 0:
+            s.in_hand.wait_for_room(0.05)
+            return
+        want = min(room, _FETCH_MAX)
+        fetched = self.broker.fetch(s.queue, want)
+        if self._stopping.is_set():
+            self._give_back_tags([f.tag for f in fetched])
+            return
+        if not fetched:
+            s.batcher.set_more_coming(False)
+            self.broker.wait(s.queue, self.settings.idle_poll_s)
+            return
+        s.in_hand.add(len(fetched))
+        more = len(fetched) == want
+        requests, rejections = self._decode(s, fetched)
+        if rejections:
+            self._writes.put(WriteJob(s, (), rejections))
+        s.batcher.put(requests, more_coming=more)
+        self.hooks.emit("after_fetch", s.model.name, len(fetched), more)
+
+    def _decode(self, s: Served, fetched: Sequence[Any]) -> tuple[list[InferenceRequest], list[Rejection]]:
+        requests: list[InferenceRequest] = []
+        rejections: list[Rejection] = []
+        wall = time.time()
+        for f in fetched:
+            d = decode_message(f.tag, f.raw, s.spec, max_bytes=self.settings.max_payload_bytes)
+            if isinstance(d, Rejection):
+                rejections.append(d)
+            elif d.eta is not None and d.eta > wall:
+                s.delayed.append(d)
+            else:
+                requests.append(d)
+        return requests, rejections
+
+    def _release_due(self, s: Served) -> None:
+        if not s.delayed:
+            return
+        now = time.time()
+        due = [r for r in s.delayed if r.eta is not None and r.eta <= now]
+        if due:
+            s.delayed = [r for r in s.delayed if r not in due]
+            for r in due:
+                r.received_at = time.monotonic()
+            s.batcher.put(due, more_coming=True)
+
+    # -- run ---------------------------------------------------------------------------------
+
+    def _run_loop(self, s: Served) -> None:
+        while not self._fatal.is_set():
+            batch = s.batcher.next_batch(timeout=0.1, cap=s.runner.cap.value)
+            if not batch:
+                if self._stopping.is_set() and len(s.batcher) == 0:
+                    return
+                continue
+            self._run_batch(s, batch)
+
+    def _run_batch(self, s: Served, batch: list[InferenceRequest]) -> None:
+        cap = s.runner.cap.value
+        started = time.perf_counter()
+        try:
+            with self._device_lock:
+                outcomes = s.runner.run(batch)
+        except DeviceFailure as exc:
+            self._device_failed(s, batch, exc)
+            return
+        except Exception as exc:  # a runner bug must still answer every request
+            log.exception("runner failed outside the model", model=s.model.name)
+            outcomes = unrecoverable(batch, exc)
+        self.hooks.emit("after_batch", s.model.name, batch, outcomes, time.perf_counter() - started)
+        if s.runner.cap.value != cap:
+            self.hooks.emit("on_batch_cap", s.model.name, s.runner.cap.value)
+        self._writes.put(WriteJob(s, outcomes, ()))
+
+    def _device_failed(self, s: Served, batch: list[InferenceRequest], exc: BaseException) -> None:
+        """Fail only this batch, hand every other held message back, flush, and exit for a restart."""
+        log.error("unrecoverable device error; restarting worker", model=s.model.name, error=str(exc))
+        self._fatal.set()
+        self._stopping.set()
+        self._writes.put(WriteJob(s, unrecoverable(batch, exc), ()))
+        for other in self.served:
+            other.batcher.close()
+            self._give_back(other, other.batcher.drain() + other.delayed)
+        self._writes.put(None)
+        for t in self._threads:
+            if t.name == "inferq-writer":
+                t.join(30)
+        self._on_fatal(EXIT_DEVICE_FAILURE)
+
+    # -- write -------------------------------------------------------------------------------
+
+    def _write_loop(self) -> None:
+        done = False
+        while not done:
+            jobs: list[WriteJob] = []
+            item = self._writes.get()
+            while True:
+                if item is None:
+                    done = True
+                else:
+                    jobs.append(item)
+                try:
+                    item = self._writes.get_nowait()
+                except queue.Empty:
+                    break
+            if jobs:
+                self._store(jobs)
+
+    def _store(self, jobs: list[WriteJob]) -> None:
+        writes = [w for job in jobs for w in job.writes()]
+        started = time.perf_counter()
+        delay = 0.05
+        while True:
+            try:
+                self.broker.store_and_ack(writes)
+                break
+            except CONNECTION_ERRORS as exc:
+                # Results stay here until Redis is back; if this process dies first the messages
+                # are redelivered after the visibility timeout, so nothing is lost either way.
+                log.warning("redis unavailable while storing results; retrying", error=str(exc), pending=len(writes))
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        seconds = time.perf_counter() - started
+        for job in jobs:
+            job.served.in_hand.done(len(job.outcomes) + len(job.rejections))
+            self.hooks.emit("after_store", job.served.model.name, job.outcomes, job.rejections, seconds)
+
+    # -- give back ---------------------------------------------------------------------------
+
+    def _give_back(self, s: Served, held: Sequence[InferenceRequest]) -> None:
+        if held:
+            self._give_back_tags([r.tag for r in held])
+            s.in_hand.done(len(held))
+
+    def _give_back_tags(self, tags: Sequence[str]) -> None:
+        try:
+            restored = self.broker.restore(tags)
+            log.info("returned unstarted messages to their queues", count=restored)
+        except CONNECTION_ERRORS:
+            log.warning("could not return messages now; they come back after the visibility timeout", count=len(tags))
+
+    # -- housekeeping ------------------------------------------------------------------------
+
+    def _housekeeping_loop(self) -> None:
+        next_beat = next_sweep = 0.0
+        while not self._stopping.wait(1.0):
+            now = time.monotonic()
+            try:
+                self._measure_depths()
+                if now >= next_beat:
+                    self._publish_specs()
+                    next_beat = now + self.settings.heartbeat_s
+                if now >= next_sweep:
+                    restored = self.broker.restore_expired(self.settings.visibility_timeout_s)
+                    if restored:
+                        log.warning("redelivered messages past the visibility timeout", count=restored)
+                    next_sweep = now + self.settings.restore_interval_s
+            except CONNECTION_ERRORS as exc:
+                log.warning("redis unavailable for housekeeping", error=str(exc))
+
+    def _publish_specs(self) -> None:
+        ttl = max(3 * self.settings.heartbeat_s, 30.0)
+        pipe = self.client.pipeline(transaction=False)
+        for s in self.served:
+            pipe.set(keys.model_spec_key(s.model.name), s.spec.to_json(), ex=int(ttl))
+            pipe.zadd(keys.model_workers_key(s.model.name), {self.worker_name: time.time()})
+        pipe.execute()
+
+    def _measure_depths(self) -> None:
+        for s in self.served:
+            self.hooks.emit("on_queue_depth", s.model.name, self.broker.depth(s.queue))
+
+    def _unpublish(self) -> None:
+        try:
+            for s in self.served:
+                self.client.zrem(keys.model_workers_key(s.model.name), self.worker_name)
+        except CONNECTION_ERRORS:
+            pass
+
+    # -- introspection (Celery control command) -----------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            s.model.name: {
+                "version": s.model.version,
+                "in_hand": s.in_hand.count,
+                "waiting_in_batcher": len(s.batcher),
+                "effective_max_batch_size": s.runner.cap.value,
+                "warmup_s": s.warmup_s,
+            }
+            for s in self.served
+        }
+
+
+def check_settings(settings: Settings, served: Sequence[Served]) -> None:
+    """Refuse settings that would silently redeliver work that is still being computed.
+
+    A message held by this worker must be acked before the visibility timeout, or another worker
+    computes it again. The worst case is every held message ahead of it running at max batch size.
+    """
+    for s in served:
+        b = s.model.config.batching
+        worst_batch = max(s.warmup_s.values())
+        batches_ahead = settings.prefetch_batches + 1
+        worst = batches_ahead * (worst_batch * 3 + b.max_wait_ms / 1e3) + 1.0
+        if settings.visibility_timeout_s < worst:
+            raise ConfigError(
+                f"INFERQ_VISIBILITY_TIMEOUT_S must exceed the worst time a message can be held by "
+                f"this worker for model {s.model.name!r}: got {settings.visibility_timeout_s:g} s, "
+                f"need at least {worst:.1f} s ({batches_ahead} batches of {b.max_batch_size} at "
+                f"{worst_batch:.2f} s measured at warm-up, x3 margin). Raise "
+                f"INFERQ_VISIBILITY_TIMEOUT_S, or lower INFERQ_PREFETCH_BATCHES or max_batch_size."
+            )
