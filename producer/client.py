@@ -70,6 +70,8 @@ class Runtime:
         self.settings = settings
         self.client = make_client(settings.broker_url)
         self.specs = SpecCache(self.client, settings.spec_cache_ttl_s)
+        # A Celery app per runtime, so results follow the settings in force (tests, CLI flags).
+        self.app = make_celery(settings)
         self.headers: dict[tuple[tuple[int, ...], str], bytes] = {}
 
     def tensor_header(self, shape: tuple[int, ...], dtype: str) -> bytes:
@@ -108,6 +110,9 @@ class SubmitJob(Task):  # type: ignore[misc]
     def run(self, *args: Any, **kwargs: Any) -> Any:
         raise InferqError("inferq.infer runs in an inferq worker, not in the producer process")
 
+    def AsyncResult(self, task_id: str, **kwargs: Any) -> AsyncResult:  # noqa: N802 (Celery's name)
+        return AsyncResult(task_id, backend=runtime().app.backend, task_name=self.name, app=runtime().app, **kwargs)
+
     def apply_async(
         self,
         args: Sequence[Any] | None = None,
@@ -115,7 +120,7 @@ class SubmitJob(Task):  # type: ignore[misc]
         **options: Any,
     ) -> AsyncResult:
         img, call = _split_call(args, kwargs)
-        prepared = prepare(self.app, img, call, options)
+        prepared = prepare(runtime().app, img, call, options)
         push(runtime().client, [prepared])
         return self.AsyncResult(prepared.task_id)
 
@@ -258,7 +263,7 @@ def submit_many(
     results: list[AsyncResult] = []
     batch: list[Prepared] = []
     for img in imgs:
-        batch.append(prepare(submit_job.app, img, {"model": model}, options))
+        batch.append(prepare(runtime().app, img, {"model": model}, options))
         if len(batch) >= chunk:
             results.extend(_push_chunk(batch, results))
             batch = []

@@ -1,7 +1,7 @@
 """The Celery configuration producers and workers share.
 
-Task messages are msgpack (binary-safe, so tensors travel as raw bytes); results are JSON; pickle
-is accepted nowhere.
+Inference task messages are msgpack (binary-safe, so tensors travel as raw bytes); control
+messages, events and results are JSON; pickle is accepted nowhere.
 """
 
 from __future__ import annotations
@@ -35,7 +35,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     return {
         "broker_url": settings.broker_url,
         "result_backend": settings.result_backend,
-        "task_serializer": "msgpack",
+        # inferq.infer bodies are msgpack (the producer serializes them itself); everything else
+        # Celery sends, control and event messages included, stays JSON so that Flower and plain
+        # Celery clients with default settings can read it.
+        "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ACCEPT_CONTENT,
         "result_accept_content": ["json"],

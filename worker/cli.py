@@ -50,9 +50,7 @@ def init_examples(dest: Path | None, only: tuple[str, ...]) -> None:
     from worker.examples import EXAMPLE_NAMES, build_examples
 
     target = dest or get_settings().model_repository
-    written = build_examples(target, list(only) or list(EXAMPLE_NAMES), log=click.echo)
-    for path in written:
-        click.echo(f"wrote {path}")
+    build_examples(target, list(only) or list(EXAMPLE_NAMES), log=click.echo)
 
 
 @models.command("list")

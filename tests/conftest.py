@@ -1,0 +1,100 @@
+"""Shared fixtures: a private redis-server per test (or per module), worker processes, models."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from producer.client import reset_runtime
+from shared.redisconn import make_client
+from shared.settings import Settings, set_settings
+from worker.localredis import LocalRedis
+from worker.procs import WorkerProcess, start_worker
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def test_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.models import build_test_repo
+
+    return build_test_repo(tmp_path_factory.mktemp("repo"))
+
+
+@pytest.fixture(scope="session")
+def shapes_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real example classifier, trained once per session (~12 s)."""
+    from worker.examples import build_examples
+
+    root = tmp_path_factory.mktemp("shapes-repo")
+    build_examples(root, ["shapes"], log=lambda _: None)
+    return root
+
+
+class Stack:
+    """A private Redis plus the workers started against it; the producer is pointed at it."""
+
+    def __init__(self, repo: Path, tmp: Path, **settings: object) -> None:
+        self.redis = LocalRedis().start()
+        self.repo = repo
+        self.tmp = tmp
+        self.workers: list[WorkerProcess] = []
+        self.extra_env: dict[str, str] = {}
+        self.settings = Settings(broker_url=self.redis.url, model_repository=repo, metrics_port=0, **settings)  # type: ignore[arg-type]
+        set_settings(self.settings)
+        reset_runtime()
+        self.client = make_client(self.redis.url)
+
+    def env(self) -> dict[str, str]:
+        s = self.settings
+        return {
+            "INFERQ_BROKER_URL": s.broker_url,
+            "INFERQ_RESULT_BACKEND": s.result_backend,
+            "INFERQ_MODEL_REPOSITORY": str(self.repo),
+            "INFERQ_METRICS_PORT": "0",
+            "INFERQ_VISIBILITY_TIMEOUT_S": str(s.visibility_timeout_s),
+            "INFERQ_RESTORE_INTERVAL_S": str(s.restore_interval_s),
+            "INFERQ_LOG_FORMAT": "json",
+            "PYTHONPATH": str(ROOT),
+            **self.extra_env,
+        }
+
+    def worker(self, *models: str, ready: bool = True, **kwargs: object) -> WorkerProcess:
+        log = self.tmp / f"worker-{len(self.workers)}.log"
+        w = start_worker(list(models), self.env(), log_path=log, **kwargs)  # type: ignore[arg-type]
+        self.workers.append(w)
+        if ready:
+            w.wait_ready(self.client)
+        return w
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.terminate(timeout=20)
+        self.redis.stop()
+        set_settings(None)
+        reset_runtime()
+
+
+@pytest.fixture
+def stack_factory(tmp_path: Path) -> Iterator[Callable[..., Stack]]:
+    stacks: list[Stack] = []
+
+    def make(repo: Path, **settings: object) -> Stack:
+        stack = Stack(repo, tmp_path, **settings)
+        stacks.append(stack)
+        return stack
+
+    yield make
+    for stack in stacks:
+        stack.close()
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_inferq_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never pick up a developer's INFERQ_* settings by accident."""
+    for key in list(os.environ):
+        if key.startswith("INFERQ_"):
+            monkeypatch.delenv(key)

@@ -1,0 +1,169 @@
+"""The core path with real processes: a private redis-server, a real worker, this process producing."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from celery import Celery
+from kombu.serialization import dumps as kombu_dumps
+
+from producer import gather, submit_job, submit_many
+from shared import codec, keys
+from shared.errors import InvalidInput, ModelUnavailable
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.integration
+
+TIMING_KEYS = {
+    "preprocess_ms", "queue_ms", "batch_wait_ms", "collate_ms", "infer_ms", "post_ms",
+    "total_ms", "batch_size", "worker", "device",
+}
+
+
+def _img(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 200, size=(8, 8, 3), dtype=np.uint8)
+
+
+def test_delay_get_returns_predictions_and_timing(stack_factory, test_repo: Path) -> None:
+    stack = stack_factory(test_repo)
+    w = stack.worker("tiny")
+    result = submit_job.delay(_img(1), model="tiny").get(timeout=30)
+    assert set(result) == {"model", "version", "outputs", "timing"}
+    assert result["model"] == "tiny" and result["version"] == 1
+    assert [o["label"] for o in result["outputs"]] != []
+    assert all(o["label"] in "abcd" for o in result["outputs"])
+    assert set(result["timing"]) == TIMING_KEYS
+    assert result["timing"]["worker"] == w.hostname
+    assert result["timing"]["device"] == "cpu"
+    assert result["timing"]["total_ms"] >= result["timing"]["infer_ms"] >= 0
+
+
+def test_same_input_same_prediction_as_the_model_in_process(stack_factory, test_repo: Path) -> None:
+    import torch
+
+    from tests.models import Tiny
+
+    stack = stack_factory(test_repo)
+    stack.worker("tiny")
+    img = _img(7)
+    served = submit_job.delay(img, model="tiny").get(timeout=30)
+    x = torch.from_numpy(img.transpose(2, 0, 1).copy()).float().div(255).unsqueeze(0)
+    probs = torch.softmax(Tiny().eval()(x), dim=1)[0]
+    assert served["outputs"][0]["index"] == int(probs.argmax())
+    assert served["outputs"][0]["score"] == pytest.approx(float(probs.max()), rel=1e-4)
+
+
+def test_producer_errors_are_typed_and_immediate(stack_factory, test_repo: Path) -> None:
+    stack = stack_factory(test_repo)
+    stack.worker("tiny")
+    with pytest.raises(InvalidInput, match="decodable"):
+        submit_job.delay(b"definitely not an image", model="tiny")
+    with pytest.raises(ModelUnavailable, match="nosuchmodel"):
+        submit_job.delay(_img(1), model="nosuchmodel")
+
+
+def test_worker_side_failure_raises_typed_error_from_get(stack_factory, test_repo: Path) -> None:
+    """A plain Celery client sends a tensor of the wrong shape: get() raises InvalidInput."""
+    stack = stack_factory(test_repo)
+    stack.worker("tiny")
+    app = Celery(broker=stack.redis.url, backend=stack.redis.url)
+    app.conf.update(task_serializer="msgpack", accept_content=["msgpack", "json"], result_serializer="json")
+    wrong = codec.encode(np.zeros((3, 9, 9), dtype=np.uint8))
+    r = app.send_task(keys.TASK_NAME, args=[wrong], kwargs={"model": "tiny"}, queue=keys.queue_name("tiny"))
+    with pytest.raises(InvalidInput, match=r"uint8\[3, 8, 8\].*got uint8\[3, 9, 9\]"):
+        r.get(timeout=30)
+
+
+def test_plain_celery_clients_are_served(stack_factory, test_repo: Path) -> None:
+    """Any Celery client can publish: msgpack with bytes, or json with the tensor base64-encoded."""
+    stack = stack_factory(test_repo)
+    stack.worker("tiny")
+    tensor = codec.encode(np.full((3, 8, 8), 9, dtype=np.uint8))
+    for serializer, arg in (("msgpack", tensor), ("json", base64.b64encode(tensor).decode())):
+        app = Celery(broker=stack.redis.url, backend=stack.redis.url)
+        app.conf.update(task_serializer=serializer, accept_content=["msgpack", "json"], result_serializer="json")
+        r = app.send_task(keys.TASK_NAME, args=[arg], kwargs={"model": "tiny"}, queue=keys.queue_name("tiny"))
+        assert r.get(timeout=30)["model"] == "tiny"
+
+
+def test_submit_many_and_gather(stack_factory, test_repo: Path) -> None:
+    stack = stack_factory(test_repo)
+    stack.worker("tiny")
+    results = submit_many([_img(i) for i in range(300)], model="tiny")
+    values = gather(results, timeout=60)
+    assert len(values) == 300 and all(v["model"] == "tiny" for v in values)
+    assert max(v["timing"]["batch_size"] for v in values) > 1
+    # gather and AsyncResult.get see the same stored result
+    assert results[5].get(timeout=5) == values[5]
+
+
+def test_pickle_message_is_refused_and_never_deserialized(stack_factory, test_repo: Path) -> None:
+    stack = stack_factory(test_repo)
+    stack.worker("tiny")
+    app = Celery(broker=stack.redis.url, backend=stack.redis.url)
+    app.conf.update(task_serializer="pickle", accept_content=["pickle", "json"], result_serializer="json")
+    r = app.send_task(keys.TASK_NAME, args=[b"x"], kwargs={"model": "tiny"}, queue=keys.queue_name("tiny"))
+    with pytest.raises(InvalidInput, match="pickle"):
+        r.get(timeout=30)
+    assert submit_job.delay(_img(2), model="tiny").get(timeout=30)["model"] == "tiny"
+
+
+def test_non_inferq_garbage_goes_to_dead_letter(stack_factory, test_repo: Path) -> None:
+    stack = stack_factory(test_repo)
+    stack.worker("tiny")
+    stack.client.lpush(keys.priority_queue_key(keys.queue_name("tiny"), keys.DEFAULT_PRIORITY), b"\x00garbage")
+    assert submit_job.delay(_img(3), model="tiny").get(timeout=30)["model"] == "tiny"
+    assert stack.client.lrange("inferq.deadletter", 0, -1) == [b"\x00garbage"]
+
+
+def test_celery_control_and_inspect_work(stack_factory, test_repo: Path) -> None:
+    stack = stack_factory(test_repo)
+    w = stack.worker("tiny")
+    app = Celery(broker=stack.redis.url)
+    replies = app.control.inspect(destination=[w.hostname], timeout=5).ping()
+    assert replies and replies[w.hostname] == {"ok": "pong"}
+    stats = app.control.inspect(destination=[w.hostname], timeout=5)._request("inferq_stats")
+    assert stats[w.hostname]["tiny"]["version"] == 1
+
+
+def test_burst_from_a_script_that_only_imports_producer(stack_factory, shapes_repo: Path, tmp_path: Path) -> None:
+    """The issue's acceptance check: 500 .delay calls, 500 well-formed results, mean batch > 1."""
+    stack = stack_factory(shapes_repo)
+    stack.worker("shapes")
+    script = tmp_path / "burst.py"
+    script.write_text(BURST)
+    env = {**stack.env(), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, str(script)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["results"] == 500
+    assert report["well_formed"] == 500
+    assert report["accuracy"] >= 0.95
+    assert report["mean_batch"] > 1.0
+    assert report["torch_imported"] is False
+
+
+BURST = '''
+import json, sys
+import numpy as np
+from producer import submit_job
+from producer.synth import CLASSES, make_images
+
+images, labels = make_images(500, seed=4242, size=(80, 64))
+pending = [submit_job.delay(img, model="shapes") for img in images]
+values = [p.get(timeout=120) for p in pending]
+keys = {"preprocess_ms", "queue_ms", "batch_wait_ms", "infer_ms", "total_ms", "batch_size", "worker", "device"}
+well = sum(1 for v in values if set(v) == {"model", "version", "outputs", "timing"} and keys <= set(v["timing"]))
+correct = sum(1 for v, y in zip(values, labels) if v["outputs"][0]["label"] == CLASSES[int(y)])
+print(json.dumps({
+    "results": len(values), "well_formed": well, "accuracy": correct / len(values),
+    "mean_batch": float(np.mean([v["timing"]["batch_size"] for v in values])),
+    "torch_imported": "torch" in sys.modules,
+}))
+'''

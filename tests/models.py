@@ -1,0 +1,133 @@
+"""Tiny deterministic TorchScript models for tests, including ones that fail on purpose.
+
+Inputs are 3x8x8 uint8. With mean 0, std 1 and scale 255 a pixel of 255 becomes 1.0, so tests
+mark a request by setting pixel [0, 0, 0] (poison), [0, 0, 1] (device assert) to 255.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from worker.repository import record_sha256
+
+SHAPE = (3, 8, 8)
+LABELS = ("a", "b", "c", "d")
+
+
+class Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, len(LABELS))
+
+    def body(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x).mean(dim=(2, 3)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class Faulty(Tiny):
+    """Raises for a batch holding any poisoned row (pixel [0,0,0] == 255)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x[:, 0, 0, 0] > 0.99).any()):
+            raise RuntimeError("poisoned input")
+        return self.body(x)
+
+
+class Oomy(Tiny):
+    """Behaves as if device memory held at most 4 inputs."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > 4:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+        return self.body(x)
+
+
+class Crashy(Tiny):
+    """A marked row (pixel [0,0,1] == 255) triggers what a device-side assert looks like."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x[:, 0, 0, 1] > 0.99).any()):
+            raise RuntimeError("CUDA error: device-side assert triggered (injected)")
+        return self.body(x)
+
+
+class Slow(Tiny):
+    """Tiny, but takes ~20 ms a batch (for shutdown and redelivery tests)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.body(x)
+        for _ in range(20):
+            torch.mm(torch.ones(256, 256), torch.ones(256, 256))
+        return y
+
+
+MODULES: dict[str, type[nn.Module]] = {
+    "tiny": Tiny,
+    "faulty": Faulty,
+    "oomy": Oomy,
+    "crashy": Crashy,
+    "slow": Slow,
+}
+
+
+def config_text(
+    max_batch_size: int = 16,
+    max_wait_ms: float = 5.0,
+    queue_limit: int = 10_000,
+    default_deadline_ms: float = 0.0,
+    precision: str = "fp32",
+) -> str:
+    return textwrap.dedent(
+        f"""
+        platform = "torchscript"
+        [input]
+        shape = [3, 8, 8]
+        dtype = "uint8"
+        color = "RGB"
+        [preprocess]
+        resize = "stretch"
+        mean = [0.0, 0.0, 0.0]
+        std = [1.0, 1.0, 1.0]
+        [output]
+        postprocess = "topk"
+        top_k = 2
+        labels = ["a", "b", "c", "d"]
+        [batching]
+        max_batch_size = {max_batch_size}
+        max_wait_ms = {max_wait_ms}
+        preferred_batch_sizes = []
+        queue_limit = {queue_limit}
+        default_deadline_ms = {default_deadline_ms}
+        [precision]
+        mode = "{precision}"
+        channels_last = false
+        """
+    )
+
+
+def write_model(root: Path, name: str, kind: str = "tiny", version: int = 1, **config: object) -> Path:
+    """Script ``MODULES[kind]`` into ``root/name/version/model.pt`` with config and sha256."""
+    model_dir = root / name
+    version_dir = model_dir / str(version)
+    version_dir.mkdir(parents=True, exist_ok=True)
+    path = version_dir / "model.pt"
+    torch.jit.save(torch.jit.script(MODULES[kind]().eval()), str(path))
+    record_sha256(path)
+    (model_dir / "config.toml").write_text(config_text(**config))  # type: ignore[arg-type]
+    return path
+
+
+def build_test_repo(root: Path) -> Path:
+    for kind in MODULES:
+        write_model(root, kind, kind)
+    write_model(root, "limited", "slow", queue_limit=20, max_batch_size=4)
+    write_model(root, "deadlined", "tiny", default_deadline_ms=1.0)
+    return root
