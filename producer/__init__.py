@@ -1,8 +1,8 @@
 """What other services import to submit inference jobs. Never imports torch.
 
-    from producer import submit_job, submit_many, gather
+from producer import submit_job, submit_many, gather
 
-    result = submit_job.delay(img, model="shapes").get(timeout=10)
+result = submit_job.delay(img, model="shapes").get(timeout=10)
 """
 
 from producer.client import gather, submit_job, submit_many

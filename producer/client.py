@@ -100,7 +100,7 @@ def reset_runtime() -> None:
         _runtime = None
 
 
-class SubmitJob(Task):  # type: ignore[misc]
+class SubmitJob(Task):
     """``inferq.infer``: runs in inferq workers; this side only prepares and publishes."""
 
     name = keys.TASK_NAME
@@ -110,22 +110,26 @@ class SubmitJob(Task):  # type: ignore[misc]
     def run(self, *args: Any, **kwargs: Any) -> Any:
         raise InferqError("inferq.infer runs in an inferq worker, not in the producer process")
 
-    def AsyncResult(self, task_id: str, **kwargs: Any) -> AsyncResult:  # noqa: N802 (Celery's name)
-        return AsyncResult(task_id, backend=runtime().app.backend, task_name=self.name, app=runtime().app, **kwargs)
+    def AsyncResult(self, task_id: str, **kwargs: Any) -> Any:  # Celery's name
+        return AsyncResult(
+            task_id, backend=runtime().app.backend, task_name=self.name, app=runtime().app, **kwargs
+        )
 
     def apply_async(
         self,
         args: Sequence[Any] | None = None,
         kwargs: dict[str, Any] | None = None,
         **options: Any,
-    ) -> AsyncResult:
+    ) -> Any:
         img, call = _split_call(args, kwargs)
         prepared = prepare(runtime().app, img, call, options)
         push(runtime().client, [prepared])
         return self.AsyncResult(prepared.task_id)
 
 
-def _split_call(args: Sequence[Any] | None, kwargs: dict[str, Any] | None) -> tuple[Any, dict[str, Any]]:
+def _split_call(
+    args: Sequence[Any] | None, kwargs: dict[str, Any] | None
+) -> tuple[Any, dict[str, Any]]:
     args = list(args or ())
     call = dict(kwargs or {})
     if "img" in call:
@@ -308,7 +312,9 @@ def gather(
 
 
 class _Collector:
-    def __init__(self, client: redis.Redis, ids: list[str], on_result: Callable[[int], None] | None) -> None:
+    def __init__(
+        self, client: redis.Redis, ids: list[str], on_result: Callable[[int], None] | None
+    ) -> None:
         self.client = client
         self.on_result = on_result
         self.keys = [keys.result_key(i) for i in ids]
@@ -360,7 +366,7 @@ class _Collector:
                 if raw is not None:
                     self._record(key, raw)
 
-    def _record(self, key: str, raw: bytes) -> None:
+    def _record(self, key: str, raw: bytes | str) -> None:
         if key not in self.index:
             return
         meta = json.loads(raw)

@@ -40,7 +40,8 @@ def summarise(values: Sequence[Any], labels: Sequence[int] | None, wall_s: float
     correct = None
     if labels is not None:
         correct = sum(
-            1 for v, y in zip(values, labels, strict=True)
+            1
+            for v, y in zip(values, labels, strict=True)
             if isinstance(v, dict) and v["outputs"][0]["label"] == CLASSES[int(y)]
         )
     return Summary(
@@ -54,17 +55,23 @@ def summarise(values: Sequence[Any], labels: Sequence[int] | None, wall_s: float
     )
 
 
-def run_submissions(model: str, count: int, files: list[str] | None = None, timeout: float = 120.0) -> Summary:
+def run_submissions(
+    model: str, count: int, files: list[str] | None = None, timeout: float = 120.0
+) -> Summary:
     if files:
         images: list[Any] = files
         labels = None
     else:
-        images, label_array = make_images(count, seed=random.SystemRandom().randrange(1 << 30), size=(80, 64))
+        images, label_array = make_images(
+            count, seed=random.SystemRandom().randrange(1 << 30), size=(80, 64)
+        )
         labels = [int(v) for v in label_array]
     started = time.perf_counter()
     results = submit_many(images, model=model)
     with tqdm(total=len(results), desc=f"{model}", unit="img") as bar:
-        values = gather(results, timeout=timeout, return_exceptions=True, on_result=lambda _: bar.update())
+        values = gather(
+            results, timeout=timeout, return_exceptions=True, on_result=lambda _: bar.update()
+        )
     summary = summarise(values, labels, time.perf_counter() - started)
     print_summary(summary)
     return summary
@@ -74,7 +81,11 @@ def print_summary(s: Summary) -> None:
     lat = s.latency_ms
     print(f"submitted {s.submitted}, succeeded {s.succeeded}, failed {s.failed}")
     if s.accuracy is not None:
-        print(f"accuracy: {s.accuracy:.1%} ({s.correct}/{s.succeeded}) on images the model never saw")
+        print(
+            f"accuracy: {s.accuracy:.1%} ({s.correct}/{s.succeeded}) on images the model never saw"
+        )
     print(f"throughput: {s.throughput:.0f} images/s end to end ({s.wall_s:.2f} s)")
-    print(f"latency (submit to result): p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms, p99 {lat['p99']:.1f} ms")
+    print(
+        f"latency (submit to result): p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms, p99 {lat['p99']:.1f} ms"
+    )
     print(f"mean batch size: {s.mean_batch:.1f}")

@@ -107,7 +107,9 @@ def _open_image(img: Any, max_pixels: int) -> Image.Image:
             with open(img, "rb") as fh:
                 data = fh.read()
         except OSError as exc:
-            raise InvalidInput(f"image path must be a readable file, got {os.fspath(img)!r}: {exc}")
+            raise InvalidInput(
+                f"image path must be a readable file, got {os.fspath(img)!r}: {exc}"
+            ) from None
         return _decode(io.BytesIO(data), f"file {os.fspath(img)!r}", max_pixels)
     raise InvalidInput(
         "image must be a PIL image, numpy array, tensor, encoded bytes or a path, "

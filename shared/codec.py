@@ -72,7 +72,9 @@ def read_header(payload: bytes | memoryview, max_bytes: int) -> TensorHeader:
     if size > max_bytes:
         raise PayloadTooLarge(f"payload must be at most {max_bytes} bytes, got {size}")
     if size < _FIXED.size:
-        raise InvalidInput(f"payload must start with a {_FIXED.size}-byte tensor header, got {size} bytes")
+        raise InvalidInput(
+            f"payload must start with a {_FIXED.size}-byte tensor header, got {size} bytes"
+        )
     magic, version, code, ndim, _ = _FIXED.unpack_from(payload)
     if magic != MAGIC:
         raise InvalidInput(f"payload must start with magic {MAGIC!r}, got {bytes(magic)!r}")
@@ -84,7 +86,9 @@ def read_header(payload: bytes | memoryview, max_bytes: int) -> TensorHeader:
         raise InvalidInput(f"ndim must be 1..{MAX_NDIM}, got {ndim}")
     offset = _FIXED.size + 4 * ndim
     if size < offset:
-        raise InvalidInput(f"header declares {ndim} dims ({offset} bytes), payload has {size} bytes")
+        raise InvalidInput(
+            f"header declares {ndim} dims ({offset} bytes), payload has {size} bytes"
+        )
     shape = struct.unpack_from(f"<{ndim}I", payload, _FIXED.size)
     header = TensorHeader(DTYPES[code], tuple(shape), offset)
     if size - offset != header.nbytes:

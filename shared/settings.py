@@ -86,9 +86,13 @@ class Settings:
         _check_url("INFERQ_BROKER_URL", self.broker_url)
         _check_url("INFERQ_RESULT_BACKEND", self.result_backend)
         if self.log_format not in _LOG_FORMATS:
-            raise ConfigError(f"INFERQ_LOG_FORMAT must be one of {_LOG_FORMATS}, got {self.log_format!r}")
+            raise ConfigError(
+                f"INFERQ_LOG_FORMAT must be one of {_LOG_FORMATS}, got {self.log_format!r}"
+            )
         if self.log_level.upper() not in _LOG_LEVELS:
-            raise ConfigError(f"INFERQ_LOG_LEVEL must be one of {_LOG_LEVELS}, got {self.log_level!r}")
+            raise ConfigError(
+                f"INFERQ_LOG_LEVEL must be one of {_LOG_LEVELS}, got {self.log_level!r}"
+            )
         for name in ("visibility_timeout_s", "restore_interval_s", "idle_poll_s", "heartbeat_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -97,7 +101,9 @@ class Settings:
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ConfigError(f"INFERQ_DEVICE must be cpu or cuda:N, got {self.device!r}")
         if self.max_payload_bytes < 1024:
-            raise ConfigError(f"INFERQ_MAX_PAYLOAD_BYTES must be >= 1024, got {self.max_payload_bytes}")
+            raise ConfigError(
+                f"INFERQ_MAX_PAYLOAD_BYTES must be >= 1024, got {self.max_payload_bytes}"
+            )
 
     def __repr__(self) -> str:
         # Passwords never reach a log through a repr.

@@ -139,7 +139,9 @@ def parse_config(name: str, data: dict[str, Any], where: str = "config") -> Mode
     prec = _section(data, "precision", where)
     shape = tuple(int(d) for d in inp.get("shape", ()))
     if len(shape) != 3 or min(shape) < 1:
-        raise ConfigError(f"{where}: input.shape must be [C, H, W] with positive sizes, got {list(shape)}")
+        raise ConfigError(
+            f"{where}: input.shape must be [C, H, W] with positive sizes, got {list(shape)}"
+        )
     color = _choice(inp.get("color", "RGB"), tuple(COLOR_MODES), "input.color", where)
     if COLOR_MODES[color] != shape[0]:
         raise ConfigError(
@@ -161,7 +163,9 @@ def parse_config(name: str, data: dict[str, Any], where: str = "config") -> Mode
     )
     _check_batching(batching, where)
     output = Output(
-        postprocess=_choice(out.get("postprocess", "topk"), POSTPROCESS, "output.postprocess", where),
+        postprocess=_choice(
+            out.get("postprocess", "topk"), POSTPROCESS, "output.postprocess", where
+        ),
         top_k=int(out.get("top_k", 5)),
         labels=tuple(str(v) for v in out.get("labels", ())),
     )

@@ -43,7 +43,9 @@ class Stack:
         self.tmp = tmp
         self.workers: list[WorkerProcess] = []
         self.extra_env: dict[str, str] = {}
-        self.settings = Settings(broker_url=self.redis.url, model_repository=repo, metrics_port=0, **settings)  # type: ignore[arg-type]
+        self.settings = Settings(
+            broker_url=self.redis.url, model_repository=repo, metrics_port=0, **settings
+        )  # type: ignore[arg-type]
         set_settings(self.settings)
         reset_runtime()
         self.client = make_client(self.redis.url)

@@ -113,7 +113,9 @@ def config_text(
     )
 
 
-def write_model(root: Path, name: str, kind: str = "tiny", version: int = 1, **config: object) -> Path:
+def write_model(
+    root: Path, name: str, kind: str = "tiny", version: int = 1, **config: object
+) -> Path:
     """Script ``MODULES[kind]`` into ``root/name/version/model.pt`` with config and sha256."""
     model_dir = root / name
     version_dir = model_dir / str(version)

@@ -31,7 +31,7 @@ app = make_celery()
 app.conf.worker_pool = "solo"  # one process per device; inferq's threads do the work
 
 
-class InferTask(Task):  # type: ignore[misc]
+class InferTask(Task):
     """Registered so the name is known; its messages are consumed by the bulk fetcher."""
 
     name = keys.TASK_NAME
@@ -46,12 +46,18 @@ class InferTask(Task):  # type: ignore[misc]
 app.register_task(InferTask())
 
 
-class InferqStep(bootsteps.StartStopStep):  # type: ignore[misc]
+class InferqStep(bootsteps.StartStopStep):
     """Loads the models, checks the settings, and runs the inference service with the worker."""
 
-    requires = {"celery.worker.components:Pool"}
+    requires = ("celery.worker.components:Pool",)
 
-    def __init__(self, worker: Any, inferq_model: tuple[str, ...] = (), inferq_device: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        worker: Any,
+        inferq_model: tuple[str, ...] = (),
+        inferq_device: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(worker, **kwargs)
         settings = get_settings()
         self.models = list(inferq_model) or settings.model_list
@@ -67,7 +73,9 @@ class InferqStep(bootsteps.StartStopStep):  # type: ignore[misc]
         if settings.metrics_port:
             metrics.serve(settings.metrics_port)
         hooks = Hooks([MetricsHook(metrics), LogHook(), EventsHook(app, worker.hostname)])
-        self.service = InferenceService(settings, self.models, self.device, worker_name=worker.hostname, hooks=hooks)
+        self.service = InferenceService(
+            settings, self.models, self.device, worker_name=worker.hostname, hooks=hooks
+        )
         worker.inferq = self.service
         self.service.start()
         metrics.up.set(1)
@@ -81,11 +89,13 @@ class InferqStep(bootsteps.StartStopStep):  # type: ignore[misc]
 
 
 app.steps["worker"].add(InferqStep)
-app.user_options["worker"].add(Option(["--inferq-model"], multiple=True, help="Model to serve (repeatable)."))
+app.user_options["worker"].add(
+    Option(["--inferq-model"], multiple=True, help="Model to serve (repeatable).")
+)
 app.user_options["worker"].add(Option(["--inferq-device"], default=None, help="cpu or cuda:N."))
 
 
-@inspect_command()  # type: ignore[misc]
+@inspect_command()
 def inferq_stats(state: Any) -> dict[str, Any]:
     """``celery -A worker.app inspect inferq_stats``: per-model in-hand counts, batch cap, warm-up."""
     service = getattr(state.consumer.controller, "inferq", None)

@@ -86,7 +86,11 @@ class MicroBatcher(Generic[T]):
 
     def next_batch(self, timeout: float, cap: int | None = None) -> list[T]:
         """Block up to ``timeout`` s for a batch; ``[]`` if none closed in that time."""
-        limit = self.policy.max_batch_size if cap is None else max(1, min(cap, self.policy.max_batch_size))
+        limit = (
+            self.policy.max_batch_size
+            if cap is None
+            else max(1, min(cap, self.policy.max_batch_size))
+        )
         give_up = self._clock() + timeout
         with self._cond:
             while True:

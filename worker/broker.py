@@ -104,7 +104,7 @@ class Broker:
     def fetch(self, queue: str, count: int) -> list[Fetched]:
         keys_ = [*keys.queue_keys(queue), keys.UNACKED, keys.UNACKED_INDEX, DEAD_LETTER]
         flat = FETCH(self.client, keys_, [count, repr(time.time()), queue, DEAD_LETTER_MAX])
-        return [Fetched(flat[i].decode(), flat[i + 1]) for i in range(0, len(flat), 2)]
+        return [Fetched(_text(flat[i]), bytes(flat[i + 1])) for i in range(0, len(flat), 2)]
 
     def wait(self, queue: str, timeout_s: float) -> bool:
         """Block until the queue's default-priority list has a message (or timeout); takes nothing.
@@ -113,7 +113,7 @@ class Broker:
         leaves the list as it was.
         """
         key = keys.priority_queue_key(queue, keys.DEFAULT_PRIORITY)
-        return self.client.blmove(key, key, timeout_s, "RIGHT", "RIGHT") is not None
+        return self.client.blmove(key, key, timeout_s, "RIGHT", "RIGHT") is not None  # type: ignore[arg-type]
 
     def depth(self, queue: str) -> int:
         pipe = self.client.pipeline(transaction=False)
@@ -142,16 +142,19 @@ class Broker:
         """Put these unacked messages back on their queues now (warm shutdown, device failure)."""
         if not tags:
             return 0
-        payloads = self.client.hmget(keys.UNACKED, list(tags))
+        payloads: list[bytes | None] = self.client.hmget(keys.UNACKED, list(tags))  # type: ignore[assignment]
         return self._restore_pairs([(t, p) for t, p in zip(tags, payloads, strict=True) if p])
 
     def restore_expired(self, visibility_timeout_s: float, limit: int = 500) -> int:
         """Redeliver messages unacked for longer than the visibility timeout (dead workers')."""
         ceiling = time.time() - visibility_timeout_s
-        tags = [t.decode() for t in self.client.zrangebyscore(keys.UNACKED_INDEX, "-inf", ceiling, 0, limit)]
+        found: list[bytes] = self.client.zrangebyscore(
+            keys.UNACKED_INDEX, "-inf", ceiling, 0, limit
+        )  # type: ignore[assignment]
+        tags = [_text(t) for t in found]
         if not tags:
             return 0
-        payloads = self.client.hmget(keys.UNACKED, tags)
+        payloads: list[bytes | None] = self.client.hmget(keys.UNACKED, tags)  # type: ignore[assignment]
         stale = [t for t, p in zip(tags, payloads, strict=True) if p is None]
         if stale:  # index entries whose message was acked between the two reads
             self.client.zrem(keys.UNACKED_INDEX, *stale)
@@ -180,7 +183,11 @@ class Broker:
         if not exchange:
             return routing_key
         for member in self.client.smembers(f"_kombu.binding.{exchange}"):
-            rk, _, queue = member.decode().split(keys.PRIORITY_SEP)
+            rk, _, queue = _text(member).split(keys.PRIORITY_SEP)
             if rk == routing_key:
                 return queue
         return routing_key
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

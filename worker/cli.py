@@ -18,12 +18,26 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--model", "models", multiple=True, help="Model to serve (repeatable; default INFERQ_MODELS).")
+@click.option(
+    "--model", "models", multiple=True, help="Model to serve (repeatable; default INFERQ_MODELS)."
+)
 @click.option("--device", default=None, help="cpu or cuda:N (default INFERQ_DEVICE, else cpu).")
-@click.option("--hostname", default=None, help="Celery node name (default inferq-<models>-<device>-<pid>@host).")
+@click.option(
+    "--hostname",
+    default=None,
+    help="Celery node name (default inferq-<models>-<device>-<pid>@host).",
+)
 @click.option("--loglevel", default=None, help="Celery log level (default INFERQ_LOG_LEVEL).")
-@click.option("--events/--no-events", default=True, show_default=True, help="Send task events (Flower).")
-def worker(models: tuple[str, ...], device: str | None, hostname: str | None, loglevel: str | None, events: bool) -> None:
+@click.option(
+    "--events/--no-events", default=True, show_default=True, help="Send task events (Flower)."
+)
+def worker(
+    models: tuple[str, ...],
+    device: str | None,
+    hostname: str | None,
+    loglevel: str | None,
+    events: bool,
+) -> None:
     """Run a worker for MODEL on DEVICE (restarted on unrecoverable device errors)."""
     from worker.supervisor import Supervisor, celery_argv, default_hostname
 
@@ -33,7 +47,13 @@ def worker(models: tuple[str, ...], device: str | None, hostname: str | None, lo
     if not chosen:
         raise click.UsageError("pass --model NAME (or set INFERQ_MODELS)")
     dev = device or settings.device
-    argv = celery_argv(chosen, dev, hostname or default_hostname(chosen, dev), loglevel or settings.log_level, events)
+    argv = celery_argv(
+        chosen,
+        dev,
+        hostname or default_hostname(chosen, dev),
+        loglevel or settings.log_level,
+        events,
+    )
     sys.exit(Supervisor(argv).run())
 
 
@@ -80,7 +100,9 @@ def submit(model: str, count: int, synthetic: bool, timeout: float, files: tuple
     """Submit images to a running worker and print the results' summary."""
     from producer.demo import run_submissions
 
-    run_submissions(model=model, count=count, files=list(files) if not synthetic else None, timeout=timeout)
+    run_submissions(
+        model=model, count=count, files=list(files) if not synthetic else None, timeout=timeout
+    )
 
 
 @main.command()

@@ -50,7 +50,10 @@ def envelope(event: dict[str, Any], hostname: str) -> bytes:
             "headers": {"hostname": hostname},
             "properties": {
                 "delivery_mode": 1,
-                "delivery_info": {"exchange": "celeryev", "routing_key": event["type"].replace("-", ".")},
+                "delivery_info": {
+                    "exchange": "celeryev",
+                    "routing_key": event["type"].replace("-", "."),
+                },
                 "priority": 0,
                 "body_encoding": "base64",
                 "delivery_tag": str(uuid.uuid4()),
@@ -71,7 +74,13 @@ class EventsHook(Hook):
         if self.enabled:
             threading.Thread(target=self._loop, name="inferq-events", daemon=True).start()
 
-    def after_store(self, model: str, outcomes: Sequence[Outcome], rejections: Sequence[Rejection], store_s: float) -> None:
+    def after_store(
+        self,
+        model: str,
+        outcomes: Sequence[Outcome],
+        rejections: Sequence[Rejection],
+        store_s: float,
+    ) -> None:
         if not self.enabled:
             return
         events: list[dict[str, Any]] = []
@@ -79,7 +88,9 @@ class EventsHook(Hook):
             events += self._task_events(o)
         for r in rejections:
             if r.task_id:
-                events.append(self._event("task-failed", r.task_id, exception=repr(r.error), traceback=None))
+                events.append(
+                    self._event("task-failed", r.task_id, exception=repr(r.error), traceback=None)
+                )
         try:
             self._queue.put_nowait(events)
         except queue.Full:
@@ -102,10 +113,18 @@ class EventsHook(Hook):
         )
         started = self._event("task-started", r.task_id)
         if o.error is not None:
-            return [received, started, self._event("task-failed", r.task_id, exception=repr(o.error), traceback=None)]
+            return [
+                received,
+                started,
+                self._event("task-failed", r.task_id, exception=repr(o.error), traceback=None),
+            ]
         timing = (o.value or {}).get("timing", {})
-        runtime = (timing.get("collate_ms", 0) + timing.get("infer_ms", 0) + timing.get("post_ms", 0)) / 1e3
-        done = self._event("task-succeeded", r.task_id, result=f"<{model_outputs(o)} outputs>", runtime=runtime)
+        runtime = (
+            timing.get("collate_ms", 0) + timing.get("infer_ms", 0) + timing.get("post_ms", 0)
+        ) / 1e3
+        done = self._event(
+            "task-succeeded", r.task_id, result=f"<{model_outputs(o)} outputs>", runtime=runtime
+        )
         return [received, started, done]
 
     def _event(self, type_: str, task_id: str, **fields: Any) -> dict[str, Any]:
@@ -128,7 +147,10 @@ class EventsHook(Hook):
                 events += self._queue.get_nowait()
             pipe = client.pipeline(transaction=False)
             for event in events:
-                pipe.publish(fanout_topic(self._broker_url, event["type"].replace("-", ".")), envelope(event, self.hostname))
+                pipe.publish(
+                    fanout_topic(self._broker_url, event["type"].replace("-", ".")),
+                    envelope(event, self.hostname),
+                )
             try:
                 pipe.execute()
             except CONNECTION_ERRORS:

@@ -31,10 +31,11 @@ class ModuleHandler:
     def setup(self, device: torch.device, channels_last: bool) -> None:
         self.module = self.module.to(device).eval()
         if channels_last:
-            self.module = self.module.to(memory_format=torch.channels_last)
+            self.module = self.module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     def predict(self, batch: torch.Tensor) -> torch.Tensor:
-        return self.module(batch)  # type: ignore[no-any-return]
+        out: torch.Tensor = self.module(batch)
+        return out
 
 
 class TorchScriptHandler(ModuleHandler):

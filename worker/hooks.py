@@ -23,10 +23,22 @@ class Hook:
     def after_fetch(self, model: str, count: int, depth_hint: bool) -> None:
         """``count`` messages were taken from ``model``'s queue (``depth_hint``: more may wait)."""
 
-    def after_batch(self, model: str, batch: Sequence[InferenceRequest], outcomes: Sequence[Outcome], infer_s: float) -> None:
+    def after_batch(
+        self,
+        model: str,
+        batch: Sequence[InferenceRequest],
+        outcomes: Sequence[Outcome],
+        infer_s: float,
+    ) -> None:
         """A batch was computed (its results not stored yet)."""
 
-    def after_store(self, model: str, outcomes: Sequence[Outcome], rejections: Sequence[Rejection], store_s: float) -> None:
+    def after_store(
+        self,
+        model: str,
+        outcomes: Sequence[Outcome],
+        rejections: Sequence[Rejection],
+        store_s: float,
+    ) -> None:
         """Results were stored and their messages acknowledged."""
 
     def on_batch_cap(self, model: str, cap: int) -> None:
@@ -52,11 +64,23 @@ class MetricsHook(Hook):
     def __init__(self, metrics: Metrics) -> None:
         self.m = metrics
 
-    def after_batch(self, model: str, batch: Sequence[InferenceRequest], outcomes: Sequence[Outcome], infer_s: float) -> None:
+    def after_batch(
+        self,
+        model: str,
+        batch: Sequence[InferenceRequest],
+        outcomes: Sequence[Outcome],
+        infer_s: float,
+    ) -> None:
         self.m.batch_size.labels(model).observe(len(batch))
         self.m.inference.labels(model).observe(infer_s)
 
-    def after_store(self, model: str, outcomes: Sequence[Outcome], rejections: Sequence[Rejection], store_s: float) -> None:
+    def after_store(
+        self,
+        model: str,
+        outcomes: Sequence[Outcome],
+        rejections: Sequence[Rejection],
+        store_s: float,
+    ) -> None:
         for o in outcomes:
             outcome = "success" if o.error is None else o.error.reason
             self.m.requests.labels(model, outcome).inc()
@@ -75,12 +99,30 @@ class MetricsHook(Hook):
 
 
 class LogHook(Hook):
-    def after_store(self, model: str, outcomes: Sequence[Outcome], rejections: Sequence[Rejection], store_s: float) -> None:
+    def after_store(
+        self,
+        model: str,
+        outcomes: Sequence[Outcome],
+        rejections: Sequence[Rejection],
+        store_s: float,
+    ) -> None:
         for o in outcomes:
             if o.error is not None:
-                log.warning("request failed", task_id=o.request.task_id, model=model, error=type(o.error).__name__, message=o.error.message)
+                log.warning(
+                    "request failed",
+                    task_id=o.request.task_id,
+                    model=model,
+                    error=type(o.error).__name__,
+                    message=o.error.message,
+                )
         for r in rejections:
-            log.warning("message rejected", task_id=r.task_id, model=model, error=type(r.error).__name__, message=r.error.message)
+            log.warning(
+                "message rejected",
+                task_id=r.task_id,
+                model=model,
+                error=type(r.error).__name__,
+                message=r.error.message,
+            )
 
     def on_batch_cap(self, model: str, cap: int) -> None:
         log.info("effective max batch size", model=model, cap=cap)

@@ -110,7 +110,9 @@ def _decode(
         deadline=deadline,
         eta=_timestamp(headers.get("eta")),
         priority=int(props.get("priority") or 0),
-        redelivered=bool(headers.get("redelivered") or props.get("delivery_info", {}).get("redelivered")),
+        redelivered=bool(
+            headers.get("redelivered") or props.get("delivery_info", {}).get("redelivered")
+        ),
     )
 
 
@@ -118,9 +120,13 @@ def _load_envelope(raw: bytes) -> dict[str, Any]:
     try:
         envelope = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"message must be a kombu JSON envelope, got undecodable bytes: {exc}") from None
+        raise InvalidInput(
+            f"message must be a kombu JSON envelope, got undecodable bytes: {exc}"
+        ) from None
     if not isinstance(envelope, dict) or "body" not in envelope:
-        raise InvalidInput(f"message must be a kombu envelope with a body, got {type(envelope).__name__}")
+        raise InvalidInput(
+            f"message must be a kombu envelope with a body, got {type(envelope).__name__}"
+        )
     return envelope
 
 
@@ -141,7 +147,9 @@ def _load_body(envelope: dict[str, Any], max_bytes: int) -> tuple[list[Any], dic
     body = envelope["body"]
     if (envelope.get("properties") or {}).get("body_encoding") == "base64":
         if len(body) > max_bytes * 4 // 3 + 4096:
-            raise InvalidInput(f"message body must be at most ~{max_bytes} bytes, got {len(body) * 3 // 4}")
+            raise InvalidInput(
+                f"message body must be at most ~{max_bytes} bytes, got {len(body) * 3 // 4}"
+            )
         try:
             body = base64.b64decode(body, validate=True)
         except (binascii.Error, ValueError, TypeError) as exc:
@@ -151,7 +159,9 @@ def _load_body(envelope: dict[str, Any], max_bytes: int) -> tuple[list[Any], dic
         raise InvalidInput("task body must be [args, kwargs, embed] (Celery protocol 2)")
     args, kwargs = decoded[0], decoded[1]
     if not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict):
-        raise InvalidInput(f"task body must hold a list and a dict, got {type(args).__name__}, {type(kwargs).__name__}")
+        raise InvalidInput(
+            f"task body must hold a list and a dict, got {type(args).__name__}, {type(kwargs).__name__}"
+        )
     return list(args), kwargs
 
 
@@ -163,13 +173,17 @@ def _deserialize(content_type: Any, body: Any) -> Any:
             return json.loads(body)
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         raise InvalidInput(f"task body must be valid {content_type}, got: {exc}") from None
-    raise InvalidInput(f"message serializer must be msgpack or json, got content-type {content_type!r}")
+    raise InvalidInput(
+        f"message serializer must be msgpack or json, got content-type {content_type!r}"
+    )
 
 
 def _check_target(kwargs: dict[str, Any], spec: InputSpec) -> None:
     model = kwargs.get("model", spec.model)
     if model != spec.model:
-        raise InvalidInput(f"model must be {spec.model!r} on queue {keys.queue_name(spec.model)}, got {model!r}")
+        raise InvalidInput(
+            f"model must be {spec.model!r} on queue {keys.queue_name(spec.model)}, got {model!r}"
+        )
     version = kwargs.get("version")
     if version is not None and version != spec.version:
         raise ModelUnavailable(
@@ -177,15 +191,22 @@ def _check_target(kwargs: dict[str, Any], spec: InputSpec) -> None:
         )
 
 
-def _decode_tensor(args: list[Any], kwargs: dict[str, Any], spec: InputSpec, max_bytes: int) -> np.ndarray:
+def _decode_tensor(
+    args: list[Any], kwargs: dict[str, Any], spec: InputSpec, max_bytes: int
+) -> np.ndarray:
     payload = args[0] if args else kwargs.get("tensor")
     if isinstance(payload, str):  # JSON clients send the codec bytes base64-encoded
         try:
             payload = base64.b64decode(payload, validate=True)
         except (binascii.Error, ValueError) as exc:
-            raise InvalidInput(f"tensor string must be base64 of the codec bytes, got: {exc}") from None
+            raise InvalidInput(
+                f"tensor string must be base64 of the codec bytes, got: {exc}"
+            ) from None
     if not isinstance(payload, (bytes, bytearray)):
-        raise InvalidInput(f"first argument must be the encoded tensor (bytes), got {type(payload).__name__}")
+        raise InvalidInput(
+            f"first argument must be the encoded tensor (bytes), got {type(payload).__name__}"
+        )
+    payload = bytes(payload)
     header = codec.read_header(payload, max_bytes)
     if header.dtype != np.dtype(spec.dtype) or header.shape != spec.shape:
         raise InvalidInput(

@@ -19,7 +19,10 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "inferq_requests", "Requests that reached a final state", ["model", "outcome"], registry=r
+            "inferq_requests",
+            "Requests that reached a final state",
+            ["model", "outcome"],
+            registry=r,
         )
         self.latency = Histogram(
             "inferq_request_latency_seconds",
@@ -29,20 +32,38 @@ class Metrics:
             registry=r,
         )
         self.queue_wait = Histogram(
-            "inferq_queue_wait_seconds", "Time in the Redis queue", ["model"], buckets=_LATENCY_BUCKETS, registry=r
+            "inferq_queue_wait_seconds",
+            "Time in the Redis queue",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.batch_size = Histogram(
-            "inferq_batch_size", "Requests per computed batch", ["model"], buckets=_BATCH_BUCKETS, registry=r
+            "inferq_batch_size",
+            "Requests per computed batch",
+            ["model"],
+            buckets=_BATCH_BUCKETS,
+            registry=r,
         )
         self.inference = Histogram(
-            "inferq_inference_seconds", "Device time per batch", ["model"], buckets=_LATENCY_BUCKETS, registry=r
+            "inferq_inference_seconds",
+            "Device time per batch",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
-        self.queue_depth = Gauge("inferq_queue_depth", "Messages waiting in Redis", ["model"], registry=r)
+        self.queue_depth = Gauge(
+            "inferq_queue_depth", "Messages waiting in Redis", ["model"], registry=r
+        )
         self.batch_cap = Gauge(
             "inferq_effective_max_batch_size", "Batch cap after OOM back-off", ["model"], registry=r
         )
-        self.gpu_memory = Gauge("inferq_gpu_memory_used_bytes", "Device memory allocated", ["device"], registry=r)
-        self.gpu_util = Gauge("inferq_gpu_utilization_ratio", "Device utilisation (0..1)", ["device"], registry=r)
+        self.gpu_memory = Gauge(
+            "inferq_gpu_memory_used_bytes", "Device memory allocated", ["device"], registry=r
+        )
+        self.gpu_util = Gauge(
+            "inferq_gpu_utilization_ratio", "Device utilisation (0..1)", ["device"], registry=r
+        )
         self.up = Gauge("inferq_worker_up", "1 while the worker serves", registry=r)
 
     def serve(self, port: int, attempts: int = 16) -> int | None:

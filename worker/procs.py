@@ -30,8 +30,13 @@ class WorkerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"worker exited with {self.process.returncode}:\n{self.log_tail()}")
-            if all(client.zscore(keys.model_workers_key(m), self.hostname) is not None for m in self.models):
+                raise RuntimeError(
+                    f"worker exited with {self.process.returncode}:\n{self.log_tail()}"
+                )
+            if all(
+                client.zscore(keys.model_workers_key(m), self.hostname) is not None
+                for m in self.models
+            ):
                 return
             time.sleep(0.1)
         raise TimeoutError(f"worker not ready after {timeout:.0f} s:\n{self.log_tail()}")
@@ -65,7 +70,16 @@ def start_worker(
     """``inferq worker`` (supervised) or the bare Celery worker, with ``env`` added to ours."""
     hostname = f"inferq-{uuid.uuid4().hex[:8]}@localhost"
     if supervised:
-        argv = [sys.executable, "-m", "worker.cli", "worker", "--device", device, "--hostname", hostname]
+        argv = [
+            sys.executable,
+            "-m",
+            "worker.cli",
+            "worker",
+            "--device",
+            device,
+            "--hostname",
+            hostname,
+        ]
         for m in models:
             argv += ["--model", m]
     else:

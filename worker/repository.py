@@ -90,9 +90,13 @@ class ModelRepository:
         versions = self.versions(name)
         if not versions or (version is not None and version not in versions):
             wanted = "any version" if version is None else f"version {version}"
-            raise ModelUnavailable(f"model {name!r} must have {wanted} in {self.root / name}, got {versions}")
+            raise ModelUnavailable(
+                f"model {name!r} must have {wanted} in {self.root / name}, got {versions}"
+            )
         chosen = versions[-1] if version is None else version
         path = self.root / name / str(chosen) / MODEL_FILES[config.platform]
         if not path.is_file():
-            raise ModelUnavailable(f"model {name!r} version {chosen} must contain {path.name}, got none")
+            raise ModelUnavailable(
+                f"model {name!r} version {chosen} must contain {path.name}, got none"
+            )
         return ModelVersion(name, chosen, path, config)

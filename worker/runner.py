@@ -47,7 +47,11 @@ def is_fatal_device_error(exc: BaseException) -> bool:
     text = str(exc)
     return isinstance(exc, getattr(torch, "AcceleratorError", ())) or any(
         marker in text
-        for marker in ("device-side assert", "illegal memory access", "CUDA error: unspecified launch")
+        for marker in (
+            "device-side assert",
+            "illegal memory access",
+            "CUDA error: unspecified launch",
+        )
     )
 
 
@@ -124,7 +128,9 @@ class Runner:
 
     def warmup(self, sizes: Sequence[int] | None = None, rounds: int = 2) -> dict[int, float]:
         """Run zero batches of each size before serving; returns the slowest seconds per size."""
-        sizes = sorted(set(sizes or (1, *self.config.batching.preferred_batch_sizes, self.cap.maximum)))
+        sizes = sorted(
+            set(sizes or (1, *self.config.batching.preferred_batch_sizes, self.cap.maximum))
+        )
         seconds: dict[int, float] = {}
         for size in sizes:
             x = torch.zeros((size, *self.config.shape), dtype=torch.uint8)
@@ -145,13 +151,22 @@ class Runner:
         values = [row if isinstance(row, InferqError) else self._postprocess(row) for row in rows]
         done = self._clock()
         timing = _BatchTimes(
-            closed_at, (collated - start) * 1e3, (computed - collated) * 1e3, (done - computed) * 1e3
+            closed_at,
+            (collated - start) * 1e3,
+            (computed - collated) * 1e3,
+            (done - computed) * 1e3,
         )
-        return {id(r): self._outcome(r, v, timing, len(live)) for r, v in zip(live, values, strict=True)}
+        return {
+            id(r): self._outcome(r, v, timing, len(live)) for r, v in zip(live, values, strict=True)
+        }
 
     def collate(self, arrays: Sequence[np.ndarray]) -> torch.Tensor:
         n = len(arrays)
-        staging = self._staging[:n] if n <= len(self._staging) else torch.empty((n, *self.config.shape), dtype=torch.uint8)
+        staging = (
+            self._staging[:n]
+            if n <= len(self._staging)
+            else torch.empty((n, *self.config.shape), dtype=torch.uint8)
+        )
         np.stack(arrays, out=staging.numpy())
         return staging.to(self.device, non_blocking=True)
 
@@ -173,7 +188,9 @@ class Runner:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             if n == 1:
-                return [ModelError(f"model must fit in device memory for one input, got OOM: {exc}")]
+                return [
+                    ModelError(f"model must fit in device memory for one input, got OOM: {exc}")
+                ]
         elif n == 1:
             return [ModelError(f"model raised on this input: {type(exc).__name__}: {exc}")]
         half = n // 2

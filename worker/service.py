@@ -107,10 +107,7 @@ class WriteJob:
     rejections: Sequence[Rejection]
 
     def writes(self) -> list[Write]:
-        out = [
-            Write(o.request.tag, o.request.task_id, _meta(o))
-            for o in self.outcomes
-        ]
+        out = [Write(o.request.tag, o.request.task_id, _meta(o)) for o in self.outcomes]
         out += [
             Write(r.tag, r.task_id, failure_meta(r.task_id, r.error) if r.task_id else None)
             for r in self.rejections
@@ -158,7 +155,11 @@ class InferenceService:
         self._fetch_threads: list[threading.Thread] = []
         self._runner_threads: list[threading.Thread] = []
         self.client: redis.Redis = make_client(settings.broker_url)
-        results = self.client if settings.result_backend == settings.broker_url else make_client(settings.result_backend)
+        results = (
+            self.client
+            if settings.result_backend == settings.broker_url
+            else make_client(settings.result_backend)
+        )
         self.broker = Broker(self.client, results, settings.result_ttl_s)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -173,9 +174,18 @@ class InferenceService:
         self._spawn("inferq-writer", self._write_loop)
         self._spawn("inferq-housekeeping", self._housekeeping_loop)
         for s in self.served:
-            self._fetch_threads.append(self._spawn(f"inferq-fetch-{s.model.name}", self._fetch_loop, s))
-            self._runner_threads.append(self._spawn(f"inferq-run-{s.model.name}", self._run_loop, s))
-        log.info("worker serving", models=[f"{s.model.name}:{s.model.version}" for s in self.served], device=str(self.device), worker=self.worker_name)
+            self._fetch_threads.append(
+                self._spawn(f"inferq-fetch-{s.model.name}", self._fetch_loop, s)
+            )
+            self._runner_threads.append(
+                self._spawn(f"inferq-run-{s.model.name}", self._run_loop, s)
+            )
+        log.info(
+            "worker serving",
+            models=[f"{s.model.name}:{s.model.version}" for s in self.served],
+            device=str(self.device),
+            worker=self.worker_name,
+        )
 
     def stop(self, timeout: float = 60.0) -> None:
         """Warm shutdown: nothing lost, nothing computed twice."""
@@ -211,9 +221,22 @@ class InferenceService:
         b = model.config.batching
         policy = BatchPolicy(b.max_batch_size, b.max_wait_ms / 1e3, b.preferred_batch_sizes)
         limit = b.max_batch_size * (self.settings.prefetch_batches + 1)
-        log.info("model loaded", model=model.name, version=model.version, seconds=round(time.perf_counter() - started, 3), warmup_s={k: round(v, 4) for k, v in warmup.items()})
+        log.info(
+            "model loaded",
+            model=model.name,
+            version=model.version,
+            seconds=round(time.perf_counter() - started, 3),
+            warmup_s={k: round(v, 4) for k, v in warmup.items()},
+        )
         self.hooks.emit("on_batch_cap", model.name, runner.cap.value)
-        return Served(model, model.config.input_spec(model.version), runner, MicroBatcher(policy), InHand(limit), warmup)
+        return Served(
+            model,
+            model.config.input_spec(model.version),
+            runner,
+            MicroBatcher(policy),
+            InHand(limit),
+            warmup,
+        )
 
     # -- fetch -------------------------------------------------------------------------------
 
@@ -223,7 +246,9 @@ class InferenceService:
                 self._fetch_once(s)
             except CONNECTION_ERRORS as exc:
                 s.batcher.set_more_coming(False)
-                log.warning("redis unavailable while fetching; retrying", model=s.model.name, error=str(exc))
+                log.warning(
+                    "redis unavailable while fetching; retrying", model=s.model.name, error=str(exc)
+                )
                 self._stopping.wait(0.5)
             except Exception:
                 log.exception("fetch loop error", model=s.model.name)
@@ -252,7 +277,9 @@ class InferenceService:
         s.batcher.put(requests, more_coming=more)
         self.hooks.emit("after_fetch", s.model.name, len(fetched), more)
 
-    def _decode(self, s: Served, fetched: Sequence[Any]) -> tuple[list[InferenceRequest], list[Rejection]]:
+    def _decode(
+        self, s: Served, fetched: Sequence[Any]
+    ) -> tuple[list[InferenceRequest], list[Rejection]]:
         requests: list[InferenceRequest] = []
         rejections: list[Rejection] = []
         wall = time.time()
@@ -307,7 +334,9 @@ class InferenceService:
 
     def _device_failed(self, s: Served, batch: list[InferenceRequest], exc: BaseException) -> None:
         """Fail only this batch, hand every other held message back, flush, and exit for a restart."""
-        log.error("unrecoverable device error; restarting worker", model=s.model.name, error=str(exc))
+        log.error(
+            "unrecoverable device error; restarting worker", model=s.model.name, error=str(exc)
+        )
         self._fatal.set()
         self._stopping.set()
         self._writes.put(WriteJob(s, unrecoverable(batch, exc), ()))
@@ -350,13 +379,19 @@ class InferenceService:
             except CONNECTION_ERRORS as exc:
                 # Results stay here until Redis is back; if this process dies first the messages
                 # are redelivered after the visibility timeout, so nothing is lost either way.
-                log.warning("redis unavailable while storing results; retrying", error=str(exc), pending=len(writes))
+                log.warning(
+                    "redis unavailable while storing results; retrying",
+                    error=str(exc),
+                    pending=len(writes),
+                )
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
         seconds = time.perf_counter() - started
         for job in jobs:
             job.served.in_hand.done(len(job.outcomes) + len(job.rejections))
-            self.hooks.emit("after_store", job.served.model.name, job.outcomes, job.rejections, seconds)
+            self.hooks.emit(
+                "after_store", job.served.model.name, job.outcomes, job.rejections, seconds
+            )
 
     # -- give back ---------------------------------------------------------------------------
 
@@ -370,7 +405,10 @@ class InferenceService:
             restored = self.broker.restore(tags)
             log.info("returned unstarted messages to their queues", count=restored)
         except CONNECTION_ERRORS:
-            log.warning("could not return messages now; they come back after the visibility timeout", count=len(tags))
+            log.warning(
+                "could not return messages now; they come back after the visibility timeout",
+                count=len(tags),
+            )
 
     # -- housekeeping ------------------------------------------------------------------------
 
@@ -386,7 +424,9 @@ class InferenceService:
                 if now >= next_sweep:
                     restored = self.broker.restore_expired(self.settings.visibility_timeout_s)
                     if restored:
-                        log.warning("redelivered messages past the visibility timeout", count=restored)
+                        log.warning(
+                            "redelivered messages past the visibility timeout", count=restored
+                        )
                     next_sweep = now + self.settings.restore_interval_s
             except CONNECTION_ERRORS as exc:
                 log.warning("redis unavailable for housekeeping", error=str(exc))

@@ -25,13 +25,30 @@ log = get_logger(__name__)
 EXIT_DEVICE_FAILURE = 75
 
 
-def celery_argv(models: Sequence[str], device: str, hostname: str, loglevel: str, events: bool) -> list[str]:
+def celery_argv(
+    models: Sequence[str], device: str, hostname: str, loglevel: str, events: bool
+) -> list[str]:
     argv = [
-        sys.executable, "-m", "celery", "-A", "worker.app", "worker",
-        "--pool", "solo", "--concurrency", "1", "-Q", keys.ADMIN_QUEUE,
-        "--hostname", hostname, "--loglevel", loglevel,
-        "--without-gossip", "--without-mingle",
-        "--inferq-device", device,
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.app",
+        "worker",
+        "--pool",
+        "solo",
+        "--concurrency",
+        "1",
+        "-Q",
+        keys.ADMIN_QUEUE,
+        "--hostname",
+        hostname,
+        "--loglevel",
+        loglevel,
+        "--without-gossip",
+        "--without-mingle",
+        "--inferq-device",
+        device,
     ]
     if events:
         argv.append("--task-events")

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from celery import Celery
-from kombu.serialization import dumps as kombu_dumps
 
 from producer import gather, submit_job, submit_many
 from shared import codec, keys
@@ -21,8 +20,16 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.integration
 
 TIMING_KEYS = {
-    "preprocess_ms", "queue_ms", "batch_wait_ms", "collate_ms", "infer_ms", "post_ms",
-    "total_ms", "batch_size", "worker", "device",
+    "preprocess_ms",
+    "queue_ms",
+    "batch_wait_ms",
+    "collate_ms",
+    "infer_ms",
+    "post_ms",
+    "total_ms",
+    "batch_size",
+    "worker",
+    "device",
 }
 
 
@@ -73,9 +80,13 @@ def test_worker_side_failure_raises_typed_error_from_get(stack_factory, test_rep
     stack = stack_factory(test_repo)
     stack.worker("tiny")
     app = Celery(broker=stack.redis.url, backend=stack.redis.url)
-    app.conf.update(task_serializer="msgpack", accept_content=["msgpack", "json"], result_serializer="json")
+    app.conf.update(
+        task_serializer="msgpack", accept_content=["msgpack", "json"], result_serializer="json"
+    )
     wrong = codec.encode(np.zeros((3, 9, 9), dtype=np.uint8))
-    r = app.send_task(keys.TASK_NAME, args=[wrong], kwargs={"model": "tiny"}, queue=keys.queue_name("tiny"))
+    r = app.send_task(
+        keys.TASK_NAME, args=[wrong], kwargs={"model": "tiny"}, queue=keys.queue_name("tiny")
+    )
     with pytest.raises(InvalidInput, match=r"uint8\[3, 8, 8\].*got uint8\[3, 9, 9\]"):
         r.get(timeout=30)
 
@@ -87,8 +98,12 @@ def test_plain_celery_clients_are_served(stack_factory, test_repo: Path) -> None
     tensor = codec.encode(np.full((3, 8, 8), 9, dtype=np.uint8))
     for serializer, arg in (("msgpack", tensor), ("json", base64.b64encode(tensor).decode())):
         app = Celery(broker=stack.redis.url, backend=stack.redis.url)
-        app.conf.update(task_serializer=serializer, accept_content=["msgpack", "json"], result_serializer="json")
-        r = app.send_task(keys.TASK_NAME, args=[arg], kwargs={"model": "tiny"}, queue=keys.queue_name("tiny"))
+        app.conf.update(
+            task_serializer=serializer, accept_content=["msgpack", "json"], result_serializer="json"
+        )
+        r = app.send_task(
+            keys.TASK_NAME, args=[arg], kwargs={"model": "tiny"}, queue=keys.queue_name("tiny")
+        )
         assert r.get(timeout=30)["model"] == "tiny"
 
 
@@ -107,8 +122,12 @@ def test_pickle_message_is_refused_and_never_deserialized(stack_factory, test_re
     stack = stack_factory(test_repo)
     stack.worker("tiny")
     app = Celery(broker=stack.redis.url, backend=stack.redis.url)
-    app.conf.update(task_serializer="pickle", accept_content=["pickle", "json"], result_serializer="json")
-    r = app.send_task(keys.TASK_NAME, args=[b"x"], kwargs={"model": "tiny"}, queue=keys.queue_name("tiny"))
+    app.conf.update(
+        task_serializer="pickle", accept_content=["pickle", "json"], result_serializer="json"
+    )
+    r = app.send_task(
+        keys.TASK_NAME, args=[b"x"], kwargs={"model": "tiny"}, queue=keys.queue_name("tiny")
+    )
     with pytest.raises(InvalidInput, match="pickle"):
         r.get(timeout=30)
     assert submit_job.delay(_img(2), model="tiny").get(timeout=30)["model"] == "tiny"
@@ -117,7 +136,9 @@ def test_pickle_message_is_refused_and_never_deserialized(stack_factory, test_re
 def test_non_inferq_garbage_goes_to_dead_letter(stack_factory, test_repo: Path) -> None:
     stack = stack_factory(test_repo)
     stack.worker("tiny")
-    stack.client.lpush(keys.priority_queue_key(keys.queue_name("tiny"), keys.DEFAULT_PRIORITY), b"\x00garbage")
+    stack.client.lpush(
+        keys.priority_queue_key(keys.queue_name("tiny"), keys.DEFAULT_PRIORITY), b"\x00garbage"
+    )
     assert submit_job.delay(_img(3), model="tiny").get(timeout=30)["model"] == "tiny"
     assert stack.client.lrange("inferq.deadletter", 0, -1) == [b"\x00garbage"]
 
@@ -132,14 +153,23 @@ def test_celery_control_and_inspect_work(stack_factory, test_repo: Path) -> None
     assert stats[w.hostname]["tiny"]["version"] == 1
 
 
-def test_burst_from_a_script_that_only_imports_producer(stack_factory, shapes_repo: Path, tmp_path: Path) -> None:
+def test_burst_from_a_script_that_only_imports_producer(
+    stack_factory, shapes_repo: Path, tmp_path: Path
+) -> None:
     """The issue's acceptance check: 500 .delay calls, 500 well-formed results, mean batch > 1."""
     stack = stack_factory(shapes_repo)
     stack.worker("shapes")
     script = tmp_path / "burst.py"
     script.write_text(BURST)
     env = {**stack.env(), "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, str(script)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    out = subprocess.run(
+        [sys.executable, str(script)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["results"] == 500
@@ -149,7 +179,7 @@ def test_burst_from_a_script_that_only_imports_producer(stack_factory, shapes_re
     assert report["torch_imported"] is False
 
 
-BURST = '''
+BURST = """
 import json, sys
 import numpy as np
 from producer import submit_job
@@ -166,4 +196,4 @@ print(json.dumps({
     "mean_batch": float(np.mean([v["timing"]["batch_size"] for v in values])),
     "torch_imported": "torch" in sys.modules,
 }))
-'''
+"""

@@ -164,13 +164,17 @@ def test_ndim_nine() -> None:
 
 def test_data_shorter_than_header_declares() -> None:
     payload = codec.encode(np.zeros((2, 3), dtype=np.float32))[:-1]
-    with pytest.raises(InvalidInput, match=r"declares float32\[2, 3\] = 24 data bytes, payload carries 23"):
+    with pytest.raises(
+        InvalidInput, match=r"declares float32\[2, 3\] = 24 data bytes, payload carries 23"
+    ):
         codec.decode(payload)
 
 
 def test_data_longer_than_header_declares() -> None:
     payload = codec.encode(np.zeros((2, 3), dtype=np.uint8)) + b"\x00"
-    with pytest.raises(InvalidInput, match=r"declares uint8\[2, 3\] = 6 data bytes, payload carries 7"):
+    with pytest.raises(
+        InvalidInput, match=r"declares uint8\[2, 3\] = 6 data bytes, payload carries 7"
+    ):
         codec.decode(payload)
 
 
@@ -202,7 +206,9 @@ def test_read_header_reports_offset_and_nbytes() -> None:
 
 # -- properties --------------------------------------------------------------------------------
 
-_VALID_PREFIXES = st.sampled_from([b"", b"IQT", b"IQT\x01", b"IQT\x01\x01", b"IQT\x01\x03\x02\x00\x00"])
+_VALID_PREFIXES = st.sampled_from(
+    [b"", b"IQT", b"IQT\x01", b"IQT\x01\x01", b"IQT\x01\x03\x02\x00\x00"]
+)
 
 
 @settings(max_examples=400, deadline=None)

@@ -130,7 +130,9 @@ def test_default_mean_std_have_one_value_per_channel() -> None:
 @pytest.mark.parametrize("dtype", ["uint8", "float16", "float32"])
 @pytest.mark.parametrize("mode", ["fp32", "fp16", "bf16"])
 def test_every_wire_dtype_and_precision_is_accepted(dtype: str, mode: str) -> None:
-    config = parse_config("m", {"input": {"shape": [3, 4, 4], "dtype": dtype}, "precision": {"mode": mode}})
+    config = parse_config(
+        "m", {"input": {"shape": [3, 4, 4], "dtype": dtype}, "precision": {"mode": mode}}
+    )
     assert (config.dtype, config.precision.mode) == (dtype, mode)
 
 
@@ -194,17 +196,29 @@ def test_errors_from_load_name_the_file(tmp_path: Path) -> None:
         ({"input": {"shape": [1, 3, 8, 8]}}, r"input\.shape .*got \[1, 3, 8, 8\]"),
         ({"input": {"shape": [3, 0, 8]}}, r"input\.shape .*positive sizes, got \[3, 0, 8\]"),
         ({"input": {"shape": [3, 8, -1]}}, r"input\.shape .*got \[3, 8, -1\]"),
-        ({"input": {"shape": [3, 8, 8], "color": "CMYK"}}, r"input\.color must be one of .*got 'CMYK'"),
+        (
+            {"input": {"shape": [3, 8, 8], "color": "CMYK"}},
+            r"input\.color must be one of .*got 'CMYK'",
+        ),
         ({"input": {"shape": [1, 8, 8]}}, r"input\.color 'RGB' has 3 channel\(s\), shape says 1"),
-        ({"input": {"shape": [3, 8, 8], "color": "L"}}, r"input\.color 'L' has 1 channel\(s\), shape says 3"),
-        ({"input": {"shape": [3, 8, 8], "dtype": "int8"}}, r"input\.dtype must be one of .*got 'int8'"),
+        (
+            {"input": {"shape": [3, 8, 8], "color": "L"}},
+            r"input\.color 'L' has 1 channel\(s\), shape says 3",
+        ),
+        (
+            {"input": {"shape": [3, 8, 8], "dtype": "int8"}},
+            r"input\.dtype must be one of .*got 'int8'",
+        ),
         (_with(None, platform="tensorflow"), r"platform must be one of .*got 'tensorflow'"),
         (_with("preprocess", resize="squash"), r"preprocess\.resize must be one of .*got 'squash'"),
         (_with("preprocess", mean=[0.5]), r"preprocess\.mean/std must have 3 values"),
         (_with("preprocess", std=[1.0, 1.0]), r"preprocess\.mean/std must have 3 values"),
         (_with("preprocess", std=[1.0, 0.0, 1.0]), r"preprocess\.mean/std .*std > 0"),
         (_with("preprocess", std=[1.0, -0.5, 1.0]), r"preprocess\.mean/std .*std > 0"),
-        (_with("output", postprocess="argmax"), r"output\.postprocess must be one of .*got 'argmax'"),
+        (
+            _with("output", postprocess="argmax"),
+            r"output\.postprocess must be one of .*got 'argmax'",
+        ),
         (_with("output", top_k=0), r"output\.top_k must be >= 1, got 0"),
         (_with("batching", max_batch_size=0), r"batching\.max_batch_size must be >= 1, got 0"),
         (_with("batching", max_wait_ms=-1), r"batching\.max_wait_ms must be >= 0, got -1"),
@@ -212,7 +226,10 @@ def test_errors_from_load_name_the_file(tmp_path: Path) -> None:
             _with("batching", max_batch_size=8, preferred_batch_sizes=[4, 16]),
             r"batching\.preferred_batch_sizes must lie in 1\.\.8, got \[16\]",
         ),
-        (_with("batching", preferred_batch_sizes=[0]), r"preferred_batch_sizes must lie in 1\.\.32, got \[0\]"),
+        (
+            _with("batching", preferred_batch_sizes=[0]),
+            r"preferred_batch_sizes must lie in 1\.\.32, got \[0\]",
+        ),
         (_with("batching", queue_limit=0), r"batching\.queue_limit must be >= 1, got 0"),
         (_with("precision", mode="int4"), r"precision\.mode must be one of .*got 'int4'"),
         (_with(None, input=[3, 8, 8]), r"\[input\] must be a table, got list"),
@@ -222,7 +239,9 @@ def test_errors_from_load_name_the_file(tmp_path: Path) -> None:
         (_with(None, precision=True), r"\[precision\] must be a table, got bool"),
     ],
 )
-def test_each_invalid_field_raises_config_error_naming_it(data: dict[str, Any], pattern: str) -> None:
+def test_each_invalid_field_raises_config_error_naming_it(
+    data: dict[str, Any], pattern: str
+) -> None:
     with pytest.raises(ConfigError, match=pattern) as info:
         parse_config("m", data, where="models/m/config.toml")
     assert str(info.value).startswith("models/m/config.toml: ")
@@ -247,7 +266,9 @@ def test_each_invalid_field_raises_config_error_naming_it(data: dict[str, Any], 
         (_with("batching", max_wait_ms="soon"), "batching.max_wait_ms"),
     ],
 )
-def test_wrongly_typed_values_raise_config_error_naming_the_key(data: dict[str, Any], key: str) -> None:
+def test_wrongly_typed_values_raise_config_error_naming_the_key(
+    data: dict[str, Any], key: str
+) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         parse_config("m", data)
 
@@ -264,7 +285,7 @@ def test_zero_scale_is_refused() -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="BUG: precision.channels_last goes through bool(), so the string \"false\" becomes True",
+    reason='BUG: precision.channels_last goes through bool(), so the string "false" becomes True',
 )
 def test_channels_last_must_be_a_boolean() -> None:
     with pytest.raises(ConfigError, match=r"precision\.channels_last"):
@@ -273,7 +294,7 @@ def test_channels_last_must_be_a_boolean() -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="BUG: output.labels given as a string is iterated per character: labels = \"cat\" "
+    reason='BUG: output.labels given as a string is iterated per character: labels = "cat" '
     "becomes ('c', 'a', 't')",
 )
 def test_labels_must_be_a_list() -> None:
@@ -313,8 +334,14 @@ def test_nan_values_are_refused(data: dict[str, Any]) -> None:
 
 def test_input_spec_json_round_trip() -> None:
     spec = InputSpec(
-        model="resnet", version=3, shape=(3, 224, 224), dtype="float16", color="RGB",
-        resize="letterbox", queue_limit=42, default_deadline_ms=250.0,
+        model="resnet",
+        version=3,
+        shape=(3, 224, 224),
+        dtype="float16",
+        color="RGB",
+        resize="letterbox",
+        queue_limit=42,
+        default_deadline_ms=250.0,
     )
     raw = spec.to_json()
     assert json.loads(raw)["shape"] == [3, 224, 224]
@@ -331,7 +358,8 @@ def test_input_spec_json_defaults() -> None:
 
 
 @pytest.mark.parametrize(
-    ("dtype", "expected"), [("uint8", 3 * 32 * 32), ("float16", 2 * 3 * 32 * 32), ("float32", 4 * 3 * 32 * 32)]
+    ("dtype", "expected"),
+    [("uint8", 3 * 32 * 32), ("float16", 2 * 3 * 32 * 32), ("float32", 4 * 3 * 32 * 32)],
 )
 def test_input_spec_nbytes(dtype: str, expected: int) -> None:
     assert InputSpec(model="m", version=1, shape=(3, 32, 32), dtype=dtype).nbytes == expected
