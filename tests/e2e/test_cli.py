@@ -1,0 +1,78 @@
+"""The CLI as a user runs it."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+from worker.localredis import free_port
+
+pytestmark = pytest.mark.e2e
+
+
+def inferq(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "worker.cli", *args],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_help_lists_the_commands() -> None:
+    out = inferq("--help")
+    assert out.returncode == 0
+    for command in ("worker", "models", "submit", "demo", "bench", "soak"):
+        assert command in out.stdout
+
+
+def test_demo_starts_an_embedded_redis_and_classifies_fresh_images(shapes_repo: Path) -> None:
+    """What `make demo` runs, with no Redis answering at the configured URL."""
+    unused = f"redis://127.0.0.1:{free_port()}/0"
+    out = inferq("demo", "--count", "150", "--model-repository", str(shapes_repo), env={"INFERQ_BROKER_URL": unused, "INFERQ_METRICS_PORT": "0"})
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "starting an embedded redis-server" in out.stdout
+    accuracy = float(re.search(r"accuracy: ([\d.]+)%", out.stdout).group(1))  # type: ignore[union-attr]
+    assert accuracy >= 95.0
+    assert re.search(r"throughput: \d+ images/s", out.stdout)
+    assert re.search(r"p50 [\d.]+ ms, p95 [\d.]+ ms, p99 [\d.]+ ms", out.stdout)
+    assert "succeeded 150, failed 0" in out.stdout
+
+
+def test_models_list_verifies_sha256(shapes_repo: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(shapes_repo, repo)
+    ok = inferq("models", "list", "--repo", str(repo))
+    assert ok.returncode == 0 and re.search(r"shapes\tversions=\[1\]\tok", ok.stdout), ok.stdout
+    with (repo / "shapes" / "1" / "model.pt").open("ab") as fh:
+        fh.write(b"tampered")
+    bad = inferq("models", "list", "--repo", str(repo))
+    assert "ERROR" in bad.stdout and "sha256" in bad.stdout
+
+
+def test_worker_refuses_a_tampered_model(shapes_repo: Path, tmp_path: Path) -> None:
+    from worker.localredis import LocalRedis
+
+    repo = tmp_path / "repo"
+    shutil.copytree(shapes_repo, repo)
+    with (repo / "shapes" / "1" / "model.pt").open("r+b") as fh:
+        fh.seek(100)
+        fh.write(b"\x00\x01\x02")
+    redis = LocalRedis().start()
+    try:
+        env = {"INFERQ_BROKER_URL": redis.url, "INFERQ_MODEL_REPOSITORY": str(repo), "INFERQ_METRICS_PORT": "0"}
+        out = inferq("worker", "--model", "shapes", env=env, timeout=120)
+    finally:
+        redis.stop()
+    assert out.returncode != 0
+    assert "IntegrityError" in out.stdout + out.stderr
+    assert "refusing to load" in out.stdout + out.stderr

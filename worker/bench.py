@@ -1,0 +1,264 @@
+"""``inferq bench``: the model's own speed and inferq's, side by side in one run.
+
+(a) raw     the model's in-process batched throughput (the same normalisation and forward the
+            worker runs), the limit anything around it can reach;
+(b) drain   the queue pre-filled with N requests, a worker started: N / time to empty it;
+(c) e2e     a producer in another process: ``submit_many`` N, then collect every result;
+(d) latency open-loop load at 50% of (c): p50/p95/p99 from submit to result seen by the producer.
+
+Redis is a private server started for the run; the worker is a real ``inferq`` worker process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shared import keys
+from shared.redisconn import make_client
+from shared.settings import Settings, get_settings, set_settings
+from worker.localredis import LocalRedis
+from worker.procs import WorkerProcess, start_worker
+from worker.repository import ModelRepository, record_sha256
+
+
+@dataclass
+class BenchConfig:
+    model: str
+    batch_size: int
+    device: str
+    repo: Path
+    out: Path
+    drain_count: int
+    burst_count: int
+    steady_seconds: float
+    raw_seconds: float = 2.0
+
+
+@dataclass
+class BenchResult:
+    config: dict[str, Any]
+    machine: dict[str, Any]
+    raw: dict[int, float] = field(default_factory=dict)  # batch size -> images/s
+    raw_batch_ms: dict[int, float] = field(default_factory=dict)
+    drain: dict[str, Any] = field(default_factory=dict)
+    burst: dict[str, Any] = field(default_factory=dict)
+    steady: dict[str, Any] = field(default_factory=dict)
+
+    def ratios(self) -> dict[str, float]:
+        limit = self.raw[self.config["batch_size"]]
+        return {
+            "drain": self.drain["throughput"] / limit,
+            "end_to_end": self.burst["throughput"] / limit,
+        }
+
+
+def machine_info(device: str) -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+def bench_repo(cfg: BenchConfig, into: Path) -> Path:
+    """A copy of the model whose batching is pinned to the benchmark's batch size."""
+    src = ModelRepository(cfg.repo).resolve(cfg.model)
+    dest = into / cfg.model / str(src.version)
+    dest.mkdir(parents=True)
+    shutil.copy2(src.path, dest / src.path.name)
+    record_sha256(dest / src.path.name)
+    text = (cfg.repo / cfg.model / "config.toml").read_text()
+    text = re.sub(r"(?m)^max_batch_size\s*=.*$", f"max_batch_size = {cfg.batch_size}", text)
+    text = re.sub(r"(?m)^preferred_batch_sizes\s*=.*$", f"preferred_batch_sizes = [{cfg.batch_size}]", text)
+    text = re.sub(r"(?m)^queue_limit\s*=.*$", "queue_limit = 1000000", text)
+    (into / cfg.model / "config.toml").write_text(text)
+    return into
+
+
+def raw_throughput(repo: Path, model: str, device: str, sizes: list[int], seconds: float) -> tuple[dict[int, float], dict[int, float]]:
+    import torch
+
+    from worker.handlers import load_handler
+    from worker.runner import Runner
+
+    mv = ModelRepository(repo).resolve(model)
+    dev = torch.device(device)
+    runner = Runner(load_handler(mv, dev), mv.config, mv.version, dev, "bench")
+    per_s: dict[int, float] = {}
+    batch_ms: dict[int, float] = {}
+    for size in sizes:
+        x = torch.randint(0, 256, (size, *mv.config.shape), dtype=torch.uint8).to(dev)
+        for _ in range(3):
+            runner._forward(x)
+        count, started = 0, time.perf_counter()
+        while count < 3 or time.perf_counter() - started < seconds:
+            runner._forward(x)
+            count += 1
+        elapsed = time.perf_counter() - started
+        per_s[size] = count * size / elapsed
+        batch_ms[size] = elapsed / count * 1e3
+    return per_s, batch_ms
+
+
+def _loadgen(env: dict[str, str], *args: str) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, "-m", "producer.loadgen", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def _drain(cfg: BenchConfig, redis_url: str, env: dict[str, str], log: Path) -> tuple[dict[str, Any], WorkerProcess]:
+    from producer.client import reset_runtime, submit_many
+    from worker.repository import ModelRepository as Repo
+
+    client = make_client(redis_url)
+    mv = Repo(Path(env["INFERQ_MODEL_REPOSITORY"])).resolve(cfg.model)
+    client.set(keys.model_spec_key(cfg.model), mv.config.input_spec(mv.version).to_json())
+    reset_runtime()
+    rng = np.random.default_rng(1)
+    pool = [rng.integers(0, 256, size=mv.config.shape, dtype=np.uint8) for _ in range(64)]
+    submit_many((pool[i % 64] for i in range(cfg.drain_count)), model=cfg.model, chunk=512)
+    worker = start_worker([cfg.model], env, device=cfg.device, log_path=log, supervised=False)
+    started = _wait_listed(client, worker)
+    queue = keys.queue_name(cfg.model)
+    while client.exists(*keys.queue_keys(queue)) or client.hlen(keys.UNACKED):
+        time.sleep(0.005)
+    elapsed = time.perf_counter() - started
+    return {"count": cfg.drain_count, "seconds": elapsed, "throughput": cfg.drain_count / elapsed}, worker
+
+
+def _wait_listed(client: Any, worker: WorkerProcess) -> float:
+    deadline = time.monotonic() + 300
+    while client.zscore(keys.model_workers_key(worker.models[0]), worker.hostname) is None:
+        if worker.process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"worker did not start:\n{worker.log_tail()}")
+        time.sleep(0.002)
+    return time.perf_counter()
+
+
+def run_bench(cfg: BenchConfig, echo: Any = print) -> BenchResult:
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    result = BenchResult(config={**asdict(cfg), "repo": str(cfg.repo), "out": str(cfg.out)}, machine=machine_info(cfg.device))
+    tmp = Path(tempfile.mkdtemp(prefix="inferq-bench-"))
+    repo = bench_repo(cfg, tmp / "repo")
+    sizes = sorted({1, *[2**i for i in range(1, 12) if 2**i < cfg.batch_size], cfg.batch_size})
+    echo(f"(a) raw in-process throughput at batch sizes {sizes} ...")
+    result.raw, result.raw_batch_ms = raw_throughput(repo, cfg.model, cfg.device, sizes, cfg.raw_seconds)
+    redis = LocalRedis().start()
+    previous = get_settings()
+    set_settings(Settings(broker_url=redis.url, model_repository=repo, metrics_port=0))
+    env = {
+        "INFERQ_BROKER_URL": redis.url,
+        "INFERQ_MODEL_REPOSITORY": str(repo),
+        "INFERQ_METRICS_PORT": "0",
+        "INFERQ_LOG_LEVEL": "WARNING",
+    }
+    worker = None
+    try:
+        echo(f"(b) drain: {cfg.drain_count} requests pre-filled, then a worker started ...")
+        result.drain, worker = _drain(cfg, redis.url, env, tmp / "worker.log")
+        echo(f"(c) end-to-end burst: {cfg.burst_count} requests from another process ...")
+        result.burst = _loadgen(env, "burst", "--model", cfg.model, "--count", str(cfg.burst_count))
+        rate = result.burst["throughput"] / 2
+        echo(f"(d) latency at {rate:.0f} requests/s for {cfg.steady_seconds:g} s ...")
+        result.steady = _loadgen(env, "steady", "--model", cfg.model, "--rate", str(rate), "--seconds", str(cfg.steady_seconds))
+    finally:
+        if worker is not None:
+            worker.terminate()
+        redis.stop()
+        set_settings(previous)
+    write_outputs(result, cfg, repo)
+    echo(render(result, cfg, repo))
+    return result
+
+
+def latency_bound_ms(result: BenchResult, cfg: BenchConfig, repo: Path) -> float:
+    """The issue's target: p99 <= max_wait_ms + 3 x the compute time of the batch size served."""
+    mv = ModelRepository(repo).resolve(cfg.model)
+    mean_batch = max(1, round(result.burst.get("mean_batch", 1)))
+    size = min(result.raw_batch_ms, key=lambda s: abs(s - mean_batch))
+    return mv.config.batching.max_wait_ms + 3 * result.raw_batch_ms[size]
+
+
+def render(result: BenchResult, cfg: BenchConfig, repo: Path) -> str:
+    r = result.ratios()
+    raw = result.raw[cfg.batch_size]
+    lat = result.steady.get("latency_ms", {})
+    bound = latency_bound_ms(result, cfg, repo)
+    lines = [
+        f"inferq bench: model {cfg.model}, batch size {cfg.batch_size}, device {cfg.device}, "
+        f"{result.machine['cpu_count']} CPUs, torch {result.machine['torch']}",
+        f"{'':34}{'images/s':>12}{'x raw':>9}",
+        f"{'(a) raw in-process, batch ' + str(cfg.batch_size):34}{raw:>12.0f}{1.0:>9.2f}",
+        f"{'(b) drain, ' + str(cfg.drain_count) + ' queued':34}{result.drain['throughput']:>12.0f}{r['drain']:>9.2f}",
+        f"{'(c) end-to-end burst, ' + str(cfg.burst_count):34}{result.burst['throughput']:>12.0f}{r['end_to_end']:>9.2f}",
+        f"(d) latency at {result.steady.get('rate', 0):.0f} req/s (50% of c): "
+        f"p50 {lat.get('p50', float('nan')):.1f} ms, p95 {lat.get('p95', float('nan')):.1f} ms, "
+        f"p99 {lat.get('p99', float('nan')):.1f} ms "
+        f"(bound max_wait + 3 x batch compute = {bound:.1f} ms)",
+        f"mean batch size: drain-free burst {result.burst.get('mean_batch', 0):.1f}",
+        "raw by batch size: " + ", ".join(f"{s}: {v:.0f}/s" for s, v in result.raw.items()),
+        f"written: {cfg.out / 'bench.json'}, {cfg.out / 'bench.png'}",
+    ]
+    return "\n".join(lines)
+
+
+def write_outputs(result: BenchResult, cfg: BenchConfig, repo: Path) -> None:
+    data = asdict(result)
+    data["ratios"] = result.ratios()
+    data["latency_bound_ms"] = latency_bound_ms(result, cfg, repo)
+    (cfg.out / "bench.json").write_text(json.dumps(data, indent=2, default=str))
+    plot(result, cfg, cfg.out / "bench.png")
+
+
+def plot(result: BenchResult, cfg: BenchConfig, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    lat = np.array(result.steady.get("latency_sorted_ms", []))
+    if len(lat):
+        left.plot(lat, np.arange(1, len(lat) + 1) / len(lat))
+    left.set_xlabel("latency, submit to result (ms)")
+    left.set_ylabel("fraction of requests")
+    left.set_title(f"latency CDF at {result.steady.get('rate', 0):.0f} req/s")
+    left.grid(alpha=0.3)
+    sizes = list(result.raw)
+    right.plot(sizes, [result.raw[s] for s in sizes], marker="o", label="(a) raw in-process")
+    right.scatter([cfg.batch_size], [result.drain["throughput"]], color="C1", label="(b) drain", zorder=3)
+    right.scatter([cfg.batch_size], [result.burst["throughput"]], color="C2", label="(c) end-to-end", zorder=3)
+    right.set_xscale("log", base=2)
+    right.set_xlabel("batch size")
+    right.set_ylabel("images/s")
+    right.set_title(f"{cfg.model} on {cfg.device}")
+    right.legend()
+    right.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
