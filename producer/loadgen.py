@@ -53,7 +53,9 @@ def steady(model: str, rate: float, seconds: float, timeout: float) -> dict[str,
     ids = [str(uuid.uuid4()) for _ in range(count)]
     sent = np.zeros(count)
     arrived = np.zeros(count)
-    collector = threading.Thread(target=_collect, args=(ids, arrived, seconds + timeout), daemon=True)
+    collector = threading.Thread(
+        target=_collect, args=(ids, arrived, seconds + timeout), daemon=True
+    )
     collector.start()
     time.sleep(0.2)  # let the collector subscribe before the first result can arrive
     t0 = time.perf_counter()
@@ -70,7 +72,9 @@ def steady(model: str, rate: float, seconds: float, timeout: float) -> dict[str,
         "rate": rate,
         "achieved_rate": count / (sent[-1] - t0) if count > 1 else 0.0,
         "completed": int((arrived > 0).sum()),
-        "latency_ms": {f"p{q}": float(np.percentile(latency_ms, q)) for q in (50, 95, 99)} if len(latency_ms) else {},
+        "latency_ms": {f"p{q}": float(np.percentile(latency_ms, q)) for q in (50, 95, 99)}
+        if len(latency_ms)
+        else {},
         "latency_sorted_ms": np.sort(latency_ms).tolist(),
     }
 

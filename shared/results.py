@@ -9,16 +9,21 @@ channel), so ``AsyncResult.get()`` works from any process. Failures carry ``exc_
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypedDict
+
+import orjson
 
 from shared.errors import ERROR_TYPES, InferqError
 
 
-@dataclass(frozen=True)
-class Timing:
-    """Where one request's time went, in milliseconds (wall clock across hosts; clamped at 0)."""
+class Timing(TypedDict):
+    """Where one request's time went, in milliseconds (wall clock across hosts; clamped at 0).
+
+    ``total_ms`` runs from the producer's call to the result being handed to the backend; the
+    ``*_ms`` parts before it are producer preprocessing, time in the Redis queue, time waiting in
+    the micro-batcher, then the batch's collate, inference and post-processing.
+    """
 
     preprocess_ms: float
     queue_ms: float
@@ -30,9 +35,6 @@ class Timing:
     batch_size: int
     worker: str
     device: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
 def _now_iso() -> str:
@@ -61,7 +63,7 @@ def _meta(task_id: str, status: str, result: Any) -> bytes:
         "date_done": _now_iso(),
         "task_id": task_id,
     }
-    return json.dumps(meta, separators=(",", ":")).encode()
+    return orjson.dumps(meta)
 
 
 def error_from_meta(result: Any) -> InferqError:

@@ -62,7 +62,7 @@ class Settings:
     #: How often a worker sweeps for expired unacknowledged messages (kombu's default is ~100 s).
     restore_interval_s: float = 5.0
     #: How many batches' worth of messages a worker may hold locally beyond the one running.
-    prefetch_batches: int = 2
+    prefetch_batches: int = 4
     #: Largest accepted encoded tensor (bytes); larger payloads fail with PayloadTooLarge.
     max_payload_bytes: int = 64 * 1024 * 1024
     #: Largest decoded image the producer accepts (pixels): guards against decompression bombs.

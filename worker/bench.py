@@ -89,13 +89,17 @@ def bench_repo(cfg: BenchConfig, into: Path) -> Path:
     record_sha256(dest / src.path.name)
     text = (cfg.repo / cfg.model / "config.toml").read_text()
     text = re.sub(r"(?m)^max_batch_size\s*=.*$", f"max_batch_size = {cfg.batch_size}", text)
-    text = re.sub(r"(?m)^preferred_batch_sizes\s*=.*$", f"preferred_batch_sizes = [{cfg.batch_size}]", text)
+    text = re.sub(
+        r"(?m)^preferred_batch_sizes\s*=.*$", f"preferred_batch_sizes = [{cfg.batch_size}]", text
+    )
     text = re.sub(r"(?m)^queue_limit\s*=.*$", "queue_limit = 1000000", text)
     (into / cfg.model / "config.toml").write_text(text)
     return into
 
 
-def raw_throughput(repo: Path, model: str, device: str, sizes: list[int], seconds: float) -> tuple[dict[int, float], dict[int, float]]:
+def raw_throughput(
+    repo: Path, model: str, device: str, sizes: list[int], seconds: float
+) -> tuple[dict[int, float], dict[int, float]]:
     import torch
 
     from worker.handlers import load_handler
@@ -131,7 +135,9 @@ def _loadgen(env: dict[str, str], *args: str) -> dict[str, Any]:
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
-def _drain(cfg: BenchConfig, redis_url: str, env: dict[str, str], log: Path) -> tuple[dict[str, Any], WorkerProcess]:
+def _drain(
+    cfg: BenchConfig, redis_url: str, env: dict[str, str], log: Path
+) -> tuple[dict[str, Any], WorkerProcess]:
     from producer.client import reset_runtime, submit_many
     from worker.repository import ModelRepository as Repo
 
@@ -148,7 +154,11 @@ def _drain(cfg: BenchConfig, redis_url: str, env: dict[str, str], log: Path) -> 
     while client.exists(*keys.queue_keys(queue)) or client.hlen(keys.UNACKED):
         time.sleep(0.005)
     elapsed = time.perf_counter() - started
-    return {"count": cfg.drain_count, "seconds": elapsed, "throughput": cfg.drain_count / elapsed}, worker
+    return {
+        "count": cfg.drain_count,
+        "seconds": elapsed,
+        "throughput": cfg.drain_count / elapsed,
+    }, worker
 
 
 def _wait_listed(client: Any, worker: WorkerProcess) -> float:
@@ -162,12 +172,17 @@ def _wait_listed(client: Any, worker: WorkerProcess) -> float:
 
 def run_bench(cfg: BenchConfig, echo: Any = print) -> BenchResult:
     cfg.out.mkdir(parents=True, exist_ok=True)
-    result = BenchResult(config={**asdict(cfg), "repo": str(cfg.repo), "out": str(cfg.out)}, machine=machine_info(cfg.device))
+    result = BenchResult(
+        config={**asdict(cfg), "repo": str(cfg.repo), "out": str(cfg.out)},
+        machine=machine_info(cfg.device),
+    )
     tmp = Path(tempfile.mkdtemp(prefix="inferq-bench-"))
     repo = bench_repo(cfg, tmp / "repo")
     sizes = sorted({1, *[2**i for i in range(1, 12) if 2**i < cfg.batch_size], cfg.batch_size})
     echo(f"(a) raw in-process throughput at batch sizes {sizes} ...")
-    result.raw, result.raw_batch_ms = raw_throughput(repo, cfg.model, cfg.device, sizes, cfg.raw_seconds)
+    result.raw, result.raw_batch_ms = raw_throughput(
+        repo, cfg.model, cfg.device, sizes, cfg.raw_seconds
+    )
     redis = LocalRedis().start()
     previous = get_settings()
     set_settings(Settings(broker_url=redis.url, model_repository=repo, metrics_port=0))
@@ -185,7 +200,16 @@ def run_bench(cfg: BenchConfig, echo: Any = print) -> BenchResult:
         result.burst = _loadgen(env, "burst", "--model", cfg.model, "--count", str(cfg.burst_count))
         rate = result.burst["throughput"] / 2
         echo(f"(d) latency at {rate:.0f} requests/s for {cfg.steady_seconds:g} s ...")
-        result.steady = _loadgen(env, "steady", "--model", cfg.model, "--rate", str(rate), "--seconds", str(cfg.steady_seconds))
+        result.steady = _loadgen(
+            env,
+            "steady",
+            "--model",
+            cfg.model,
+            "--rate",
+            str(rate),
+            "--seconds",
+            str(cfg.steady_seconds),
+        )
     finally:
         if worker is not None:
             worker.terminate()
@@ -251,8 +275,12 @@ def plot(result: BenchResult, cfg: BenchConfig, path: Path) -> None:
     left.grid(alpha=0.3)
     sizes = list(result.raw)
     right.plot(sizes, [result.raw[s] for s in sizes], marker="o", label="(a) raw in-process")
-    right.scatter([cfg.batch_size], [result.drain["throughput"]], color="C1", label="(b) drain", zorder=3)
-    right.scatter([cfg.batch_size], [result.burst["throughput"]], color="C2", label="(c) end-to-end", zorder=3)
+    right.scatter(
+        [cfg.batch_size], [result.drain["throughput"]], color="C1", label="(b) drain", zorder=3
+    )
+    right.scatter(
+        [cfg.batch_size], [result.burst["throughput"]], color="C2", label="(c) end-to-end", zorder=3
+    )
     right.set_xscale("log", base=2)
     right.set_xlabel("batch size")
     right.set_ylabel("images/s")

@@ -120,11 +120,24 @@ def demo(count: int, model_repository: Path | None) -> None:
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--model-repository", type=click.Path(path_type=Path), default=None)
-@click.option("--drain", "drain_count", default=20000, show_default=True, help="Requests pre-filled for (b).")
+@click.option(
+    "--drain", "drain_count", default=20000, show_default=True, help="Requests pre-filled for (b)."
+)
 @click.option("--burst", "burst_count", default=10000, show_default=True, help="Requests for (c).")
 @click.option("--steady-seconds", default=10.0, show_default=True, help="Duration of (d).")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-out"), show_default=True)
-def bench(model: str, batch_size: int, device: str, model_repository: Path | None, drain_count: int, burst_count: int, steady_seconds: float, out: Path) -> None:
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=Path("bench-out"), show_default=True
+)
+def bench(
+    model: str,
+    batch_size: int,
+    device: str,
+    model_repository: Path | None,
+    drain_count: int,
+    burst_count: int,
+    steady_seconds: float,
+    out: Path,
+) -> None:
     """Raw model speed vs inferq drain, end-to-end and latency, side by side."""
     from worker.bench import BenchConfig, run_bench
 
@@ -133,7 +146,9 @@ def bench(model: str, batch_size: int, device: str, model_repository: Path | Non
         from worker.examples import build_examples
 
         build_examples(repo, [model], log=click.echo)
-    cfg = BenchConfig(model, batch_size, device, repo, out, drain_count, burst_count, steady_seconds)
+    cfg = BenchConfig(
+        model, batch_size, device, repo, out, drain_count, burst_count, steady_seconds
+    )
     run_bench(cfg, echo=click.echo)
 
 

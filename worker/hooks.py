@@ -6,8 +6,9 @@ that raises is logged and skipped, never fatal to the request path.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from shared.logs import get_logger
 
@@ -63,6 +64,14 @@ class Hooks:
 class MetricsHook(Hook):
     def __init__(self, metrics: Metrics) -> None:
         self.m = metrics
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def _child(self, metric: object, *labels: str) -> Any:
+        key = (str(id(metric)), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)  # type: ignore[attr-defined]
+        return child
 
     def after_batch(
         self,
@@ -71,8 +80,8 @@ class MetricsHook(Hook):
         outcomes: Sequence[Outcome],
         infer_s: float,
     ) -> None:
-        self.m.batch_size.labels(model).observe(len(batch))
-        self.m.inference.labels(model).observe(infer_s)
+        self._child(self.m.batch_size, model).observe(len(batch))
+        self._child(self.m.inference, model).observe(infer_s)
 
     def after_store(
         self,
@@ -81,21 +90,25 @@ class MetricsHook(Hook):
         rejections: Sequence[Rejection],
         store_s: float,
     ) -> None:
+        counts: Counter[str] = Counter(r.error.reason for r in rejections)
+        latency = self._child(self.m.latency, model)
+        queue_wait = self._child(self.m.queue_wait, model)
         for o in outcomes:
-            outcome = "success" if o.error is None else o.error.reason
-            self.m.requests.labels(model, outcome).inc()
-            if o.value is not None:
-                timing = o.value["timing"]
-                self.m.latency.labels(model).observe(timing["total_ms"] / 1e3)
-                self.m.queue_wait.labels(model).observe(timing["queue_ms"] / 1e3)
-        for r in rejections:
-            self.m.requests.labels(model, r.error.reason).inc()
+            if o.value is None:
+                counts[o.error.reason if o.error else "error"] += 1
+                continue
+            counts["success"] += 1
+            timing = o.value["timing"]
+            latency.observe(timing["total_ms"] / 1e3)
+            queue_wait.observe(timing["queue_ms"] / 1e3)
+        for outcome, n in counts.items():
+            self._child(self.m.requests, model, outcome).inc(n)
 
     def on_batch_cap(self, model: str, cap: int) -> None:
-        self.m.batch_cap.labels(model).set(cap)
+        self._child(self.m.batch_cap, model).set(cap)
 
     def on_queue_depth(self, model: str, depth: int) -> None:
-        self.m.queue_depth.labels(model).set(depth)
+        self._child(self.m.queue_depth, model).set(depth)
 
 
 class LogHook(Hook):

@@ -17,6 +17,7 @@ from typing import Any
 
 import msgpack
 import numpy as np
+import orjson
 
 from shared import codec, keys
 from shared.errors import InferqError, InvalidInput, ModelUnavailable
@@ -118,8 +119,8 @@ def _decode(
 
 def _load_envelope(raw: bytes) -> dict[str, Any]:
     try:
-        envelope = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+        envelope = orjson.loads(raw)
+    except (orjson.JSONDecodeError, ValueError, UnicodeDecodeError) as exc:
         raise InvalidInput(
             f"message must be a kombu JSON envelope, got undecodable bytes: {exc}"
         ) from None
@@ -151,7 +152,7 @@ def _load_body(envelope: dict[str, Any], max_bytes: int) -> tuple[list[Any], dic
                 f"message body must be at most ~{max_bytes} bytes, got {len(body) * 3 // 4}"
             )
         try:
-            body = base64.b64decode(body, validate=True)
+            body = binascii.a2b_base64(body, strict_mode=True)
         except (binascii.Error, ValueError, TypeError) as exc:
             raise InvalidInput(f"message body must be valid base64, got: {exc}") from None
     decoded = _deserialize(content_type, body)

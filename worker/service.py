@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import queue
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -165,6 +166,10 @@ class InferenceService:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
+        # The stages hand work to each other through the GIL; with the default 5 ms switch
+        # interval a runner coming back from the device can wait that long for a decoding
+        # fetcher. A shorter interval keeps the device fed.
+        sys.setswitchinterval(float(os.environ.get("INFERQ_SWITCH_INTERVAL_S", "0.0005")))
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)  # CUDA is first touched here, after the fork
         repo = ModelRepository(self.settings.model_repository)

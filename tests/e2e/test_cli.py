@@ -17,7 +17,9 @@ from worker.localredis import free_port
 pytestmark = pytest.mark.e2e
 
 
-def inferq(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def inferq(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "worker.cli", *args],
         cwd=ROOT,
@@ -38,7 +40,14 @@ def test_help_lists_the_commands() -> None:
 def test_demo_starts_an_embedded_redis_and_classifies_fresh_images(shapes_repo: Path) -> None:
     """What `make demo` runs, with no Redis answering at the configured URL."""
     unused = f"redis://127.0.0.1:{free_port()}/0"
-    out = inferq("demo", "--count", "150", "--model-repository", str(shapes_repo), env={"INFERQ_BROKER_URL": unused, "INFERQ_METRICS_PORT": "0"})
+    out = inferq(
+        "demo",
+        "--count",
+        "150",
+        "--model-repository",
+        str(shapes_repo),
+        env={"INFERQ_BROKER_URL": unused, "INFERQ_METRICS_PORT": "0"},
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "starting an embedded redis-server" in out.stdout
     accuracy = float(re.search(r"accuracy: ([\d.]+)%", out.stdout).group(1))  # type: ignore[union-attr]
@@ -69,7 +78,11 @@ def test_worker_refuses_a_tampered_model(shapes_repo: Path, tmp_path: Path) -> N
         fh.write(b"\x00\x01\x02")
     redis = LocalRedis().start()
     try:
-        env = {"INFERQ_BROKER_URL": redis.url, "INFERQ_MODEL_REPOSITORY": str(repo), "INFERQ_METRICS_PORT": "0"}
+        env = {
+            "INFERQ_BROKER_URL": redis.url,
+            "INFERQ_MODEL_REPOSITORY": str(repo),
+            "INFERQ_METRICS_PORT": "0",
+        }
         out = inferq("worker", "--model", "shapes", env=env, timeout=120)
     finally:
         redis.stop()

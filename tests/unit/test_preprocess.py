@@ -285,6 +285,22 @@ def test_webp_bytes_decode() -> None:
     np.testing.assert_array_equal(out, np.asarray(img).transpose(2, 0, 1))
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: a 16-bit grayscale PNG (PIL mode I;16) goes through Image.convert('RGB'), which "
+    "clips instead of scaling: mid-gray 32768/65535 becomes 255 (white). uint16 numpy arrays are "
+    "refused with InvalidInput, but the same data as PNG bytes is silently corrupted",
+)
+def test_16_bit_png_is_scaled_or_refused() -> None:
+    png = _encoded(Image.fromarray(np.full((32, 32), 32768, dtype=np.uint16)), "PNG")
+    assert Image.open(io.BytesIO(png)).mode == "I;16"
+    try:
+        out = to_tensor(png, SPEC, MAX)
+    except InvalidInput:
+        return
+    assert abs(int(out[0, 0, 0]) - 128) <= 1
+
+
 def test_path_as_str_and_path(tmp_path: Path) -> None:
     img = _three_colors()
     path = tmp_path / "img.png"
