@@ -71,11 +71,24 @@ def decode_message(
     task_id: str | None = None
     try:
         envelope = _load_envelope(raw)
-        headers = envelope.get("headers") or {}
+        headers = _table(envelope.get("headers"), "headers")
         task_id = _task_id(headers, envelope)
         return _decode(tag, task_id, envelope, headers, spec, max_bytes, now, wall)
     except InferqError as exc:
         return Rejection(tag, task_id, exc)
+    except Exception as exc:  # a malformed message must end as a rejection, never kill the fetcher
+        error = InvalidInput(
+            f"message must be a Celery protocol 2 envelope, got one that fails decoding: {type(exc).__name__}: {exc}"
+        )
+        return Rejection(tag, task_id, error)
+
+
+def _table(value: Any, what: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidInput(f"message {what} must be an object, got {type(value).__name__}")
+    return value
 
 
 def _decode(
@@ -98,7 +111,8 @@ def _decode(
     deadline = _timestamp(headers.get("expires"))
     if deadline is None and spec.default_deadline_ms > 0:
         deadline = submitted + spec.default_deadline_ms / 1000.0
-    props = envelope.get("properties") or {}
+    props = _table(envelope.get("properties"), "properties")
+    info = _table(props.get("delivery_info"), "properties.delivery_info")
     return InferenceRequest(
         task_id=task_id,
         tag=tag,
@@ -110,10 +124,8 @@ def _decode(
         received_wall=wall,
         deadline=deadline,
         eta=_timestamp(headers.get("eta")),
-        priority=int(props.get("priority") or 0),
-        redelivered=bool(
-            headers.get("redelivered") or props.get("delivery_info", {}).get("redelivered")
-        ),
+        priority=_priority(props.get("priority")),
+        redelivered=bool(headers.get("redelivered") or info.get("redelivered")),
     )
 
 
@@ -132,7 +144,10 @@ def _load_envelope(raw: bytes) -> dict[str, Any]:
 
 
 def _task_id(headers: dict[str, Any], envelope: dict[str, Any]) -> str:
-    task_id = headers.get("id") or (envelope.get("properties") or {}).get("correlation_id")
+    props = envelope.get("properties")
+    task_id = headers.get("id") or (
+        props.get("correlation_id") if isinstance(props, dict) else None
+    )
     if not isinstance(task_id, str) or not task_id:
         raise InvalidInput("message must carry a Celery task id (protocol 2 'id' header), got none")
     return task_id
@@ -146,7 +161,9 @@ def _load_body(envelope: dict[str, Any], max_bytes: int) -> tuple[list[Any], dic
             "refused and never deserialized"
         )
     body = envelope["body"]
-    if (envelope.get("properties") or {}).get("body_encoding") == "base64":
+    if not isinstance(body, (str, bytes)):
+        raise InvalidInput(f"message body must be a string, got {type(body).__name__}")
+    if _table(envelope.get("properties"), "properties").get("body_encoding") == "base64":
         if len(body) > max_bytes * 4 // 3 + 4096:
             raise InvalidInput(
                 f"message body must be at most ~{max_bytes} bytes, got {len(body) * 3 // 4}"
@@ -218,6 +235,14 @@ def _decode_tensor(
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise InvalidInput(f"tensor for model {spec.model!r} must be finite, got NaN or Inf values")
     return array
+
+
+def _priority(value: Any) -> int:
+    if value is None:
+        return 0
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidInput(f"message priority must be an integer 0..9, got {value!r}")
+    return min(9, max(0, value))
 
 
 def _float(value: Any, default: float) -> float:

@@ -249,14 +249,6 @@ def test_channels_last_setting_reaches_the_model(channels_last: bool) -> None:
     assert seen == [channels_last]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Runner always stages inputs in a uint8 buffer (torch.empty(..., dtype=torch.uint8)) "
-    "and warms up with uint8 zeros, so a model whose config says input.dtype = 'float32' or "
-    "'float16' (accepted by parse_config, the codec and decode_message) cannot be served: with "
-    "np.stack(out=...) every batch raises TypeError (cannot cast float32 to uint8); with an "
-    "element-wise copy into the buffer the floats are silently truncated to integers (0.5 -> 0)",
-)
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_float_input_models_compute_on_the_float_values(dtype: type) -> None:
     config = _config(dtype=np.dtype(dtype).name, scale=1.0)
