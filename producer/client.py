@@ -29,11 +29,11 @@ from producer.preprocess import ImageLike, to_tensor
 from producer.spec_cache import SpecCache
 from shared import codec, keys
 from shared.celeryconf import make_celery
-from shared.errors import InferqError, QueueFull
+from shared.errors import BrokerUnavailable, InferqError, QueueFull, RequestLost
 from shared.lua import LuaScript, execute_with_scripts
-from shared.redisconn import make_client
+from shared.redisconn import CONNECTION_ERRORS, make_client
 from shared.results import value_from_meta
-from shared.settings import Settings, get_settings
+from shared.settings import Settings, get_settings, redact_url
 
 # Push messages only if the queue (all its priority lists) stays within its limit.
 # KEYS: every priority list of the queue; ARGV: limit, target list index (1-based), messages...
@@ -227,7 +227,13 @@ def push(client: redis.Redis, prepared: Sequence[Prepared]) -> list[int]:
             keys.queue_keys(first.queue),
             [first.limit, first.priority + 1, *(p.envelope for p in group)],
         )
-    depths = execute_with_scripts(pipe, client, [PUSH])
+    try:
+        depths = execute_with_scripts(pipe, client, [PUSH])
+    except CONNECTION_ERRORS as exc:
+        raise BrokerUnavailable(
+            f"Redis at {redact_url(runtime().settings.broker_url)} must be reachable to submit, "
+            f"got {type(exc).__name__}: {exc}; {len(prepared)} request(s) not queued"
+        ) from None
     refused = [(g, d) for g, d in zip(groups, depths, strict=True) if d < 0]
     if refused:
         accepted = [p.task_id for g, d in zip(groups, depths, strict=True) if d >= 0 for p in g]
@@ -311,12 +317,19 @@ def gather(
     return out
 
 
+# After Redis comes back empty, requests still held by workers finish within seconds; whatever is
+# neither stored, queued nor held after this long was lost with the restart.
+LOST_GRACE_S = 10.0
+
+
 class _Collector:
     def __init__(
         self, client: redis.Redis, ids: list[str], on_result: Callable[[int], None] | None
     ) -> None:
         self.client = client
         self.on_result = on_result
+        self.run_id = self._run_id()
+        self.restart_seen_at: float | None = None
         self.keys = [keys.result_key(i) for i in ids]
         self.index: dict[str, list[int]] = {}
         for i, k in enumerate(self.keys):
@@ -354,7 +367,44 @@ class _Collector:
                 self._record(msg["channel"].decode(), msg["data"])
         self._sweep()  # covers publications missed while (re)subscribing
 
+    def _run_id(self) -> str | None:
+        try:
+            return str(self.client.info("server").get("run_id"))
+        except CONNECTION_ERRORS:
+            return None
+
+    def _check_restart(self) -> None:
+        """Fail, with RequestLost, what a Redis restart took away instead of waiting forever."""
+        run_id = self._run_id()
+        if run_id is None or run_id == self.run_id or self.run_id is None:
+            self.run_id = self.run_id or run_id
+            return
+        now = time.monotonic()
+        if self.restart_seen_at is None:
+            self.restart_seen_at = now
+            return
+        if now - self.restart_seen_at < LOST_GRACE_S:
+            return
+        held = self._queued_blob()
+        for key in self.pending():
+            task_id = key[len(keys.RESULT_PREFIX) :]
+            if task_id.encode() not in held:
+                error = RequestLost(
+                    f"request {task_id} must still be queued, held or stored to complete, got "
+                    "none of these after Redis restarted (run_id changed) without it; submit it again"
+                )
+                self._set(key, error)
+        self.run_id, self.restart_seen_at = run_id, None
+
+    def _queued_blob(self) -> bytes:
+        """Every message now in an inferq queue or held unacknowledged, as one searchable blob."""
+        parts: list[bytes] = list(self.client.hvals(keys.UNACKED))  # type: ignore[arg-type]
+        for key in self.client.scan_iter(match=f"{keys.QUEUE_PREFIX}*", count=1000, _type="list"):
+            parts.extend(self.client.lrange(key, 0, -1))  # type: ignore[arg-type]
+        return b"\n".join(parts)
+
     def _sweep(self) -> None:
+        self._check_restart()
         pending = self.pending()
         for i in range(0, len(pending), 1000):
             chunk = pending[i : i + 1000]
@@ -376,6 +426,9 @@ class _Collector:
             value: Any = value_from_meta(raw)
         except InferqError as exc:
             value = exc
+        self._set(key, value)
+
+    def _set(self, key: str, value: Any) -> None:
         for i in self.index[key]:
             if i not in self.values and self.on_result is not None:
                 self.on_result(i)

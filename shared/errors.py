@@ -78,6 +78,18 @@ class WorkerCrashed(InferqError):
     reason = "worker_crashed"
 
 
+class BrokerUnavailable(InferqError):
+    """Redis could not be reached (after retries); the request was not queued."""
+
+    reason = "broker_unavailable"
+
+
+class RequestLost(InferqError):
+    """Redis restarted without the request (it keeps nothing on disk): it will never complete."""
+
+    reason = "request_lost"
+
+
 ERROR_TYPES: dict[str, type[InferqError]] = {
     cls.__name__: cls
     for cls in (
@@ -91,5 +103,7 @@ ERROR_TYPES: dict[str, type[InferqError]] = {
         IntegrityError,
         ConfigError,
         WorkerCrashed,
+        BrokerUnavailable,
+        RequestLost,
     )
 }

@@ -6,7 +6,9 @@ Nothing else in inferq reads the environment. Every default is documented here a
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,25 +20,37 @@ from shared.errors import ConfigError
 _URL_SCHEMES = ("redis", "rediss", "unix")
 _LOG_FORMATS = ("json", "console")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_DEVICE = re.compile(r"cpu|cuda(:[0-9]+)?")
+#: Float settings that must be finite and > 0 (NaN fails ``> 0``, which is why it is written so).
+_POSITIVE_SECONDS = ("visibility_timeout_s", "restore_interval_s", "idle_poll_s", "heartbeat_s")
 
 
 def redact_url(url: str) -> str:
     """``url`` with any password replaced by ``***``: the only form of a URL that may be logged."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"  # e.g. an unclosed IPv6 bracket: nothing safe to show
     if parts.password is None:
         return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    # Splice the raw netloc rather than rebuilding it from .hostname/.port: that would drop the
+    # brackets of an IPv6 literal and raise on a malformed port.
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostport}"))
 
 
 def _check_url(name: str, url: str) -> str:
-    scheme = urlsplit(url).scheme
-    if scheme not in _URL_SCHEMES:
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises ValueError for a non-numeric or out-of-range port
+    except ValueError as exc:
         raise ConfigError(
-            f"{name} must be a redis://, rediss:// or unix:// URL, got scheme {scheme!r} "
+            f"{name} must be a valid URL, got one that does not parse: {exc}"
+        ) from None
+    if parts.scheme not in _URL_SCHEMES:
+        raise ConfigError(
+            f"{name} must be a redis://, rediss:// or unix:// URL, got scheme {parts.scheme!r} "
             f"in {redact_url(url)!r}"
         )
     return url
@@ -85,6 +99,11 @@ class Settings:
             object.__setattr__(self, "result_backend", self.broker_url)
         _check_url("INFERQ_BROKER_URL", self.broker_url)
         _check_url("INFERQ_RESULT_BACKEND", self.result_backend)
+        self._check_choices()
+        self._check_durations()
+        self._check_counts()
+
+    def _check_choices(self) -> None:
         if self.log_format not in _LOG_FORMATS:
             raise ConfigError(
                 f"INFERQ_LOG_FORMAT must be one of {_LOG_FORMATS}, got {self.log_format!r}"
@@ -93,13 +112,26 @@ class Settings:
             raise ConfigError(
                 f"INFERQ_LOG_LEVEL must be one of {_LOG_LEVELS}, got {self.log_level!r}"
             )
-        for name in ("visibility_timeout_s", "restore_interval_s", "idle_poll_s", "heartbeat_s"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not _DEVICE.fullmatch(self.device):
+            raise ConfigError(f"INFERQ_DEVICE must be cpu or cuda:N, got {self.device!r}")
+
+    def _check_durations(self) -> None:
+        for name in (*_POSITIVE_SECONDS, "spec_cache_ttl_s"):
+            if not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"{_described(name)} must be finite, got {getattr(self, name)}")
+        for name in _POSITIVE_SECONDS:
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{_described(name)} must be > 0, got {getattr(self, name)}")
+        if self.spec_cache_ttl_s < 0:
+            raise ConfigError(f"INFERQ_SPEC_CACHE_TTL_S must be >= 0, got {self.spec_cache_ttl_s}")
+
+    def _check_counts(self) -> None:
+        if not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(
+                f"INFERQ_METRICS_PORT must be 0..65535 (0 disables it), got {self.metrics_port}"
+            )
         if self.prefetch_batches < 1:
             raise ConfigError(f"INFERQ_PREFETCH_BATCHES must be >= 1, got {self.prefetch_batches}")
-        if not (self.device == "cpu" or self.device.startswith("cuda")):
-            raise ConfigError(f"INFERQ_DEVICE must be cpu or cuda:N, got {self.device!r}")
         if self.max_payload_bytes < 1024:
             raise ConfigError(
                 f"INFERQ_MAX_PAYLOAD_BYTES must be >= 1024, got {self.max_payload_bytes}"
@@ -137,6 +169,11 @@ _ENV_NAMES = {"result_backend": "INFERQ_RESULT_BACKEND", "broker_url": "INFERQ_B
 
 def _env_name(field_name: str) -> str:
     return _ENV_NAMES.get(field_name, f"INFERQ_{field_name.upper()}")
+
+
+def _described(field_name: str) -> str:
+    """The variable an operator sets, and the field a caller of ``Settings(...)`` passes."""
+    return f"{_env_name(field_name)} ({field_name})"
 
 
 def _parse(name: str, type_: Any, raw: str) -> Any:

@@ -117,87 +117,207 @@ class ModelConfig:
         return parse_config(path.parent.name, data, where=str(path))
 
 
-def _section(data: dict[str, Any], name: str, where: str) -> dict[str, Any]:
-    value = data.get(name, {})
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where}: [{name}] must be a table, got {type(value).__name__}")
-    return value
-
-
-def _choice(value: Any, allowed: tuple[str, ...], what: str, where: str) -> str:
-    if value not in allowed:
-        raise ConfigError(f"{where}: {what} must be one of {allowed}, got {value!r}")
-    return str(value)
+#: The keys each table may hold ("" is the top level): anything else is a typo, refused.
+KNOWN_KEYS: dict[str, tuple[str, ...]] = {
+    "": ("platform", "description", "input", "preprocess", "output", "batching", "precision"),
+    "input": ("shape", "dtype", "color"),
+    "preprocess": ("resize", "mean", "std", "scale"),
+    "output": ("postprocess", "top_k", "labels"),
+    "batching": (
+        "max_batch_size",
+        "max_wait_ms",
+        "preferred_batch_sizes",
+        "queue_limit",
+        "default_deadline_ms",
+    ),
+    "precision": ("mode", "channels_last"),
+}
 
 
 def parse_config(name: str, data: dict[str, Any], where: str = "config") -> ModelConfig:
     """Validate a config mapping; every error names the key, what was expected and what came."""
-    inp = _section(data, "input", where)
-    pre = _section(data, "preprocess", where)
-    out = _section(data, "output", where)
-    bat = _section(data, "batching", where)
-    prec = _section(data, "precision", where)
-    shape = tuple(int(d) for d in inp.get("shape", ()))
-    if len(shape) != 3 or min(shape) < 1:
-        raise ConfigError(
-            f"{where}: input.shape must be [C, H, W] with positive sizes, got {list(shape)}"
-        )
-    color = _choice(inp.get("color", "RGB"), tuple(COLOR_MODES), "input.color", where)
-    if COLOR_MODES[color] != shape[0]:
-        raise ConfigError(
-            f"{where}: input.color {color!r} has {COLOR_MODES[color]} channel(s), shape says {shape[0]}"
-        )
-    channels = shape[0]
-    mean = tuple(float(v) for v in pre.get("mean", [0.0] * channels))
-    std = tuple(float(v) for v in pre.get("std", [1.0] * channels))
-    if len(mean) != channels or len(std) != channels or min(std) <= 0:
-        raise ConfigError(
-            f"{where}: preprocess.mean/std must have {channels} values (std > 0), got {mean} / {std}"
-        )
-    batching = Batching(
-        max_batch_size=int(bat.get("max_batch_size", 32)),
-        max_wait_ms=float(bat.get("max_wait_ms", 5.0)),
-        preferred_batch_sizes=tuple(sorted(int(v) for v in bat.get("preferred_batch_sizes", ()))),
-        queue_limit=int(bat.get("queue_limit", 10_000)),
-        default_deadline_ms=float(bat.get("default_deadline_ms", 0.0)),
+    try:
+        return _parse(name, data)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc.message}") from None
+
+
+def _parse(name: str, data: dict[str, Any]) -> ModelConfig:
+    _check_keys(data, "")
+    inp, pre, out, bat, prec = (
+        _section(data, s) for s in ("input", "preprocess", "output", "batching", "precision")
     )
-    _check_batching(batching, where)
-    output = Output(
-        postprocess=_choice(
-            out.get("postprocess", "topk"), POSTPROCESS, "output.postprocess", where
-        ),
-        top_k=int(out.get("top_k", 5)),
-        labels=tuple(str(v) for v in out.get("labels", ())),
-    )
-    if output.top_k < 1:
-        raise ConfigError(f"{where}: output.top_k must be >= 1, got {output.top_k}")
+    shape, color = _input(inp)
     return ModelConfig(
         name=name,
-        platform=_choice(data.get("platform", "torchscript"), PLATFORMS, "platform", where),
+        platform=_choice(data.get("platform", "torchscript"), PLATFORMS, "platform"),
         shape=shape,
-        dtype=_choice(inp.get("dtype", "uint8"), WIRE_DTYPES, "input.dtype", where),
+        dtype=_choice(inp.get("dtype", "uint8"), WIRE_DTYPES, "input.dtype"),
         color=color,
-        resize=_choice(pre.get("resize", "crop"), RESIZE_MODES, "preprocess.resize", where),
-        description=str(data.get("description", "")),
-        preprocess=Preprocess(mean=mean, std=std, scale=float(pre.get("scale", 255.0))),
-        output=output,
-        batching=batching,
-        precision=Precision(
-            mode=_choice(prec.get("mode", "fp32"), PRECISIONS, "precision.mode", where),
-            channels_last=bool(prec.get("channels_last", True)),
-        ),
+        resize=_choice(pre.get("resize", "crop"), RESIZE_MODES, "preprocess.resize"),
+        description=_str(data.get("description", ""), "description"),
+        preprocess=_preprocess(pre, channels=shape[0]),
+        output=_output(out),
+        batching=_batching(bat),
+        precision=_precision(prec),
     )
 
 
-def _check_batching(b: Batching, where: str) -> None:
+def _section(data: dict[str, Any], name: str) -> dict[str, Any]:
+    value = data.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"[{name}] must be a table, got {type(value).__name__}")
+    _check_keys(value, name)
+    return value
+
+
+def _check_keys(table: dict[str, Any], section: str) -> None:
+    known = KNOWN_KEYS[section]
+    unknown = [f"{section}.{k}" if section else str(k) for k in table if k not in known]
+    if unknown:
+        owner = f"[{section}]" if section else "the top level"
+        raise ConfigError(
+            f"{owner} allows only the keys {', '.join(known)}, got unknown {', '.join(unknown)}"
+        )
+
+
+def _input(inp: dict[str, Any]) -> tuple[tuple[int, ...], str]:
+    shape = inp.get("shape", [])
+    if not (_is_list(shape) and len(shape) == 3 and all(_is_int(d) and d >= 1 for d in shape)):
+        raise ConfigError(
+            f"input.shape must be [C, H, W] of integers with positive sizes, got {shape!r}"
+        )
+    color = _choice(inp.get("color", "RGB"), tuple(COLOR_MODES), "input.color")
+    if COLOR_MODES[color] != shape[0]:
+        raise ConfigError(
+            f"input.color {color!r} has {COLOR_MODES[color]} channel(s), shape says {shape[0]}"
+        )
+    return tuple(shape), color
+
+
+def _preprocess(pre: dict[str, Any], channels: int) -> Preprocess:
+    mean = _floats(pre.get("mean", [0.0] * channels), "preprocess.mean")
+    std = _floats(pre.get("std", [1.0] * channels), "preprocess.std")
+    if len(mean) != channels or len(std) != channels or min(std) <= 0:
+        raise ConfigError(
+            f"preprocess.mean/std must have {channels} values (std > 0), got {mean} / {std}"
+        )
+    scale = _float(pre.get("scale", 255.0), "preprocess.scale")
+    if scale <= 0:
+        raise ConfigError(f"preprocess.scale must be > 0, got {scale}")
+    return Preprocess(mean=mean, std=std, scale=scale)
+
+
+def _output(out: dict[str, Any]) -> Output:
+    top_k = _int(out.get("top_k", 5), "output.top_k")
+    if top_k < 1:
+        raise ConfigError(f"output.top_k must be >= 1, got {top_k}")
+    return Output(
+        postprocess=_choice(out.get("postprocess", "topk"), POSTPROCESS, "output.postprocess"),
+        top_k=top_k,
+        labels=_strs(out.get("labels", []), "output.labels"),
+    )
+
+
+def _batching(bat: dict[str, Any]) -> Batching:
+    preferred = _ints(bat.get("preferred_batch_sizes", []), "batching.preferred_batch_sizes")
+    batching = Batching(
+        max_batch_size=_int(bat.get("max_batch_size", 32), "batching.max_batch_size"),
+        max_wait_ms=_float(bat.get("max_wait_ms", 5.0), "batching.max_wait_ms"),
+        preferred_batch_sizes=tuple(sorted(preferred)),
+        queue_limit=_int(bat.get("queue_limit", 10_000), "batching.queue_limit"),
+        default_deadline_ms=_float(
+            bat.get("default_deadline_ms", 0.0), "batching.default_deadline_ms"
+        ),
+    )
+    _check_batching(batching)
+    return batching
+
+
+def _check_batching(b: Batching) -> None:
     if b.max_batch_size < 1:
-        raise ConfigError(f"{where}: batching.max_batch_size must be >= 1, got {b.max_batch_size}")
+        raise ConfigError(f"batching.max_batch_size must be >= 1, got {b.max_batch_size}")
     if b.max_wait_ms < 0:
-        raise ConfigError(f"{where}: batching.max_wait_ms must be >= 0, got {b.max_wait_ms}")
+        raise ConfigError(f"batching.max_wait_ms must be >= 0, got {b.max_wait_ms}")
     bad = [s for s in b.preferred_batch_sizes if not 1 <= s <= b.max_batch_size]
     if bad:
         raise ConfigError(
-            f"{where}: batching.preferred_batch_sizes must lie in 1..{b.max_batch_size}, got {bad}"
+            f"batching.preferred_batch_sizes must lie in 1..{b.max_batch_size}, got {bad}"
         )
     if b.queue_limit < 1:
-        raise ConfigError(f"{where}: batching.queue_limit must be >= 1, got {b.queue_limit}")
+        raise ConfigError(f"batching.queue_limit must be >= 1, got {b.queue_limit}")
+    if b.default_deadline_ms < 0:
+        raise ConfigError(
+            f"batching.default_deadline_ms must be >= 0 (0: no deadline), got {b.default_deadline_ms}"
+        )
+
+
+def _precision(prec: dict[str, Any]) -> Precision:
+    return Precision(
+        mode=_choice(prec.get("mode", "fp32"), PRECISIONS, "precision.mode"),
+        channels_last=_bool(prec.get("channels_last", True), "precision.channels_last"),
+    )
+
+
+# -- typed values: TOML already typed them, so a wrong type is refused, never converted ----------
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    # NaN and inf would pass every range check below (comparisons with NaN are False).
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_list(value: Any) -> bool:
+    return isinstance(value, list | tuple)
+
+
+def _choice(value: Any, allowed: tuple[str, ...], key: str) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        raise ConfigError(f"{key} must be one of {allowed}, got {value!r}")
+    return value
+
+
+def _int(value: Any, key: str) -> int:
+    if not _is_int(value):
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    return int(value)
+
+
+def _float(value: Any, key: str) -> float:
+    if not _is_number(value):
+        raise ConfigError(f"{key} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _bool(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    return value
+
+
+def _str(value: Any, key: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    return value
+
+
+def _ints(value: Any, key: str) -> tuple[int, ...]:
+    if not (_is_list(value) and all(_is_int(v) for v in value)):
+        raise ConfigError(f"{key} must be a list of integers, got {value!r}")
+    return tuple(int(v) for v in value)
+
+
+def _floats(value: Any, key: str) -> tuple[float, ...]:
+    if not (_is_list(value) and all(_is_number(v) for v in value)):
+        raise ConfigError(f"{key} must be a list of finite numbers, got {value!r}")
+    return tuple(float(v) for v in value)
+
+
+def _strs(value: Any, key: str) -> tuple[str, ...]:
+    if not (_is_list(value) and all(isinstance(v, str) for v in value)):
+        raise ConfigError(f"{key} must be a list of strings, got {value!r}")
+    return tuple(value)

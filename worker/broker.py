@@ -147,12 +147,6 @@ class Broker:
         key = keys.priority_queue_key(queue, keys.DEFAULT_PRIORITY)
         return self.client.blmove(key, key, timeout_s, "RIGHT", "RIGHT") is not None  # type: ignore[arg-type]
 
-    def depth(self, queue: str) -> int:
-        pipe = self.client.pipeline(transaction=False)
-        for key in keys.queue_keys(queue):
-            pipe.llen(key)
-        return int(sum(pipe.execute()))
-
     def store_and_ack(self, writes: Sequence[Write]) -> None:
         """Results, then acks: one script call (one round trip, atomic) per chunk when results
         live in the broker's Redis; with a separate result Redis, results are stored first."""

@@ -158,12 +158,20 @@ class EventsHook(Hook):
             "type": type_,
         }
 
+    def on_stop(self) -> None:
+        """Give the sender a moment to publish what the last batches produced."""
+        deadline = time.monotonic() + 5.0
+        while self.enabled and self._queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.01)
+
     def _loop(self) -> None:
         client = make_client(self._broker_url, retries=1)
         while True:
             events = self._queue.get()
+            taken = 1
             while not self._queue.empty() and len(events) < 3000:
                 events += self._queue.get_nowait()
+                taken += 1
             pipe = client.pipeline(transaction=False)
             for event in events:
                 pipe.execute_command("PUBLISH", self._topics[event["type"]], self._envelope(event))
@@ -171,6 +179,8 @@ class EventsHook(Hook):
                 pipe.execute()
             except CONNECTION_ERRORS:
                 self.dropped += len(events)
+            for _ in range(taken):
+                self._queue.task_done()
 
 
 def model_outputs(o: Outcome) -> int:

@@ -48,6 +48,9 @@ class Hook:
     def on_queue_depth(self, model: str, depth: int) -> None:
         """Housekeeping measured the queue."""
 
+    def on_stop(self) -> None:
+        """The service stopped: flush what is buffered."""
+
 
 class Hooks:
     def __init__(self, hooks: Sequence[Hook]) -> None:

@@ -51,6 +51,9 @@ def answers(url: str, timeout: float = 0.5) -> bool:
 class LocalRedis:
     port: int = field(default_factory=free_port)
     password: str | None = None
+    #: "no": nothing survives a restart (the default, as for a cache); "always": an AOF synced
+    #: on every write, so a killed server comes back with every queued message.
+    appendfsync: str = "no"
     process: subprocess.Popen[bytes] | None = None
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="inferq-redis-")))
 
@@ -68,13 +71,15 @@ class LocalRedis:
             "127.0.0.1",
             "--save",
             "",
-            "--appendonly",
-            "no",
             "--dir",
             str(self.workdir),
             "--loglevel",
             "warning",
         ]
+        if self.appendfsync == "no":
+            args += ["--appendonly", "no"]
+        else:
+            args += ["--appendonly", "yes", "--appendfsync", self.appendfsync]
         if self.password:
             args += ["--requirepass", self.password]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

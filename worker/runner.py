@@ -246,7 +246,7 @@ class Runner:
         if isinstance(value, InferqError):
             return Outcome(r, error=value)
         ready = self._wall()
-        timing: Timing = dict(  # type: ignore[assignment]  # a TypedDict call costs a class lookup per row
+        timing: Timing = dict(  # a plain dict call: building the TypedDict by name is slower per row
             preprocess_ms=r.preprocess_ms,
             queue_ms=max(0.0, (r.received_wall - r.submitted_at) * 1e3),
             batch_wait_ms=max(0.0, (t.closed_at - r.received_at) * 1e3),

@@ -210,6 +210,7 @@ class InferenceService:
         for t in self._threads:
             t.join(timeout)
         self._unpublish()
+        self.hooks.emit("on_stop")
         log.info("worker stopped")
 
     def _spawn(self, name: str, target: Callable[..., None], *args: Any) -> threading.Thread:
@@ -419,11 +420,12 @@ class InferenceService:
 
     def _housekeeping_loop(self) -> None:
         next_beat = next_sweep = 0.0
-        while not self._stopping.wait(1.0):
+        tick = min(1.0, self.settings.restore_interval_s)
+        while not self._stopping.wait(tick):
             now = time.monotonic()
             try:
-                self._measure_depths()
-                if now >= next_beat:
+                missing = self._measure_depths()
+                if now >= next_beat or missing:  # a restarted Redis has lost our specs
                     self._publish_specs()
                     next_beat = now + self.settings.heartbeat_s
                 if now >= next_sweep:
@@ -444,9 +446,20 @@ class InferenceService:
             pipe.zadd(keys.model_workers_key(s.model.name), {self.worker_name: time.time()})
         pipe.execute()
 
-    def _measure_depths(self) -> None:
+    def _measure_depths(self) -> bool:
+        """Emit each queue's depth; True if any served model's spec is missing from Redis."""
+        pipe = self.client.pipeline(transaction=False)
         for s in self.served:
-            self.hooks.emit("on_queue_depth", s.model.name, self.broker.depth(s.queue))
+            pipe.exists(keys.model_spec_key(s.model.name))
+            for key in keys.queue_keys(s.queue):
+                pipe.llen(key)
+        replies = pipe.execute()
+        stride = 1 + len(keys.PRIORITIES)
+        for i, s in enumerate(self.served):
+            self.hooks.emit(
+                "on_queue_depth", s.model.name, sum(replies[i * stride + 1 : (i + 1) * stride])
+            )
+        return not all(replies[i * stride] for i in range(len(self.served)))
 
     def _unpublish(self) -> None:
         try:
