@@ -19,6 +19,9 @@ from shared.errors import InvalidInput
 from shared.spec import InputSpec
 
 ImageLike = Any
+#: Grayscale modes holding up to 16 bits per pixel ("I" is 32-bit signed: PNG and TIFF decode
+#: 16-bit images to it, so its values are checked to lie in 0..65535).
+_16_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
 def to_tensor(img: ImageLike, spec: InputSpec, max_pixels: int) -> np.ndarray:
@@ -35,10 +38,29 @@ def to_tensor(img: ImageLike, spec: InputSpec, max_pixels: int) -> np.ndarray:
 
 def image_to_tensor(pil: Image.Image, spec: InputSpec) -> np.ndarray:
     _, height, width = spec.shape
-    fitted = fit(pil.convert(spec.color), (width, height), spec.resize)
+    fitted = fit(_to_8_bit(pil).convert(spec.color), (width, height), spec.resize)
     array = np.asarray(fitted, dtype=np.uint8)
     chw = array[None, :, :] if array.ndim == 2 else array.transpose(2, 0, 1)
     return np.ascontiguousarray(chw).astype(spec.dtype, copy=False)
+
+
+def _to_8_bit(pil: Image.Image) -> Image.Image:
+    """16-bit grayscale scaled to 8 bits: PIL's convert() clips it instead (32768 becomes 255)."""
+    if pil.mode == "F":
+        raise InvalidInput(
+            "image must have 8- or 16-bit integer pixels, got 32-bit float PIL mode 'F' "
+            "(pass a float numpy array in [0, 1] instead)"
+        )
+    if pil.mode not in _16_BIT_MODES:
+        return pil
+    values = np.asarray(pil)
+    low, high = int(values.min()), int(values.max())
+    if low < 0 or high > 65535:
+        raise InvalidInput(
+            f"image in PIL mode {pil.mode!r} must hold 16-bit values in 0..65535, "
+            f"got [{low}, {high}]"
+        )
+    return Image.fromarray((values >> 8).astype(np.uint8))
 
 
 def fit(img: Image.Image, size: tuple[int, int], mode: str) -> Image.Image:
@@ -124,7 +146,14 @@ def _decode(stream: io.BytesIO, what: str, max_pixels: int) -> Image.Image:
         img.load()
     except InvalidInput:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Above PIL's own limit Image.open refuses before _check_pixels can; the warning is an
+        # exception only where warnings are errors.
+        raise InvalidInput(
+            f"image must have at most {max_pixels} pixels, got {what} that PIL refused as a "
+            f"possible decompression bomb: {exc}"
+        ) from None
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
         head = stream.getvalue()[:8]
         raise InvalidInput(
             f"image bytes must be a decodable PNG/JPEG/WebP/BMP/GIF image, got {what} "

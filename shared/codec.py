@@ -61,7 +61,8 @@ def header_for(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
 
 def encode(array: np.ndarray) -> bytes:
     """Header + raw C-order bytes of ``array``."""
-    array = np.ascontiguousarray(array)
+    # Not np.ascontiguousarray: it returns at least 1-d, turning a 0-d scalar into shape (1,).
+    array = np.asarray(array, order="C")
     little = array.astype(array.dtype.newbyteorder("<"), copy=False)
     return header_for(little.dtype, tuple(array.shape)) + little.tobytes()
 

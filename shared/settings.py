@@ -117,11 +117,11 @@ class Settings:
 
     def _check_durations(self) -> None:
         for name in (*_POSITIVE_SECONDS, "spec_cache_ttl_s"):
-            if not math.isfinite(getattr(self, name)):
-                raise ConfigError(f"{_described(name)} must be finite, got {getattr(self, name)}")
-        for name in _POSITIVE_SECONDS:
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{_described(name)} must be > 0, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if not math.isfinite(value):
+                raise ConfigError(f"{_described(name)} must be finite, got {value}")
+            if name in _POSITIVE_SECONDS and not value > 0:
+                raise ConfigError(f"{_described(name)} must be > 0, got {value}")
         if self.spec_cache_ttl_s < 0:
             raise ConfigError(f"INFERQ_SPEC_CACHE_TTL_S must be >= 0, got {self.spec_cache_ttl_s}")
 

@@ -77,15 +77,11 @@ def test_encode_refuses_more_than_eight_dims() -> None:
         codec.encode(np.zeros((1,) * 9, dtype=np.uint8))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: encode() runs np.ascontiguousarray, which turns a 0-d array into shape (1,), so a "
-    "scalar is silently encoded as a 1-element vector instead of being refused like decode refuses "
-    "ndim 0 (header_for's 1..8 check is unreachable for 0-d input)",
-)
 def test_encode_refuses_zero_dim_arrays() -> None:
-    with pytest.raises(InvalidInput):
+    with pytest.raises(InvalidInput, match=r"1\.\.8 dimensions, got shape \(\)"):
         codec.encode(np.array(7, dtype=np.uint8))
+    with pytest.raises(InvalidInput, match=r"got shape \(\)"):
+        codec.encode(np.float32(1.5))  # type: ignore[arg-type]
 
 
 # -- no copy -----------------------------------------------------------------------------------

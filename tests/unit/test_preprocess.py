@@ -6,6 +6,7 @@ import io
 import struct
 import subprocess
 import sys
+import warnings
 import zlib
 from pathlib import Path
 from typing import Any
@@ -285,20 +286,51 @@ def test_webp_bytes_decode() -> None:
     np.testing.assert_array_equal(out, np.asarray(img).transpose(2, 0, 1))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a 16-bit grayscale PNG (PIL mode I;16) goes through Image.convert('RGB'), which "
-    "clips instead of scaling: mid-gray 32768/65535 becomes 255 (white). uint16 numpy arrays are "
-    "refused with InvalidInput, but the same data as PNG bytes is silently corrupted",
-)
 def test_16_bit_png_is_scaled_or_refused() -> None:
     png = _encoded(Image.fromarray(np.full((32, 32), 32768, dtype=np.uint16)), "PNG")
     assert Image.open(io.BytesIO(png)).mode == "I;16"
-    try:
-        out = to_tensor(png, SPEC, MAX)
-    except InvalidInput:
-        return
-    assert abs(int(out[0, 0, 0]) - 128) <= 1
+    out = to_tensor(png, SPEC, MAX)
+    _check_contract(out)
+    assert (out == 128).all()  # 32768 >> 8: scaled, not clipped to 255
+
+
+_SIXTEEN_BIT = np.array([[0, 255, 256, 32768], [65535, 65280, 511, 1]], dtype=np.uint16)
+_GRAY_2X4 = InputSpec(model="m", version=1, shape=(1, 2, 4), color="L")
+
+
+@pytest.mark.parametrize(("mode", "byte_order"), [("I;16", "<"), ("I;16L", "<"), ("I;16B", ">")])
+def test_16_bit_pil_images_are_scaled_to_8_bits(mode: str, byte_order: str) -> None:
+    raw = _SIXTEEN_BIT.astype(f"{byte_order}u2").tobytes()
+    img = Image.frombytes(mode, (4, 2), raw)
+    out = to_tensor(img, _GRAY_2X4, MAX)
+    np.testing.assert_array_equal(out[0], _SIXTEEN_BIT >> 8)
+    rgb = to_tensor(img, InputSpec(model="m", version=1, shape=(3, 2, 4)), MAX)
+    np.testing.assert_array_equal(rgb, np.repeat((_SIXTEEN_BIT >> 8)[None], 3, axis=0))
+
+
+def test_32_bit_integer_image_with_16_bit_values_is_scaled() -> None:
+    img = Image.fromarray(_SIXTEEN_BIT.astype(np.int32))
+    assert img.mode == "I"
+    out = to_tensor(img, _GRAY_2X4, MAX)
+    np.testing.assert_array_equal(out[0], _SIXTEEN_BIT >> 8)
+
+
+@pytest.mark.parametrize("value", [-1, 65536])
+def test_32_bit_integer_image_outside_16_bits_is_refused(value: int) -> None:
+    img = Image.fromarray(np.full((4, 4), value, dtype=np.int32))
+    with pytest.raises(
+        InvalidInput, match=rf"mode 'I' must hold 16-bit values in 0\.\.65535, got \[{value}"
+    ):
+        to_tensor(img, GRAY, MAX)
+
+
+def test_float_pil_image_is_refused_naming_the_mode() -> None:
+    img = Image.fromarray(np.full((4, 4), 0.5, dtype=np.float32))
+    assert img.mode == "F"
+    with pytest.raises(InvalidInput, match=r"mode 'F'"):
+        to_tensor(img, SPEC, MAX)
+    with pytest.raises(InvalidInput, match=r"mode 'F'"):
+        to_tensor(_encoded(img, "TIFF"), SPEC, MAX)
 
 
 def test_path_as_str_and_path(tmp_path: Path) -> None:
@@ -388,16 +420,26 @@ def test_huge_bomb_is_refused_before_decoding(
     assert no_decoding == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (message): for images above PIL's own limit (2 x Image.MAX_IMAGE_PIXELS = "
-    "178956970) Image.open raises DecompressionBombError before _check_pixels runs, and _decode "
-    "reports it as 'image bytes must be a decodable PNG/JPEG/WebP/BMP/GIF image' with PIL's limit, "
-    "not the configured max_pixels: the message does not name the expected limit",
-)
 def test_huge_bomb_message_names_the_configured_limit() -> None:
-    with pytest.raises(InvalidInput, match=r"at most 1000000 pixels"):
+    with pytest.raises(InvalidInput, match=r"at most 1000000 pixels") as info:
         to_tensor(_png_1bit(20000, 20000), SPEC, MAX)
+    assert "decompression bomb" in str(info.value)
+    assert "decodable PNG/JPEG" not in str(info.value)
+
+
+def test_bomb_warning_raised_as_error_names_the_configured_limit(no_decoding: list[str]) -> None:
+    # between PIL's limit and twice it, Image.open only warns; where warnings are errors the
+    # warning is what comes out of it, and it must read like the other refusals
+    bomb = _png_1bit(10000, 10000)
+    assert Image.MAX_IMAGE_PIXELS < 10000 * 10000 < 2 * Image.MAX_IMAGE_PIXELS
+    with pytest.warns(Image.DecompressionBombWarning):
+        Image.open(io.BytesIO(bomb))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with pytest.raises(InvalidInput, match=r"at most 200000000 pixels") as info:
+            to_tensor(bomb, SPEC, 200_000_000)
+    assert "decompression bomb" in str(info.value)
+    assert no_decoding == []
 
 
 def test_same_bomb_decodes_when_the_limit_allows_it() -> None:

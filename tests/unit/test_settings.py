@@ -195,55 +195,88 @@ def test_non_positive_durations_are_refused(field: str, raw: str) -> None:
         Settings.from_env({f"INFERQ_{field.upper()}": raw})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the > 0 checks for visibility_timeout_s, restore_interval_s, idle_poll_s and "
-    "heartbeat_s name the dataclass field ('visibility_timeout_s must be > 0') instead of the "
-    "variable the operator set (INFERQ_VISIBILITY_TIMEOUT_S), unlike every other check",
-)
 def test_non_positive_duration_message_names_the_env_var() -> None:
     with pytest.raises(ConfigError, match="INFERQ_VISIBILITY_TIMEOUT_S"):
         Settings.from_env({"INFERQ_VISIBILITY_TIMEOUT_S": "0"})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: float('nan') passes the `<= 0` check, so INFERQ_VISIBILITY_TIMEOUT_S=nan is "
-    "accepted and reaches kombu's visibility_timeout",
-)
 def test_nan_duration_is_refused() -> None:
     with pytest.raises(ConfigError):
         Settings.from_env({"INFERQ_VISIBILITY_TIMEOUT_S": "nan"})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: INFERQ_METRICS_PORT is not range-checked (a negative port is accepted and only "
-    "fails when the Prometheus server binds)",
-)
 def test_negative_metrics_port_is_refused() -> None:
     with pytest.raises(ConfigError, match="INFERQ_METRICS_PORT"):
         Settings.from_env({"INFERQ_METRICS_PORT": "-5"})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the device check is startswith('cuda'), so 'cudaX' is accepted although the "
-    "message promises cpu or cuda:N; torch.device('cudaX') fails later in the worker",
-)
 def test_malformed_cuda_device_is_refused() -> None:
     with pytest.raises(ConfigError, match="INFERQ_DEVICE"):
         Settings.from_env({"INFERQ_DEVICE": "cudaX"})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a broker URL with a password and a non-numeric port is accepted, and then "
-    "repr(settings) raises ValueError from urlsplit(...).port inside redact_url",
-)
 def test_url_with_bad_port_is_refused_at_construction() -> None:
     with pytest.raises(ConfigError, match="INFERQ_BROKER_URL"):
         Settings(broker_url=f"redis://:{PASSWORD}@host:notaport/0")
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        "visibility_timeout_s",
+        "restore_interval_s",
+        "idle_poll_s",
+        "heartbeat_s",
+        "spec_cache_ttl_s",
+    ],
+)
+@pytest.mark.parametrize("raw", ["nan", "inf", "-inf"])
+def test_non_finite_float_settings_are_refused_naming_the_env_var(field: str, raw: str) -> None:
+    name = f"INFERQ_{field.upper()}"
+    with pytest.raises(ConfigError, match=rf"{name} .*must be finite, got {float(raw)}"):
+        Settings.from_env({name: raw})
+
+
+def test_negative_spec_cache_ttl_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"INFERQ_SPEC_CACHE_TTL_S must be >= 0, got -1\.0"):
+        Settings.from_env({"INFERQ_SPEC_CACHE_TTL_S": "-1"})
+
+
+@pytest.mark.parametrize("raw", ["-1", "65536", "100000"])
+def test_metrics_port_out_of_range_is_refused(raw: str) -> None:
+    with pytest.raises(ConfigError, match=rf"INFERQ_METRICS_PORT must be 0\.\.65535.*got {raw}"):
+        Settings.from_env({"INFERQ_METRICS_PORT": raw})
+
+
+@pytest.mark.parametrize("raw", ["0", "65535"])
+def test_metrics_port_bounds_are_accepted(raw: str) -> None:
+    assert Settings.from_env({"INFERQ_METRICS_PORT": raw}).metrics_port == int(raw)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda", "cuda:0", "cuda:12"])
+def test_well_formed_devices_are_accepted(device: str) -> None:
+    assert Settings.from_env({"INFERQ_DEVICE": device}).device == device
+
+
+@pytest.mark.parametrize("device", ["cuda:", "cuda:x", "cuda:-1", "cpu:0", "CPU", "cpu\n", " cuda"])
+def test_malformed_devices_are_refused(device: str) -> None:
+    with pytest.raises(ConfigError, match=r"INFERQ_DEVICE must be cpu or cuda:N"):
+        Settings(device=device)
+
+
+@pytest.mark.parametrize("name", ["INFERQ_BROKER_URL", "INFERQ_RESULT_BACKEND"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"redis://:{PASSWORD}@host:notaport/0",
+        f"redis://:{PASSWORD}@host:70000/0",
+        f"redis://:{PASSWORD}@[::1/0",
+    ],
+)
+def test_unparseable_urls_are_refused_without_the_password(name: str, url: str) -> None:
+    with pytest.raises(ConfigError, match=name) as info:
+        Settings.from_env({name: url})
+    assert PASSWORD not in str(info.value)
 
 
 # -- secrets -----------------------------------------------------------------------------------
@@ -261,13 +294,15 @@ def test_redact_url_leaves_urls_without_password_alone() -> None:
         assert redact_url(url) == url
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: redact_url rebuilds the netloc from .hostname, which drops the brackets of an "
-    "IPv6 literal: 'redis://:pw@[::1]:6379/0' becomes 'redis://:***@::1:6379/0' (not a valid URL)",
-)
 def test_redact_url_keeps_ipv6_brackets() -> None:
     assert redact_url(f"redis://:{PASSWORD}@[::1]:6379/0") == "redis://:***@[::1]:6379/0"
+    assert redact_url(f"redis://u:{PASSWORD}@[::1]/0") == "redis://u:***@[::1]/0"
+    s = Settings(broker_url=f"redis://:{PASSWORD}@[::1]:6379/0")
+    assert "redis://:***@[::1]:6379/0" in repr(s)
+
+
+def test_redact_url_never_raises_or_leaks_on_an_unparseable_url() -> None:
+    assert PASSWORD not in redact_url(f"redis://:{PASSWORD}@[::1/0")
 
 
 @pytest.mark.parametrize("url", SECRET_URLS)

@@ -247,12 +247,6 @@ def test_each_invalid_field_raises_config_error_naming_it(
     assert str(info.value).startswith("models/m/config.toml: ")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: parse_config converts with bare int()/float()/tuple() and does not catch "
-    "ValueError/TypeError, so a wrongly typed value escapes as a raw ValueError/TypeError that "
-    "names neither the key nor the file (its docstring promises every error names the key)",
-)
 @pytest.mark.parametrize(
     ("data", "key"),
     [
@@ -273,50 +267,26 @@ def test_wrongly_typed_values_raise_config_error_naming_the_key(
         parse_config("m", data)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: preprocess.scale is not validated; scale = 0 is accepted and the runner then "
-    "multiplies every input by 1/(0*std) = inf",
-)
 def test_zero_scale_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"preprocess\.scale"):
         parse_config("m", _with("preprocess", scale=0))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='BUG: precision.channels_last goes through bool(), so the string "false" becomes True',
-)
 def test_channels_last_must_be_a_boolean() -> None:
     with pytest.raises(ConfigError, match=r"precision\.channels_last"):
         parse_config("m", _with("precision", channels_last="false"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='BUG: output.labels given as a string is iterated per character: labels = "cat" '
-    "becomes ('c', 'a', 't')",
-)
 def test_labels_must_be_a_list() -> None:
     with pytest.raises(ConfigError, match=r"output\.labels"):
         parse_config("m", _with("output", labels="cat"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: input.shape entries go through int(), so a fractional size like 2.7 is silently "
-    "truncated to 2 instead of refused",
-)
 def test_fractional_shape_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"input\.shape"):
         parse_config("m", {"input": {"shape": [3, 8.5, 8]}})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: NaN passes the std > 0 and max_wait_ms >= 0 checks (comparisons with NaN are "
-    "False), so TOML `nan` is accepted and poisons every output / the batching deadline",
-)
 @pytest.mark.parametrize(
     "data",
     [
@@ -327,6 +297,65 @@ def test_fractional_shape_is_refused() -> None:
 def test_nan_values_are_refused(data: dict[str, Any]) -> None:
     with pytest.raises(ConfigError):
         parse_config("m", data)
+
+
+@pytest.mark.parametrize(
+    ("data", "pattern"),
+    [
+        (_with("preprocess", mean=[0.0, float("inf"), 0.0]), r"preprocess\.mean .*finite.*inf"),
+        (_with("preprocess", std=[1.0, float("inf"), 1.0]), r"preprocess\.std .*finite.*inf"),
+        (_with("preprocess", scale=-1.0), r"preprocess\.scale must be > 0, got -1\.0"),
+        (_with("preprocess", scale=float("nan")), r"preprocess\.scale must be a finite number"),
+        (_with("preprocess", scale=float("inf")), r"preprocess\.scale must be a finite number"),
+        (_with("batching", max_wait_ms=float("inf")), r"batching\.max_wait_ms .*finite.*inf"),
+        (
+            _with("batching", default_deadline_ms=float("nan")),
+            r"batching\.default_deadline_ms .*finite.*nan",
+        ),
+        (_with("batching", default_deadline_ms=-1), r"batching\.default_deadline_ms must be >= 0"),
+        (_with("batching", max_batch_size=8.0), r"batching\.max_batch_size must be an integer"),
+        (_with("batching", queue_limit=True), r"batching\.queue_limit must be an integer"),
+        (
+            _with("batching", preferred_batch_sizes=8),
+            r"batching\.preferred_batch_sizes must be a list of integers, got 8",
+        ),
+        (_with("output", top_k=2.5), r"output\.top_k must be an integer, got 2\.5"),
+        (_with("output", labels=["cat", 1]), r"output\.labels must be a list of strings"),
+        (_with("precision", channels_last=1), r"precision\.channels_last must be true or false"),
+        (_with(None, description=3), r"description must be a string, got 3"),
+        (_with(None, platform=["onnx"]), r"platform must be one of .*got \['onnx'\]"),
+        (
+            {"input": {"shape": [3, 8, 8], "colour": "RGB"}},
+            r"\[input\] allows only the keys shape, dtype, color, got unknown input\.colour",
+        ),
+        (_with("precision", fp16=True), r"\[precision\] allows only .*got unknown precision\.fp16"),
+        (
+            _with(None, models={}),
+            r"the top level allows only the keys platform, .*got unknown models",
+        ),
+    ],
+)
+def test_more_invalid_values_raise_config_error_naming_the_key(
+    data: dict[str, Any], pattern: str
+) -> None:
+    with pytest.raises(ConfigError, match=pattern) as info:
+        parse_config("m", data, where="models/m/config.toml")
+    assert str(info.value).startswith("models/m/config.toml: ")
+
+
+def test_unknown_key_in_a_file_is_refused(tmp_path: Path) -> None:
+    path = _write(tmp_path, FULL.replace('color = "RGB"', 'colour = "RGB"'))
+    with pytest.raises(ConfigError, match=r"input\.colour") as info:
+        ModelConfig.load(path)
+    assert "shape, dtype, color" in str(info.value)
+
+
+def test_empty_preferred_batch_sizes_and_labels_are_valid() -> None:
+    config = parse_config(
+        "m", _with(None, batching={"preferred_batch_sizes": []}, output={"labels": []})
+    )
+    assert config.batching.preferred_batch_sizes == ()
+    assert config.output.labels == ()
 
 
 # -- InputSpec ---------------------------------------------------------------------------------
