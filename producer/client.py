@@ -36,16 +36,23 @@ from shared.results import value_from_meta
 from shared.settings import Settings, get_settings, redact_url
 
 # Push messages only if the queue (all its priority lists) stays within its limit.
-# KEYS: every priority list of the queue; ARGV: limit, target list index (1-based), messages...
-# Returns the new depth, or -(depth + 1) when refused.
+# KEYS: every priority list of the queue, then the epoch key.
+# ARGV: limit, target list index (1-based), a fresh epoch token (used if none is set), messages...
+# Returns {new depth, or -(depth + 1) when refused; the epoch}.
 PUSH = LuaScript(
     """
+local nq = #KEYS - 1
+local epoch = redis.call('GET', KEYS[nq + 1])
+if not epoch then
+  epoch = ARGV[3]
+  redis.call('SET', KEYS[nq + 1], epoch)
+end
 local depth = 0
-for i = 1, #KEYS do depth = depth + redis.call('LLEN', KEYS[i]) end
-local n = #ARGV - 2
-if depth + n > tonumber(ARGV[1]) then return -(depth + 1) end
-for i = 3, #ARGV do redis.call('LPUSH', KEYS[tonumber(ARGV[2])], ARGV[i]) end
-return depth + n
+for i = 1, nq do depth = depth + redis.call('LLEN', KEYS[i]) end
+local n = #ARGV - 3
+if depth + n > tonumber(ARGV[1]) then return {-(depth + 1), epoch} end
+for i = 4, #ARGV do redis.call('LPUSH', KEYS[tonumber(ARGV[2])], ARGV[i]) end
+return {depth + n, epoch}
 """
 )
 
@@ -123,8 +130,7 @@ class SubmitJob(Task):
     ) -> Any:
         img, call = _split_call(args, kwargs)
         prepared = prepare(runtime().app, img, call, options)
-        push(runtime().client, [prepared])
-        return self.AsyncResult(prepared.task_id)
+        return _result(prepared.task_id, push(runtime().client, [prepared]))
 
 
 def _split_call(
@@ -216,24 +222,27 @@ def _envelope(
     return json.dumps(envelope, separators=(",", ":")).encode()
 
 
-def push(client: redis.Redis, prepared: Sequence[Prepared]) -> list[int]:
-    """Push in one round trip; raise QueueFull (with ``accepted`` task ids) if any group was refused."""
+def push(client: redis.Redis, prepared: Sequence[Prepared]) -> str:
+    """Push in one round trip and return Redis' epoch; raise QueueFull (with ``accepted`` task
+    ids) if any group was refused."""
     pipe = client.pipeline(transaction=False)
     groups = list(_groups(prepared))
+    token = uuid.uuid4().hex
     for group in groups:
         first = group[0]
         PUSH.queue(
             pipe,
-            keys.queue_keys(first.queue),
-            [first.limit, first.priority + 1, *(p.envelope for p in group)],
+            [*keys.queue_keys(first.queue), keys.EPOCH],
+            [first.limit, first.priority + 1, token, *(p.envelope for p in group)],
         )
     try:
-        depths = execute_with_scripts(pipe, client, [PUSH])
+        replies = execute_with_scripts(pipe, client, [PUSH])
     except CONNECTION_ERRORS as exc:
         raise BrokerUnavailable(
             f"Redis at {redact_url(runtime().settings.broker_url)} must be reachable to submit, "
             f"got {type(exc).__name__}: {exc}; {len(prepared)} request(s) not queued"
         ) from None
+    depths = [int(depth) for depth, _ in replies]
     refused = [(g, d) for g, d in zip(groups, depths, strict=True) if d < 0]
     if refused:
         accepted = [p.task_id for g, d in zip(groups, depths, strict=True) if d >= 0 for p in g]
@@ -244,7 +253,17 @@ def push(client: redis.Redis, prepared: Sequence[Prepared]) -> list[int]:
         )
         error.accepted = accepted  # type: ignore[attr-defined]
         raise error
-    return [int(d) for d in depths]
+    return _text(replies[-1][1])
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _result(task_id: str, epoch: str) -> Any:
+    result = submit_job.AsyncResult(task_id)
+    result.inferq_epoch = epoch  # lets gather tell a request lost with a Redis restart
+    return result
 
 
 def _groups(prepared: Sequence[Prepared]) -> Iterable[list[Prepared]]:
@@ -284,12 +303,12 @@ def submit_many(
 
 def _push_chunk(batch: list[Prepared], done: list[AsyncResult]) -> list[AsyncResult]:
     try:
-        push(runtime().client, batch)
+        epoch = push(runtime().client, batch)
     except QueueFull as exc:
         accepted = set(exc.accepted)  # type: ignore[attr-defined]
         exc.accepted = [r.id for r in done] + [p.task_id for p in batch if p.task_id in accepted]  # type: ignore[attr-defined]
         raise
-    return [submit_job.AsyncResult(p.task_id) for p in batch]
+    return [_result(p.task_id, epoch) for p in batch]
 
 
 def gather(
@@ -307,7 +326,8 @@ def gather(
     many are still pending when ``timeout`` passes. ``on_result(i)`` is called as result i arrives.
     """
     ids = [r if isinstance(r, str) else r.id for r in results]
-    collector = _Collector(runtime().client, ids, on_result)
+    epochs = [None if isinstance(r, str) else getattr(r, "inferq_epoch", None) for r in results]
+    collector = _Collector(runtime().client, ids, epochs, on_result)
     collector.run(timeout, poll_s)
     out = [collector.values[i] for i in range(len(ids))]
     if not return_exceptions:
@@ -324,11 +344,15 @@ LOST_GRACE_S = 10.0
 
 class _Collector:
     def __init__(
-        self, client: redis.Redis, ids: list[str], on_result: Callable[[int], None] | None
+        self,
+        client: redis.Redis,
+        ids: list[str],
+        epochs: list[str | None],
+        on_result: Callable[[int], None] | None,
     ) -> None:
         self.client = client
         self.on_result = on_result
-        self.run_id = self._run_id()
+        self.epochs = {keys.result_key(i): e for i, e in zip(ids, epochs, strict=True) if e}
         self.restart_seen_at: float | None = None
         self.keys = [keys.result_key(i) for i in ids]
         self.index: dict[str, list[int]] = {}
@@ -367,34 +391,38 @@ class _Collector:
                 self._record(msg["channel"].decode(), msg["data"])
         self._sweep()  # covers publications missed while (re)subscribing
 
-    def _run_id(self) -> str | None:
-        try:
-            return str(self.client.info("server").get("run_id"))
-        except CONNECTION_ERRORS:
-            return None
+    def _orphans(self) -> list[str]:
+        """Pending results whose request was submitted under an epoch Redis no longer has."""
+        if not self.epochs:
+            return []
+        current = self.client.get(keys.EPOCH)
+        now = _text(current) if current is not None else None
+        return [k for k in self.pending() if self.epochs.get(k, now) != now]
 
     def _check_restart(self) -> None:
         """Fail, with RequestLost, what a Redis restart took away instead of waiting forever."""
-        run_id = self._run_id()
-        if run_id is None or run_id == self.run_id or self.run_id is None:
-            self.run_id = self.run_id or run_id
+        try:
+            orphans = self._orphans()
+        except CONNECTION_ERRORS:
+            return
+        if not orphans:
+            self.restart_seen_at = None
             return
         now = time.monotonic()
         if self.restart_seen_at is None:
             self.restart_seen_at = now
-            return
         if now - self.restart_seen_at < LOST_GRACE_S:
             return
         held = self._queued_blob()
         for key in self.pending():
             task_id = key[len(keys.RESULT_PREFIX) :]
-            if task_id.encode() not in held:
+            if key in orphans and task_id.encode() not in held:
                 error = RequestLost(
                     f"request {task_id} must still be queued, held or stored to complete, got "
                     "none of these after Redis restarted (run_id changed) without it; submit it again"
                 )
                 self._set(key, error)
-        self.run_id, self.restart_seen_at = run_id, None
+        self.restart_seen_at = None
 
     def _queued_blob(self) -> bytes:
         """Every message now in an inferq queue or held unacknowledged, as one searchable blob."""
@@ -404,7 +432,10 @@ class _Collector:
         return b"\n".join(parts)
 
     def _sweep(self) -> None:
+        self._fetch_stored()
         self._check_restart()
+
+    def _fetch_stored(self) -> None:
         pending = self.pending()
         for i in range(0, len(pending), 1000):
             chunk = pending[i : i + 1000]

@@ -20,6 +20,10 @@ UNACKED_INDEX = "unacked_index"
 # Celery's Redis result backend key prefix; results are also PUBLISHed on the same name.
 RESULT_PREFIX = "celery-task-meta-"
 
+# A token that changes whenever Redis comes back without its data: producers record it with each
+# request, so a request whose epoch is gone is known to have been lost with a restart.
+EPOCH = "inferq:epoch"
+
 MODEL_SPEC_PREFIX = "inferq:model:"
 MODEL_WORKERS_PREFIX = "inferq:workers:"
 

@@ -64,9 +64,10 @@ class Slow(Tiny):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.body(x)
-        for _ in range(20):
-            torch.mm(torch.ones(256, 256), torch.ones(256, 256))
-        return y
+        busy = torch.ones(384, 384)
+        for _ in range(8):  # the result feeds the output so TorchScript cannot drop the work
+            busy = torch.mm(busy, busy) / 384.0
+        return y + busy[0, 0] * 0.0
 
 
 MODULES: dict[str, type[nn.Module]] = {
@@ -84,16 +85,19 @@ def config_text(
     queue_limit: int = 10_000,
     default_deadline_ms: float = 0.0,
     precision: str = "fp32",
+    dtype: str = "uint8",
+    scale: float = 255.0,
 ) -> str:
     return textwrap.dedent(
         f"""
         platform = "torchscript"
         [input]
         shape = [3, 8, 8]
-        dtype = "uint8"
+        dtype = "{dtype}"
         color = "RGB"
         [preprocess]
         resize = "stretch"
+        scale = {scale}
         mean = [0.0, 0.0, 0.0]
         std = [1.0, 1.0, 1.0]
         [output]
@@ -132,4 +136,5 @@ def build_test_repo(root: Path) -> Path:
         write_model(root, kind, kind)
     write_model(root, "limited", "slow", queue_limit=20, max_batch_size=4)
     write_model(root, "deadlined", "tiny", default_deadline_ms=1.0)
+    write_model(root, "floaty", "tiny", dtype="float32", scale=1.0)
     return root

@@ -138,10 +138,16 @@ class Runner:
         seconds: dict[int, float] = {}
         for size in sizes:
             x = torch.zeros((size, *self.config.shape), dtype=self._wire_dtype)
-            for _ in range(rounds):
-                start = time.perf_counter()
-                self._forward(x.to(self.device))
-                seconds[size] = max(seconds.get(size, 0.0), time.perf_counter() - start)
+            try:
+                for _ in range(rounds):
+                    start = time.perf_counter()
+                    self._forward(x.to(self.device))
+                    seconds[size] = max(seconds.get(size, 0.0), time.perf_counter() - start)
+            except Exception as exc:
+                if not is_oom(exc) or size == 1:
+                    raise
+                self.cap.shrink(size)  # serve smaller batches from the start
+                break
         return seconds
 
     # -- one batch ---------------------------------------------------------------------------
@@ -246,17 +252,19 @@ class Runner:
         if isinstance(value, InferqError):
             return Outcome(r, error=value)
         ready = self._wall()
-        timing: Timing = dict(  # a plain dict call: building the TypedDict by name is slower per row
-            preprocess_ms=r.preprocess_ms,
-            queue_ms=max(0.0, (r.received_wall - r.submitted_at) * 1e3),
-            batch_wait_ms=max(0.0, (t.closed_at - r.received_at) * 1e3),
-            collate_ms=t.collate_ms,
-            infer_ms=t.infer_ms,
-            post_ms=t.post_ms,
-            total_ms=r.preprocess_ms + max(0.0, (ready - r.submitted_at) * 1e3),
-            batch_size=size,
-            worker=self.worker,
-            device=self._device_name,
+        timing: Timing = (
+            dict(  # a plain dict call: building the TypedDict by name is slower per row
+                preprocess_ms=r.preprocess_ms,
+                queue_ms=max(0.0, (r.received_wall - r.submitted_at) * 1e3),
+                batch_wait_ms=max(0.0, (t.closed_at - r.received_at) * 1e3),
+                collate_ms=t.collate_ms,
+                infer_ms=t.infer_ms,
+                post_ms=t.post_ms,
+                total_ms=r.preprocess_ms + max(0.0, (ready - r.submitted_at) * 1e3),
+                batch_size=size,
+                worker=self.worker,
+                device=self._device_name,
+            )
         )
         result = {
             "model": self.config.name,

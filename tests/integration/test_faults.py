@@ -1,0 +1,374 @@
+"""Faults injected into real processes; every request must end in exactly one final state.
+
+Each test starts its own redis-server and real worker processes, injects the fault, then counts
+outcomes with ``gather``: ``lost`` (no final state) must be 0.
+"""
+
+from __future__ import annotations
+
+import base64
+import signal
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import psutil
+import pytest
+from celery import Celery
+
+from producer import gather, submit_job, submit_many
+from shared import codec, keys
+from shared.errors import (
+    DeadlineExceeded,
+    InvalidInput,
+    ModelError,
+    ModelUnavailable,
+    QueueFull,
+    WorkerCrashed,
+)
+from worker.procs import WorkerProcess
+
+pytestmark = pytest.mark.integration
+
+
+def chw(value: int = 7, seed: int | None = None) -> np.ndarray:
+    if seed is None:
+        return np.full((3, 8, 8), value, dtype=np.uint8)
+    return np.random.default_rng(seed).integers(0, 200, size=(3, 8, 8), dtype=np.uint8)
+
+
+def poisoned() -> np.ndarray:
+    x = chw(seed=1)
+    x[0, 0, 0] = 255
+    return x
+
+
+def outcome_counts(values: list[Any]) -> Counter[str]:
+    return Counter("ok" if isinstance(v, dict) else type(v).__name__ for v in values)
+
+
+def celery_child(w: WorkerProcess, not_pid: int | None = None) -> psutil.Process:
+    """The live Celery worker process under an ``inferq worker`` supervisor (not ``not_pid``)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for child in psutil.Process(w.process.pid).children():
+            if child.pid != not_pid and child.status() != psutil.STATUS_ZOMBIE:
+                return child
+        time.sleep(0.05)
+    raise AssertionError("supervisor has no live worker child")
+
+
+class EventLog:
+    """Counts task-succeeded events per task id (each computation sends exactly one)."""
+
+    def __init__(self, client: Any) -> None:
+        self.succeeded: Counter[str] = Counter()
+        self._pubsub = client.pubsub(ignore_subscribe_messages=True)
+        self._pubsub.psubscribe("/0.celeryev/task.*")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            msg = self._pubsub.get_message(timeout=0.1)
+            if msg and msg["type"] == "pmessage":
+                event = orjson.loads(base64.b64decode(orjson.loads(msg["data"])["body"]))
+                if event["type"] == "task-succeeded":
+                    self.succeeded[event["uuid"]] += 1
+
+    def close(self) -> None:
+        time.sleep(0.5)
+        self._stop.set()
+        self._thread.join()
+
+
+# -- 1. a worker killed under load -------------------------------------------------------------
+
+
+def test_sigkill_under_load_loses_nothing(stack_factory, test_repo: Path) -> None:
+    stack = stack_factory(test_repo, visibility_timeout_s=4.0, restore_interval_s=0.5)
+    w = stack.worker("slow")
+    results = submit_many([chw(seed=i) for i in range(1500)], model="slow")
+    time.sleep(0.5)  # mid-load: some done, some held by the worker, most still queued
+    held = stack.client.hlen(keys.UNACKED)
+    child = celery_child(w)
+    child.send_signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    assert held > 0, "the kill must catch messages in the worker's hands"
+    values = gather(results, timeout=120, return_exceptions=True)
+    assert outcome_counts(values) == Counter(ok=1500)
+    celery_child(w, not_pid=child.pid)  # the supervisor restarted it
+    # held messages came back within visibility timeout + sweep interval (+ restart and compute)
+    assert time.monotonic() - killed_at < 4.0 + 0.5 + 60
+    assert "redelivered messages past the visibility timeout" in w.log_tail(400)
+    assert stack.client.hlen(keys.UNACKED) == 0
+
+
+def test_other_worker_serves_when_one_is_killed(stack_factory, test_repo: Path) -> None:
+    stack = stack_factory(test_repo, visibility_timeout_s=4.0, restore_interval_s=0.5)
+    doomed = stack.worker("slow", supervised=False)
+    stack.worker("slow", supervised=False)
+    results = submit_many([chw(seed=i) for i in range(400)], model="slow")
+    time.sleep(0.3)
+    doomed.process.send_signal(signal.SIGKILL)
+    values = gather(results, timeout=90, return_exceptions=True)
+    assert outcome_counts(values) == Counter(ok=400)
+
+
+def test_refuses_a_visibility_timeout_below_the_worst_batch_time(
+    stack_factory, test_repo: Path
+) -> None:
+    stack = stack_factory(test_repo, visibility_timeout_s=0.01)
+    w = stack.worker("slow", ready=False)
+    code = w.process.wait(120)
+    assert code != 0
+    log = w.log_tail(200)
+    assert "INFERQ_VISIBILITY_TIMEOUT_S" in log and "at least" in log
+
+
+# -- 2. warm shutdown --------------------------------------------------------------------------
+
+
+def test_sigterm_finishes_the_batch_in_hand_and_runs_nothing_twice(
+    stack_factory, test_repo: Path
+) -> None:
+    stack = stack_factory(test_repo, visibility_timeout_s=30.0)
+    events = EventLog(stack.client)
+    w = stack.worker("slow")
+    results = submit_many([chw(seed=i) for i in range(3000)], model="slow")
+    time.sleep(0.4)
+    assert w.terminate(timeout=60) == 0
+    assert stack.client.hlen(keys.UNACKED) == 0, "held messages must be handed back, not left"
+    done_before = sum(1 for r in results if stack.client.exists(keys.result_key(r.id)))
+    assert 0 < done_before < 3000
+    stack.worker("slow")  # the rest is served by the next worker, without waiting for a timeout
+    values = gather(results, timeout=90, return_exceptions=True)
+    events.close()
+    assert outcome_counts(values) == Counter(ok=3000)
+    assert max(events.succeeded.values()) == 1, "a request was computed twice"
+    assert len(events.succeeded) == 3000
+
+
+# -- 3. Redis restarted under load ------------------------------------------------------------
+
+
+def test_redis_restart_under_load(stack_factory, test_repo: Path) -> None:
+    stack = stack_factory(test_repo, visibility_timeout_s=10.0, restore_interval_s=0.5)
+    stack.worker("slow")
+    before = submit_many([chw(seed=i) for i in range(3000)], model="slow")
+    time.sleep(0.3)
+    stack.redis.restart(down_s=1.0)  # SIGKILL; nothing is kept on disk
+    values = gather(before, timeout=120, return_exceptions=True)
+    counts = outcome_counts(values)
+    assert set(counts) <= {"ok", "RequestLost"}, counts
+    assert sum(counts.values()) == 3000  # each ended: none hangs
+    assert counts["ok"] > 0, "requests the worker held complete after the restart"
+    assert counts["RequestLost"] > 0, "queued requests went with the restart and say so"
+    # the worker republishes its spec and keeps serving; producers reconnect on their own
+    deadline = time.monotonic() + 30
+    while not stack.client.exists(keys.model_spec_key("slow")):
+        assert time.monotonic() < deadline, "worker did not republish its spec"
+        time.sleep(0.1)
+    after = submit_many([chw(seed=i) for i in range(100)], model="slow")
+    assert outcome_counts(gather(after, timeout=60, return_exceptions=True)) == Counter(ok=100)
+
+
+def test_redis_restart_with_aof_loses_nothing(stack_factory, test_repo: Path) -> None:
+    stack = stack_factory(test_repo, visibility_timeout_s=5.0, restore_interval_s=0.5)
+    stack.redis.appendfsync = "always"
+    stack.redis.restart()
+    stack.worker("slow")
+    results = submit_many([chw(seed=i) for i in range(3000)], model="slow")
+    time.sleep(0.3)
+    stack.redis.restart(down_s=1.0)
+    values = gather(results, timeout=120, return_exceptions=True)
+    assert outcome_counts(values) == Counter(ok=3000)
+
+
+# -- 4. one bad item fails only itself ----------------------------------------------------------
+
+
+def test_a_poisoned_input_fails_alone(stack_factory, test_repo: Path) -> None:
+    stack = stack_factory(test_repo)
+    stack.worker("faulty")
+    images = [chw(seed=i) for i in range(40)]
+    bad = {3, 17, 31}
+    for i in bad:
+        images[i] = poisoned()
+    values = gather(submit_many(images, model="faulty"), timeout=60, return_exceptions=True)
+    for i, v in enumerate(values):
+        if i in bad:
+            assert isinstance(v, ModelError) and "poisoned input" in str(v)
+        else:
+            assert isinstance(v, dict), (i, v)
+    assert max(v["timing"]["batch_size"] for v in values if isinstance(v, dict)) > 1
+
+
+# -- 5. out of memory and device failure ---------------------------------------------------------
+
+
+def test_oom_splits_the_batch_and_lowers_the_cap(stack_factory, test_repo: Path) -> None:
+    stack = stack_factory(test_repo)
+    w = stack.worker("oomy")
+    values = gather(
+        submit_many([chw(seed=i) for i in range(64)], model="oomy"),
+        timeout=60,
+        return_exceptions=True,
+    )
+    assert outcome_counts(values) == Counter(ok=64)
+    assert max(v["timing"]["batch_size"] for v in values) > 4  # batches were split, not refused
+    app = Celery(broker=stack.redis.url)
+    stats = app.control.inspect(destination=[w.hostname], timeout=5)._request("inferq_stats")
+    assert stats[w.hostname]["oomy"]["effective_max_batch_size"] <= 4
+
+
+def test_device_failure_fails_the_batch_and_restarts_the_worker(
+    stack_factory, test_repo: Path
+) -> None:
+    stack = stack_factory(test_repo)
+    w = stack.worker("crashy")
+    first = celery_child(w).pid
+    marked = chw(seed=3)
+    marked[0, 0, 1] = 255
+    crash = submit_job.delay(marked, model="crashy")
+    with pytest.raises(WorkerCrashed):
+        crash.get(timeout=60)
+    celery_child(w, not_pid=first)  # restarted by the supervisor
+    after = submit_many([chw(seed=i) for i in range(30)], model="crashy")
+    assert outcome_counts(gather(after, timeout=90, return_exceptions=True)) == Counter(ok=30)
+
+
+# -- 6. deadlines, backpressure, priority ----------------------------------------------------------
+
+
+def test_expired_requests_fail_without_running(stack_factory, test_repo: Path) -> None:
+    stack = stack_factory(test_repo)
+    w = stack.worker("tiny")
+    w.terminate()  # the spec stays published for a while: producers can still submit
+    events = EventLog(stack.client)
+    late = submit_job.apply_async((chw(),), {"model": "tiny"}, expires=0.2)
+    on_time = submit_job.apply_async((chw(),), {"model": "tiny"}, expires=300)
+    time.sleep(0.5)
+    stack.worker("tiny")
+    with pytest.raises(DeadlineExceeded, match="not computed"):
+        late.get(timeout=30)
+    assert on_time.get(timeout=30)["model"] == "tiny"
+    events.close()
+    assert late.id not in events.succeeded and events.succeeded[on_time.id] == 1
+
+
+def test_model_default_deadline(stack_factory, test_repo: Path) -> None:
+    stack = stack_factory(test_repo)
+    stack.worker("deadlined").terminate()
+    r = submit_job.delay(chw(), model="deadlined")  # default_deadline_ms = 1
+    time.sleep(0.2)
+    stack.worker("deadlined")
+    with pytest.raises(DeadlineExceeded):
+        r.get(timeout=30)
+
+
+def test_queue_limit_refuses_at_once(stack_factory, test_repo: Path) -> None:
+    stack = stack_factory(test_repo)
+    stack.worker("limited").terminate()  # queue_limit = 20, no worker draining
+    accepted = [submit_job.delay(chw(), model="limited") for _ in range(20)]
+    started = time.monotonic()
+    with pytest.raises(QueueFull, match="limit of 20"):
+        submit_job.delay(chw(), model="limited")
+    assert time.monotonic() - started < 5
+    with pytest.raises(QueueFull):
+        submit_many([chw()] * 5, model="limited")
+    stack.worker("limited")
+    assert outcome_counts(gather(accepted, timeout=60, return_exceptions=True)) == Counter(ok=20)
+
+
+def test_higher_priority_overtakes_a_backlog(stack_factory, test_repo: Path) -> None:
+    stack = stack_factory(test_repo)
+    stack.worker("slow").terminate()
+    backlog = submit_many([chw(seed=i) for i in range(300)], model="slow")
+    urgent = [
+        submit_job.apply_async((chw(seed=i),), {"model": "slow"}, priority=0) for i in range(5)
+    ]
+    stack.worker("slow")
+    gather(backlog + urgent, timeout=120)
+
+    def done_at(r: Any) -> str:
+        return str(orjson.loads(stack.client.get(keys.result_key(r.id)))["date_done"])
+
+    backlog_done = sorted(done_at(r) for r in backlog)
+    assert max(done_at(r) for r in urgent) <= backlog_done[len(backlog_done) // 10]
+
+
+# -- 7. the bad input catalogue ------------------------------------------------------------------
+
+
+def _plain_client(url: str, serializer: str = "msgpack") -> Celery:
+    app = Celery(broker=url, backend=url)
+    app.conf.update(
+        task_serializer=serializer,
+        accept_content=["msgpack", "json", "pickle"],
+        result_serializer="json",
+    )
+    return app
+
+
+def test_bad_input_catalogue_each_gets_a_typed_error(stack_factory, test_repo: Path) -> None:
+    stack = stack_factory(test_repo)
+    stack.extra_env["INFERQ_MAX_PAYLOAD_BYTES"] = "65536"
+    stack.worker("tiny", "floaty")
+    client = _plain_client(stack.redis.url)
+
+    def send(
+        args: list[Any], model: str = "tiny", task: str = keys.TASK_NAME, app: Celery = client
+    ) -> Any:
+        return app.send_task(task, args=args, kwargs={"model": model}, queue=keys.queue_name(model))
+
+    good = codec.encode(chw())
+    nan = np.zeros((3, 8, 8), dtype=np.float32)
+    nan[1, 2, 3] = np.nan
+    inf = np.zeros((3, 8, 8), dtype=np.float32)
+    inf[0, 0, 0] = np.inf
+    worker_side = {
+        "truncated tensor": (send([good[:-5]]), InvalidInput, "payload carries"),
+        "wrong dtype": (send([codec.encode(chw().astype(np.float32))]), InvalidInput, "float32"),
+        "wrong shape": (
+            send([codec.encode(np.zeros((3, 4, 4), np.uint8))]),
+            InvalidInput,
+            r"uint8\[3, 4, 4\]",
+        ),
+        "NaN": (send([codec.encode(nan)], model="floaty"), InvalidInput, "finite"),
+        "Inf": (send([codec.encode(inf)], model="floaty"), InvalidInput, "finite"),
+        "0-byte payload": (send([b""]), InvalidInput, "header"),
+        "oversized payload": (send([b"\x00" * 100_000]), InvalidInput, "at most"),
+        "another task's message": (send([good], task="other.task"), InvalidInput, "inferq.infer"),
+        "pickle": (
+            send([good], app=_plain_client(stack.redis.url, "pickle")),
+            InvalidInput,
+            "pickle",
+        ),
+    }
+    for name, (result, error, pattern) in worker_side.items():
+        with pytest.raises(error, match=pattern):
+            result.get(timeout=30)
+        assert name
+    # refused on the producer side, before anything is queued
+    with pytest.raises(InvalidInput, match="decodable"):
+        submit_job.delay(b"\x89PNG\r\n\x1a\n corrupt", model="tiny")
+    with pytest.raises(InvalidInput, match="decompression bomb"):
+        import io
+
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.new("1", (20_000, 20_000)).save(buf, format="PNG")
+        submit_job.delay(buf.getvalue(), model="tiny")
+    with pytest.raises(ModelUnavailable):
+        submit_job.delay(chw(), model="unknown-model")
+    stack.client.lpush(keys.priority_queue_key(keys.queue_name("tiny"), 5), b"not json at all")
+    # ...and the worker still serves
+    assert submit_job.delay(chw(), model="tiny").get(timeout=30)["model"] == "tiny"
+    assert stack.client.llen("inferq.deadletter") == 1
