@@ -21,6 +21,7 @@ from shared.celeryconf import make_celery
 from shared.errors import InferqError
 from shared.logs import configure_logging, get_logger
 from shared.settings import get_settings
+from worker.celerystate import ActiveRequestsHook
 from worker.events import EventsHook
 from worker.hooks import Hooks, LogHook, MetricsHook
 from worker.metrics import Metrics
@@ -72,7 +73,14 @@ class InferqStep(bootsteps.StartStopStep):
         metrics = Metrics()
         if settings.metrics_port:
             metrics.serve(settings.metrics_port)
-        hooks = Hooks([MetricsHook(metrics), LogHook(), EventsHook(app, worker.hostname)])
+        hooks = Hooks(
+            [
+                MetricsHook(metrics),
+                LogHook(),
+                EventsHook(app, worker.hostname),
+                ActiveRequestsHook(worker.hostname),
+            ]
+        )
         self.service = InferenceService(
             settings, self.models, self.device, worker_name=worker.hostname, hooks=hooks
         )

@@ -24,6 +24,9 @@ class Hook:
     def after_fetch(self, model: str, count: int, depth_hint: bool) -> None:
         """``count`` messages were taken from ``model``'s queue (``depth_hint``: more may wait)."""
 
+    def before_batch(self, model: str, batch: Sequence[InferenceRequest]) -> None:
+        """A batch is about to run on the device."""
+
     def after_batch(
         self,
         model: str,

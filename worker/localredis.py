@@ -38,6 +38,21 @@ def redis_binary() -> str:
         ) from None
 
 
+def self_signed_tls(folder: Path) -> Path:
+    """Write a self-signed certificate for 127.0.0.1 (its own CA) with openssl; returns folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            "-keyout", str(folder / "redis.key"), "-out", str(folder / "redis.crt"),
+            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return folder
+
+
 def answers(url: str, timeout: float = 0.5) -> bool:
     try:
         return bool(
@@ -54,12 +69,17 @@ class LocalRedis:
     #: "no": nothing survives a restart (the default, as for a cache); "always": an AOF synced
     #: on every write, so a killed server comes back with every queued message.
     appendfsync: str = "no"
+    #: A folder holding ``redis.crt``/``redis.key`` (self-signed, its own CA): serve TLS only.
+    tls_dir: Path | None = None
     process: subprocess.Popen[bytes] | None = None
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="inferq-redis-")))
 
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
+        if self.tls_dir is not None:
+            ca = self.tls_dir / "redis.crt"
+            return f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_cert_reqs=required&ssl_ca_certs={ca}"
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> LocalRedis:
@@ -82,6 +102,15 @@ class LocalRedis:
             args += ["--appendonly", "yes", "--appendfsync", self.appendfsync]
         if self.password:
             args += ["--requirepass", self.password]
+        if self.tls_dir is not None:
+            args[args.index("--port") + 1] = "0"
+            args += [
+                "--tls-port", str(self.port),
+                "--tls-cert-file", str(self.tls_dir / "redis.crt"),
+                "--tls-key-file", str(self.tls_dir / "redis.key"),
+                "--tls-ca-cert-file", str(self.tls_dir / "redis.crt"),
+                "--tls-auth-clients", "no",
+            ]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
         while not answers(self.url):

@@ -323,6 +323,7 @@ class InferenceService:
 
     def _run_batch(self, s: Served, batch: list[InferenceRequest]) -> None:
         cap = s.runner.cap.value
+        self.hooks.emit("before_batch", s.model.name, batch)
         started = time.perf_counter()
         try:
             with self._device_lock:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import time
 import json
 import subprocess
 import sys
@@ -197,3 +198,53 @@ print(json.dumps({
     "torch_imported": "torch" in sys.modules,
 }))
 """
+
+
+def test_task_events_reach_a_celery_event_receiver(stack_factory, test_repo: Path) -> None:
+    """What Flower does: consume the worker's events with Celery's own EventReceiver."""
+    import threading
+
+    stack = stack_factory(test_repo)
+    w = stack.worker("tiny")
+    app = Celery(broker=stack.redis.url)
+    seen: list[dict] = []
+    ready = threading.Event()
+
+    def consume() -> None:
+        with app.connection() as conn:
+            recv = app.events.Receiver(conn, handlers={"*": seen.append})
+            ready.set()
+            recv.capture(limit=None, timeout=20, wakeup=True)
+
+    threading.Thread(target=consume, daemon=True).start()
+    ready.wait(10)
+    time.sleep(1.0)
+    r = submit_job.delay(_img(5), model="tiny")
+    r.get(timeout=30)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        mine = {e["type"] for e in seen if e.get("uuid") == r.id}
+        beats = [e for e in seen if e["type"] == "worker-heartbeat"]
+        if {"task-received", "task-succeeded"} <= mine and beats:
+            break
+        time.sleep(0.1)
+    received = next(e for e in seen if e.get("uuid") == r.id and e["type"] == "task-received")
+    assert received["name"] == keys.TASK_NAME and received["hostname"] == w.hostname
+    assert any(e["type"] == "task-succeeded" and e.get("uuid") == r.id for e in seen)
+    assert any(e["type"] == "worker-heartbeat" and e["hostname"] == w.hostname for e in seen)
+
+
+def test_inspect_active_lists_the_batch_on_the_device(stack_factory, test_repo: Path) -> None:
+    stack = stack_factory(test_repo)
+    w = stack.worker("slow")
+    results = submit_many([_img(i) for i in range(3000)], model="slow")
+    app = Celery(broker=stack.redis.url)
+    active: list = []
+    deadline = time.monotonic() + 20
+    while not active and time.monotonic() < deadline:
+        reply = app.control.inspect(destination=[w.hostname], timeout=2).active() or {}
+        active = reply.get(w.hostname, [])
+    assert active, "inspect active never showed a running request"
+    assert all(a["name"] == keys.TASK_NAME for a in active)
+    assert {a["id"] for a in active} <= {r.id for r in results}
+    gather(results, timeout=120)
