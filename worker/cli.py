@@ -152,6 +152,21 @@ def bench(
     run_bench(cfg, echo=click.echo)
 
 
+@main.command()
+@click.option("--minutes", default=3.0, show_default=True, help="How long the load runs.")
+@click.option("--rate", default=150.0, show_default=True, help="Requests per second submitted.")
+@click.option("--model-repository", type=click.Path(path_type=Path), default=None)
+def soak(minutes: float, rate: float, model_repository: Path | None) -> None:
+    """Bounded mixed load with injected faults; prints outcomes by type, lost and run twice."""
+    from worker.soak import run_soak
+
+    sys.exit(
+        run_soak(
+            model_repository or get_settings().model_repository, minutes, rate, echo=click.echo
+        )
+    )
+
+
 def _entry() -> None:
     try:
         main()

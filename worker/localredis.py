@@ -43,9 +43,22 @@ def self_signed_tls(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     subprocess.run(
         [
-            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-            "-keyout", str(folder / "redis.key"), "-out", str(folder / "redis.crt"),
-            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-keyout",
+            str(folder / "redis.key"),
+            "-out",
+            str(folder / "redis.crt"),
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
         ],
         check=True,
         capture_output=True,
@@ -79,7 +92,9 @@ class LocalRedis:
         auth = f":{self.password}@" if self.password else ""
         if self.tls_dir is not None:
             ca = self.tls_dir / "redis.crt"
-            return f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_cert_reqs=required&ssl_ca_certs={ca}"
+            return (
+                f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_cert_reqs=required&ssl_ca_certs={ca}"
+            )
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> LocalRedis:
@@ -105,11 +120,16 @@ class LocalRedis:
         if self.tls_dir is not None:
             args[args.index("--port") + 1] = "0"
             args += [
-                "--tls-port", str(self.port),
-                "--tls-cert-file", str(self.tls_dir / "redis.crt"),
-                "--tls-key-file", str(self.tls_dir / "redis.key"),
-                "--tls-ca-cert-file", str(self.tls_dir / "redis.crt"),
-                "--tls-auth-clients", "no",
+                "--tls-port",
+                str(self.port),
+                "--tls-cert-file",
+                str(self.tls_dir / "redis.crt"),
+                "--tls-key-file",
+                str(self.tls_dir / "redis.key"),
+                "--tls-ca-cert-file",
+                str(self.tls_dir / "redis.crt"),
+                "--tls-auth-clients",
+                "no",
             ]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout

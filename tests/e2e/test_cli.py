@@ -89,3 +89,22 @@ def test_worker_refuses_a_tampered_model(shapes_repo: Path, tmp_path: Path) -> N
     assert out.returncode != 0
     assert "IntegrityError" in out.stdout + out.stderr
     assert "refusing to load" in out.stdout + out.stderr
+
+
+@pytest.mark.slow
+def test_soak_loses_nothing(shapes_repo: Path) -> None:
+    out = inferq(
+        "soak",
+        "--minutes",
+        "0.4",
+        "--rate",
+        "100",
+        "--model-repository",
+        str(shapes_repo),
+        timeout=400,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    counts = dict(re.findall(r"^(submitted|succeeded|lost|run twice)\s+(\d+)", out.stdout, re.M))
+    assert counts["lost"] == "0" and counts["run twice"] == "0"
+    assert int(counts["succeeded"]) > 0.8 * int(counts["submitted"])
+    assert "SIGKILL worker" in out.stdout and "Redis restarted" in out.stdout

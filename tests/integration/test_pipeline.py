@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import base64
-import time
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np

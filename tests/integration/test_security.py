@@ -52,7 +52,9 @@ def test_password_protected_redis(stack_factory, test_repo: Path) -> None:
     _serve_and_check(stack)
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is needed to make a certificate")
+@pytest.mark.skipif(
+    shutil.which("openssl") is None, reason="openssl is needed to make a certificate"
+)
 def test_tls_redis(stack_factory, test_repo: Path, tmp_path: Path) -> None:
     stack = stack_factory(test_repo)
     tls = LocalRedis(password=SECRET, tls_dir=self_signed_tls(tmp_path / "tls"))
