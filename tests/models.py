@@ -131,10 +131,31 @@ def write_model(
     return path
 
 
+def write_onnx_model(root: Path, name: str, kind: str = "tiny", version: int = 1) -> Path:
+    """Export ``MODULES[kind]`` to ONNX (batch dimension dynamic) with config and sha256."""
+    model_dir = root / name
+    version_dir = model_dir / str(version)
+    version_dir.mkdir(parents=True, exist_ok=True)
+    path = version_dir / "model.onnx"
+    torch.onnx.export(
+        MODULES[kind]().eval(),
+        (torch.zeros(1, *SHAPE),),
+        str(path),
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
+        dynamo=False,
+    )
+    record_sha256(path)
+    (model_dir / "config.toml").write_text(config_text().replace('"torchscript"', '"onnx"'))
+    return path
+
+
 def build_test_repo(root: Path) -> Path:
     for kind in MODULES:
         write_model(root, kind, kind)
     write_model(root, "limited", "slow", queue_limit=20, max_batch_size=4)
     write_model(root, "deadlined", "tiny", default_deadline_ms=1.0)
     write_model(root, "floaty", "tiny", dtype="float32", scale=1.0)
+    write_onnx_model(root, "tiny-onnx")
     return root

@@ -51,6 +51,9 @@ class Hook:
     def on_queue_depth(self, model: str, depth: int) -> None:
         """Housekeeping measured the queue."""
 
+    def on_device_stats(self, device: str, memory_bytes: int, utilization: float | None) -> None:
+        """Housekeeping read the accelerator's memory and utilisation (CUDA only)."""
+
     def on_stop(self) -> None:
         """The service stopped: flush what is buffered."""
 
@@ -115,6 +118,11 @@ class MetricsHook(Hook):
 
     def on_queue_depth(self, model: str, depth: int) -> None:
         self._child(self.m.queue_depth, model).set(depth)
+
+    def on_device_stats(self, device: str, memory_bytes: int, utilization: float | None) -> None:
+        self._child(self.m.gpu_memory, device).set(memory_bytes)
+        if utilization is not None:
+            self._child(self.m.gpu_util, device).set(utilization)
 
 
 class LogHook(Hook):

@@ -425,6 +425,7 @@ class InferenceService:
         while not self._stopping.wait(tick):
             now = time.monotonic()
             try:
+                self._measure_device()
                 missing = self._measure_depths()
                 if now >= next_beat or missing:  # a restarted Redis has lost our specs
                     self._publish_specs()
@@ -446,6 +447,16 @@ class InferenceService:
             pipe.set(keys.model_spec_key(s.model.name), s.spec.to_json(), ex=int(ttl))
             pipe.zadd(keys.model_workers_key(s.model.name), {self.worker_name: time.time()})
         pipe.execute()
+
+    def _measure_device(self) -> None:
+        if self.device.type != "cuda":
+            return
+        try:
+            utilization: float | None = torch.cuda.utilization(self.device) / 100.0
+        except Exception:  # needs NVML (pynvml); memory is still worth reporting without it
+            utilization = None
+        memory = torch.cuda.memory_allocated(self.device)
+        self.hooks.emit("on_device_stats", str(self.device), memory, utilization)
 
     def _measure_depths(self) -> bool:
         """Emit each queue's depth; True if any served model's spec is missing from Redis."""

@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
+from shared import keys
+
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
@@ -671,11 +673,15 @@ def test_scaledobject_targets_deployment_queue() -> None:
         metadata = trigger["metadata"]
         # KEDA trigger metadata is map[string]string.
         assert all(isinstance(v, str) for v in metadata.values()), metadata
-        assert metadata["listName"].removeprefix("inferq.") in served
-        assert metadata["listName"].startswith("inferq.")
+        queue = metadata["listName"].split(keys.PRIORITY_SEP)[0]
+        assert queue.removeprefix("inferq.") in served
+        assert queue.startswith("inferq.")
         assert "address" not in metadata and "password" not in metadata
         assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
-    assert triggers[0]["metadata"]["listName"] == "inferq.shapes"
+    # the list inferq's producers fill by default, and the main (priority 0) list
+    watched = [t["metadata"]["listName"] for t in triggers]
+    shapes = keys.queue_name("shapes")
+    assert watched == [keys.priority_queue_key(shapes, keys.DEFAULT_PRIORITY), shapes]
     assert triggers[0]["metadata"]["listLength"] == "64"
 
     secret_keys = set(secret.get("stringData", {})) | set(secret.get("data", {}))
