@@ -14,12 +14,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
 from shared.errors import DeadlineExceeded, InferqError, ModelError, WorkerCrashed
 from shared.results import Timing
 from shared.spec import ModelConfig
+from worker.collate import Collator, Staged
 from worker.handlers import ModelHandler
 from worker.messages import InferenceRequest
 
@@ -106,10 +106,8 @@ class Runner:
         self._a = (1.0 / (config.preprocess.scale * std)).view(1, channels, 1, 1).to(device)
         self._b = (-mean / std).view(1, channels, 1, 1).to(device)
         self._wire_dtype = _TORCH_DTYPES[config.dtype]
-        self._staging = torch.empty(
-            (config.batching.max_batch_size, *config.shape),
-            dtype=self._wire_dtype,
-            pin_memory=device.type == "cuda",
+        self.collator = Collator(
+            config.shape, self._wire_dtype, config.batching.max_batch_size, device
         )
         self._labels = config.output.labels
         self._names: list[str] = []
@@ -119,15 +117,25 @@ class Runner:
 
     def run(self, batch: Sequence[InferenceRequest]) -> list[Outcome]:
         """One outcome per request in ``batch``, in order."""
+        return self.execute(self.prepare(batch))
+
+    def prepare(self, batch: Sequence[InferenceRequest]) -> PreparedBatch:
+        """Answer expired requests and stage the rest on the device (may overlap compute)."""
         closed_at = self._clock()
         now = self._wall()
-        expired = [r for r in batch if r.deadline is not None and r.deadline <= now]
-        live = [r for r in batch if not (r.deadline is not None and r.deadline <= now)]
-        outcomes = {id(r): Outcome(r, error=_expired(r, now)) for r in expired}
-        if live:
-            outcomes.update(self._run_live(live, closed_at))
-        result = [outcomes[id(r)] for r in batch]
-        assert len(result) == len(batch)
+        expired = {id(r): Outcome(r, error=_expired(r, now)) for r in batch if _late(r, now)}
+        live = [r for r in batch if id(r) not in expired]
+        staged = self.collator.stage([r.array for r in live]) if live else None
+        collate_ms = (self._clock() - closed_at) * 1e3
+        return PreparedBatch(list(batch), live, expired, staged, closed_at, collate_ms)
+
+    def execute(self, prepared: PreparedBatch) -> list[Outcome]:
+        """Compute a prepared batch; one outcome per request, in order."""
+        outcomes = dict(prepared.expired)
+        if prepared.staged is not None:
+            outcomes.update(self._run_live(prepared))
+        result = [outcomes[id(r)] for r in prepared.requests]
+        assert len(result) == len(prepared.requests)
         return result
 
     def warmup(self, sizes: Sequence[int] | None = None, rounds: int = 2) -> dict[int, float]:
@@ -152,37 +160,25 @@ class Runner:
 
     # -- one batch ---------------------------------------------------------------------------
 
-    def _run_live(self, live: list[InferenceRequest], closed_at: float) -> dict[int, Outcome]:
+    def _run_live(self, prepared: PreparedBatch) -> dict[int, Outcome]:
+        assert prepared.staged is not None
         start = self._clock()
-        x = self.collate([r.array for r in live])
-        collated = self._clock()
-        chunks = self._compute(x)
+        chunks = self._compute(self.collator.claim(prepared.staged))
         if len(chunks) == 1 and isinstance(chunks[0], torch.Tensor):
             self.cap.ok()  # only a batch that ran whole counts towards raising the cap again
         computed = self._clock()
         values = [v for chunk in chunks for v in self._postprocess(chunk)]
         done = self._clock()
         timing = _BatchTimes(
-            closed_at,
-            (collated - start) * 1e3,
-            (computed - collated) * 1e3,
+            start - prepared.collate_ms / 1e3,  # waiting ends where this batch's work began
+            prepared.collate_ms,
+            (computed - start) * 1e3,
             (done - computed) * 1e3,
         )
+        live = prepared.live
         return {
             id(r): self._outcome(r, v, timing, len(live)) for r, v in zip(live, values, strict=True)
         }
-
-    def collate(self, arrays: Sequence[np.ndarray]) -> torch.Tensor:
-        n = len(arrays)
-        staging = (
-            self._staging[:n]
-            if n <= len(self._staging)
-            else torch.empty((n, *self.config.shape), dtype=self._wire_dtype)
-        )
-        out = staging.numpy()
-        for i, array in enumerate(arrays):  # a plain copy loop beats np.stack's per-array overhead
-            out[i] = array
-        return staging.to(self.device, non_blocking=True)
 
     def _compute(self, x: torch.Tensor) -> list[torch.Tensor | InferqError]:
         """In row order: output chunks (CPU, one per forward that succeeded) and, for each row
@@ -256,7 +252,7 @@ class Runner:
             dict(  # a plain dict call: building the TypedDict by name is slower per row
                 preprocess_ms=r.preprocess_ms,
                 queue_ms=max(0.0, (r.received_wall - r.submitted_at) * 1e3),
-                batch_wait_ms=max(0.0, (t.closed_at - r.received_at) * 1e3),
+                batch_wait_ms=max(0.0, (t.waited_until - r.received_at) * 1e3),
                 collate_ms=t.collate_ms,
                 infer_ms=t.infer_ms,
                 post_ms=t.post_ms,
@@ -277,10 +273,30 @@ class Runner:
 
 @dataclass(frozen=True)
 class _BatchTimes:
-    closed_at: float
+    waited_until: float  # compute start minus the collate time: the wait excludes staging
     collate_ms: float
     infer_ms: float
     post_ms: float
+
+
+@dataclass(frozen=True)
+class PreparedBatch:
+    """A closed batch whose live requests are staged on the device, ready to compute."""
+
+    requests: list[InferenceRequest]
+    live: list[InferenceRequest]
+    expired: dict[int, Outcome]
+    staged: Staged | None
+    closed_at: float
+    collate_ms: float
+
+    @property
+    def tags(self) -> list[str]:
+        return [r.tag for r in self.requests]
+
+
+def _late(r: InferenceRequest, now: float) -> bool:
+    return r.deadline is not None and r.deadline <= now
 
 
 def _expired(r: InferenceRequest, now: float) -> DeadlineExceeded:

@@ -14,13 +14,13 @@ let each runner finish the batch in hand, write and ack those results, stop.
 from __future__ import annotations
 
 import os
-import queue
 import socket
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from queue import Empty, Queue
 from typing import Any
 
 import redis
@@ -39,7 +39,7 @@ from worker.handlers import ModelHandler, load_handler
 from worker.hooks import Hooks
 from worker.messages import InferenceRequest, Rejection, decode_message
 from worker.repository import ModelRepository, ModelVersion
-from worker.runner import DeviceFailure, Outcome, Runner, unrecoverable
+from worker.runner import DeviceFailure, Outcome, PreparedBatch, Runner, unrecoverable
 
 log = get_logger(__name__)
 
@@ -96,6 +96,8 @@ class Served:
     warmup_s: dict[int, float]
     queue: str = ""
     delayed: list[InferenceRequest] = field(default_factory=list)  # eta in the future
+    # One prepared batch waits here while the one before it computes.
+    ready: Queue[PreparedBatch | None] = field(default_factory=lambda: Queue(maxsize=1))
 
     def __post_init__(self) -> None:
         self.queue = keys.queue_name(self.model.name)
@@ -151,7 +153,7 @@ class InferenceService:
         self._stopping = threading.Event()
         self._fatal = threading.Event()
         self._device_lock = threading.Lock()
-        self._writes: queue.Queue[WriteJob | None] = queue.Queue()
+        self._writes: Queue[WriteJob | None] = Queue()
         self._threads: list[threading.Thread] = []
         self._fetch_threads: list[threading.Thread] = []
         self._runner_threads: list[threading.Thread] = []
@@ -181,6 +183,9 @@ class InferenceService:
         for s in self.served:
             self._fetch_threads.append(
                 self._spawn(f"inferq-fetch-{s.model.name}", self._fetch_loop, s)
+            )
+            self._runner_threads.append(
+                self._spawn(f"inferq-prepare-{s.model.name}", self._prepare_loop, s)
             )
             self._runner_threads.append(
                 self._spawn(f"inferq-run-{s.model.name}", self._run_loop, s)
@@ -312,22 +317,38 @@ class InferenceService:
 
     # -- run ---------------------------------------------------------------------------------
 
-    def _run_loop(self, s: Served) -> None:
+    def _prepare_loop(self, s: Served) -> None:
+        """Close batches and stage them on the device while the previous batch computes."""
         while not self._fatal.is_set():
             batch = s.batcher.next_batch(timeout=0.1, cap=s.runner.cap.value)
             if not batch:
                 if self._stopping.is_set() and len(s.batcher) == 0:
-                    return
+                    break
                 continue
-            self._run_batch(s, batch)
+            try:
+                prepared = s.runner.prepare(batch)
+            except DeviceFailure as exc:
+                self._device_failed(s, batch, exc)
+                return
+            except Exception as exc:  # a staging bug must still answer every request
+                log.exception("could not stage a batch", model=s.model.name)
+                self._writes.put(WriteJob(s, unrecoverable(batch, exc), ()))
+                continue
+            s.ready.put(prepared)
+        s.ready.put(None)
 
-    def _run_batch(self, s: Served, batch: list[InferenceRequest]) -> None:
+    def _run_loop(self, s: Served) -> None:
+        while (prepared := s.ready.get()) is not None and not self._fatal.is_set():
+            self._run_batch(s, prepared)
+
+    def _run_batch(self, s: Served, prepared: PreparedBatch) -> None:
         cap = s.runner.cap.value
+        batch = prepared.requests
         self.hooks.emit("before_batch", s.model.name, batch)
         started = time.perf_counter()
         try:
             with self._device_lock:
-                outcomes = s.runner.run(batch)
+                outcomes = s.runner.execute(prepared)
         except DeviceFailure as exc:
             self._device_failed(s, batch, exc)
             return
@@ -349,7 +370,9 @@ class InferenceService:
         self._writes.put(WriteJob(s, unrecoverable(batch, exc), ()))
         for other in self.served:
             other.batcher.close()
-            self._give_back(other, other.batcher.drain() + other.delayed)
+            staged = other.ready.get_nowait() if other.ready.full() else None
+            unstarted = staged.requests if staged is not None else []
+            self._give_back(other, other.batcher.drain() + other.delayed + unstarted)
         self._writes.put(None)
         for t in self._threads:
             if t.name == "inferq-writer":
@@ -370,7 +393,7 @@ class InferenceService:
                     jobs.append(item)
                 try:
                     item = self._writes.get_nowait()
-                except queue.Empty:
+                except Empty:
                     break
             if jobs:
                 self._store(jobs)
