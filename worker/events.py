@@ -24,6 +24,7 @@ import orjson
 
 from shared import keys
 from shared.logs import get_logger
+from shared.lua import LuaScript
 from shared.redisconn import CONNECTION_ERRORS, make_client
 from worker.hooks import Hook
 
@@ -43,7 +44,7 @@ def fanout_topic(broker_url: str, routing_key: str) -> str:
 
 
 class EnvelopeMaker:
-    """kombu's fanout envelope for an event, with everything but the body and tag built once."""
+    """kombu's fanout envelope for an event; all but the body and tag are built once per type."""
 
     def __init__(self, hostname: str) -> None:
         self._head = orjson.dumps(
@@ -53,43 +54,60 @@ class EnvelopeMaker:
                 "headers": {"hostname": hostname},
             }
         )[:-1]
-        self._prefix = f"{uuid.uuid4()}-"
+        self._tails = {
+            t: orjson.dumps(
+                {
+                    "delivery_mode": 1,
+                    "delivery_info": {"exchange": "celeryev", "routing_key": t.replace("-", ".")},
+                    "priority": 0,
+                    "body_encoding": "base64",
+                    "delivery_tag": "",
+                }
+            )[:-2]  # open at the delivery tag's value: ...,"delivery_tag":"
+            for t in EVENT_TYPES
+        }
+        self._prefix = f"{uuid.uuid4()}-".encode()
         self._count = itertools.count()
 
     def __call__(self, event: dict[str, Any]) -> bytes:
         body = base64.b64encode(orjson.dumps(event))
-        props = orjson.dumps(
-            {
-                "delivery_mode": 1,
-                "delivery_info": {
-                    "exchange": "celeryev",
-                    "routing_key": event["type"].replace("-", "."),
-                },
-                "priority": 0,
-                "body_encoding": "base64",
-                "delivery_tag": f"{self._prefix}{next(self._count)}",
-            }
-        )
-        return b"".join((self._head, b',"body":"', body, b'","properties":', props, b"}"))
+        tag = b"%s%d" % (self._prefix, next(self._count))
+        tail = self._tails[event["type"]]
+        return b"".join((self._head, b',"body":"', body, b'","properties":', tail, tag, b'"}}'))
+
+
+EVENT_TYPES = ("task-received", "task-succeeded", "task-failed")
+
+# KEYS: none. ARGV: topic1, payload1, topic2, payload2, ... One call publishes a whole batch's
+# events, so a request costs no per-command client work.
+PUBLISH_MANY = LuaScript(
+    """
+for i = 1, #ARGV, 2 do redis.call('PUBLISH', ARGV[i], ARGV[i + 1]) end
+return #ARGV / 2
+"""
+)
 
 
 class EventsHook(Hook):
     """Sends task-received and task-succeeded/task-failed for every request (no task-started:
-    in a batch it would carry the same time as received, at the cost of a third message)."""
+    in a batch it would carry the same time as received, at the cost of a third message).
 
-    def __init__(self, app: Celery, hostname: str, max_pending: int = 100_000) -> None:
+    The request path only hands each stored batch to this hook's thread; events are built and
+    published there, one script call per batch or more.
+    """
+
+    def __init__(self, app: Celery, hostname: str, max_pending: int = 10_000) -> None:
         self.enabled = bool(app.conf.worker_send_task_events)
         self.app = app
         self.hostname = hostname
         self.pid = os.getpid()
         self.dropped = 0
         self._envelope = EnvelopeMaker(hostname)
-        self._queue: queue.Queue[list[dict[str, Any]]] = queue.Queue(maxsize=max_pending)
+        self._queue: queue.Queue[tuple[Sequence[Outcome], Sequence[Rejection]]] = queue.Queue(
+            maxsize=max_pending
+        )
         self._broker_url = app.conf.broker_url
-        self._topics = {
-            t: fanout_topic(self._broker_url, t.replace("-", "."))
-            for t in ("task-received", "task-succeeded", "task-failed")
-        }
+        self._topics = {t: fanout_topic(self._broker_url, t.replace("-", ".")) for t in EVENT_TYPES}
         if self.enabled:
             threading.Thread(target=self._loop, name="inferq-events", daemon=True).start()
 
@@ -102,6 +120,14 @@ class EventsHook(Hook):
     ) -> None:
         if not self.enabled:
             return
+        try:
+            self._queue.put_nowait((outcomes, rejections))
+        except queue.Full:
+            self.dropped += 2 * len(outcomes) + len(rejections)
+
+    def events_for(
+        self, outcomes: Sequence[Outcome], rejections: Sequence[Rejection]
+    ) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []
         for o in outcomes:
             events += self._task_events(o)
@@ -110,10 +136,7 @@ class EventsHook(Hook):
                 events.append(
                     self._event("task-failed", r.task_id, exception=repr(r.error), traceback=None)
                 )
-        try:
-            self._queue.put_nowait(events)
-        except queue.Full:
-            self.dropped += len(events)
+        return events
 
     def _task_events(self, o: Outcome) -> list[dict[str, Any]]:
         r = o.request
@@ -121,7 +144,7 @@ class EventsHook(Hook):
             "task-received",
             r.task_id,
             name=keys.TASK_NAME,
-            args=f"(<tensor {r.array.dtype}{list(r.array.shape)}>,)",
+            args="(<tensor>,)",
             kwargs=f"{{'model': {r.model!r}}}",
             retries=0,
             eta=None,
@@ -131,19 +154,15 @@ class EventsHook(Hook):
             timestamp=r.received_wall,
         )
         if o.error is not None:
-            return [
-                received,
-                self._event("task-failed", r.task_id, exception=repr(o.error), traceback=None),
-            ]
+            failed = self._event("task-failed", r.task_id, exception=repr(o.error), traceback=None)
+            return [received, failed]
         timing = (o.value or {}).get("timing", {})
         runtime = (
             timing.get("collate_ms", 0) + timing.get("infer_ms", 0) + timing.get("post_ms", 0)
         ) / 1e3
         return [
             received,
-            self._event(
-                "task-succeeded", r.task_id, result=f"<{model_outputs(o)} outputs>", runtime=runtime
-            ),
+            self._event("task-succeeded", r.task_id, result="<outputs>", runtime=runtime),
         ]
 
     def _event(self, type_: str, task_id: str, **fields: Any) -> dict[str, Any]:
@@ -167,22 +186,19 @@ class EventsHook(Hook):
     def _loop(self) -> None:
         client = make_client(self._broker_url, retries=1)
         while True:
-            events = self._queue.get()
-            taken = 1
-            while not self._queue.empty() and len(events) < 3000:
-                events += self._queue.get_nowait()
-                taken += 1
-            pipe = client.pipeline(transaction=False)
+            jobs = [self._queue.get()]
+            while not self._queue.empty() and len(jobs) < 64:
+                jobs.append(self._queue.get_nowait())
+            events = [
+                e for outcomes, rejections in jobs for e in self.events_for(outcomes, rejections)
+            ]
+            args: list[str | bytes] = []
             for event in events:
-                pipe.execute_command("PUBLISH", self._topics[event["type"]], self._envelope(event))
+                args += (self._topics[event["type"]], self._envelope(event))
             try:
-                pipe.execute()
+                if args:
+                    PUBLISH_MANY(client, [], args)
             except CONNECTION_ERRORS:
                 self.dropped += len(events)
-            for _ in range(taken):
+            for _ in jobs:
                 self._queue.task_done()
-
-
-def model_outputs(o: Outcome) -> int:
-    outputs = (o.value or {}).get("outputs")
-    return len(outputs) if isinstance(outputs, list) else 1
