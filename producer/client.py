@@ -11,7 +11,6 @@ limit, in the same round trip as the push. ``submit_many`` pushes many messages 
 
 from __future__ import annotations
 
-import base64
 import json
 import threading
 import time
@@ -23,8 +22,8 @@ from typing import Any
 import redis
 from celery import Celery, Task
 from celery.result import AsyncResult
-from kombu.serialization import dumps as kombu_dumps
 
+from producer.message import task_envelope
 from producer.preprocess import ImageLike, to_tensor
 from producer.spec_cache import SpecCache
 from shared import codec, keys
@@ -129,7 +128,7 @@ class SubmitJob(Task):
         **options: Any,
     ) -> Any:
         img, call = _split_call(args, kwargs)
-        prepared = prepare(runtime().app, img, call, options)
+        prepared = prepare(img, call, options)
         return _result(prepared.task_id, push(runtime().client, [prepared]))
 
 
@@ -151,7 +150,7 @@ def _split_call(
     return img, call
 
 
-def prepare(app: Celery, img: ImageLike, call: dict[str, Any], options: dict[str, Any]) -> Prepared:
+def prepare(img: ImageLike, call: dict[str, Any], options: dict[str, Any]) -> Prepared:
     """Preprocess ``img`` for ``call['model']`` and build its Celery message (protocol 2)."""
     rt = runtime()
     model = str(call["model"])
@@ -171,7 +170,7 @@ def prepare(app: Celery, img: ImageLike, call: dict[str, Any], options: dict[str
     expires = options.get("expires")
     if expires is None and spec.default_deadline_ms > 0:
         expires = spec.default_deadline_ms / 1000.0
-    envelope = _envelope(app, task_id, payload, kwargs, spec, priority, expires, options)
+    envelope = task_envelope(task_id, payload, kwargs, spec, priority, expires, options)
     return Prepared(task_id, keys.queue_name(model), priority, spec.queue_limit, envelope)
 
 
@@ -181,45 +180,6 @@ def _priority(value: Any) -> int:
     if not isinstance(value, int) or not 0 <= value <= 9:
         raise InferqError(f"priority must be an int 0..9 (0 is highest on Redis), got {value!r}")
     return value
-
-
-def _envelope(
-    app: Celery,
-    task_id: str,
-    payload: bytes,
-    kwargs: dict[str, Any],
-    spec: Any,
-    priority: int,
-    expires: Any,
-    options: dict[str, Any],
-) -> bytes:
-    message = app.amqp.create_task_message(
-        task_id,
-        keys.TASK_NAME,
-        (payload,),
-        kwargs,
-        countdown=options.get("countdown"),
-        eta=options.get("eta"),
-        expires=expires,
-        argsrepr=f"(<tensor {spec.dtype}{list(spec.shape)}>,)",
-    )
-    content_type, encoding, body = kombu_dumps(message.body, serializer="msgpack")
-    queue = keys.queue_name(spec.model)
-    envelope = {
-        "body": base64.b64encode(body).decode(),
-        "content-encoding": encoding,
-        "content-type": content_type,
-        "headers": message.headers,
-        "properties": {
-            **message.properties,
-            "delivery_mode": 2,
-            "delivery_info": {"exchange": "", "routing_key": queue},
-            "priority": priority,
-            "body_encoding": "base64",
-            "delivery_tag": str(uuid.uuid4()),
-        },
-    }
-    return json.dumps(envelope, separators=(",", ":")).encode()
 
 
 def push(client: redis.Redis, prepared: Sequence[Prepared]) -> str:
@@ -292,7 +252,7 @@ def submit_many(
     results: list[AsyncResult] = []
     batch: list[Prepared] = []
     for img in imgs:
-        batch.append(prepare(runtime().app, img, {"model": model}, options))
+        batch.append(prepare(img, {"model": model}, options))
         if len(batch) >= chunk:
             results.extend(_push_chunk(batch, results))
             batch = []

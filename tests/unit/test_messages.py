@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from kombu.exceptions import EncodeError
 from kombu.serialization import dumps as kombu_dumps
 
-from producer.client import _envelope
+from producer.message import task_envelope
 from shared import codec, keys
 from shared.celeryconf import make_celery
 from shared.errors import InvalidInput, ModelUnavailable, PayloadTooLarge
@@ -68,8 +68,8 @@ def _produce(
     expires: Any = None,
     **options: Any,
 ) -> bytes:
-    """An envelope built by the producer's own code path (producer.client._envelope)."""
-    return _envelope(app, task_id, payload, kwargs or _kwargs(), spec, priority, expires, options)
+    """An envelope built by the producer's own code path (producer.message.task_envelope)."""
+    return task_envelope(task_id, payload, kwargs or _kwargs(), spec, priority, expires, options)
 
 
 def _decode(raw: bytes, spec: InputSpec = SPEC, max_bytes: int = MAX) -> Any:
