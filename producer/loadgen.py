@@ -13,12 +13,12 @@ import argparse
 import json
 import threading
 import time
-import uuid
 from typing import Any
 
 import numpy as np
 
-from producer.client import gather, runtime, submit_job, submit_many
+from producer.client import gather, runtime, submit_many
+from shared import keys
 
 
 def _inputs(model: str, count: int, seed: int = 0) -> list[np.ndarray]:
@@ -47,43 +47,75 @@ def burst(model: str, count: int, timeout: float) -> dict[str, Any]:
 
 
 def steady(model: str, rate: float, seconds: float, timeout: float) -> dict[str, Any]:
-    """Open-loop load: request i is sent at i / rate seconds, whatever came back before."""
+    """Open-loop load: request i is due at i / rate seconds, whatever came back before.
+
+    A sender thread submits what is due (several at once, in one round trip, when it fell
+    behind); this thread polls the results of what is in flight with MGET every millisecond, so
+    the measurement itself stays light next to the load it measures.
+    """
     count = max(1, int(rate * seconds))
     inputs = _inputs(model, count)
-    ids = [str(uuid.uuid4()) for _ in range(count)]
-    sent = np.zeros(count)
-    arrived = np.zeros(count)
-    collector = threading.Thread(
-        target=_collect, args=(ids, arrived, seconds + timeout), daemon=True
-    )
-    collector.start()
-    time.sleep(0.2)  # let the collector subscribe before the first result can arrive
-    t0 = time.perf_counter()
-    for i in range(count):
-        delay = t0 + i / rate - time.perf_counter()
-        if delay > 0:
-            time.sleep(delay)
-        sent[i] = time.perf_counter()
-        submit_job.apply_async((inputs[i],), {"model": model}, task_id=ids[i])
-    collector.join()
-    latency_ms = (arrived - sent)[arrived > 0] * 1e3
+    sent: dict[str, float] = {}
+    lock = threading.Lock()
+    t0 = time.perf_counter() + 0.1
+    sender = threading.Thread(target=_send, args=(model, inputs, rate, t0, sent, lock), daemon=True)
+    sender.start()
+    latency = _poll(sent, lock, count, timeout + seconds)
+    sender.join()
+    last = max(sent.values()) if sent else t0
+    lat = np.sort(np.array(latency)) * 1e3
     return {
         "count": count,
         "rate": rate,
-        "achieved_rate": count / (sent[-1] - t0) if count > 1 else 0.0,
-        "completed": int((arrived > 0).sum()),
-        "latency_ms": {f"p{q}": float(np.percentile(latency_ms, q)) for q in (50, 95, 99)}
-        if len(latency_ms)
+        "achieved_rate": count / max(1e-9, last - t0),
+        "completed": len(latency),
+        "latency_ms": {f"p{q}": float(np.percentile(lat, q)) for q in (50, 95, 99)}
+        if len(lat)
         else {},
-        "latency_sorted_ms": np.sort(latency_ms).tolist(),
+        "latency_sorted_ms": lat.tolist(),
     }
 
 
-def _collect(ids: list[str], arrived: np.ndarray, timeout: float) -> None:
-    def on_result(i: int) -> None:
-        arrived[i] = time.perf_counter()
+def _send(
+    model: str,
+    inputs: list[np.ndarray],
+    rate: float,
+    t0: float,
+    sent: dict[str, float],
+    lock: threading.Lock,
+) -> None:
+    i = 0
+    while i < len(inputs):
+        now = time.perf_counter()
+        due = min(len(inputs), int((now - t0) * rate) + 1)
+        if due <= i:
+            time.sleep(max(0.0, t0 + i / rate - now))
+            continue
+        results = submit_many(inputs[i:due], model=model)
+        stamp = time.perf_counter()
+        with lock:
+            for r in results:
+                sent[r.id] = stamp
+        i = due
 
-    gather(ids, timeout=timeout, return_exceptions=True, on_result=on_result, poll_s=0.5)
+
+def _poll(sent: dict[str, float], lock: threading.Lock, count: int, timeout: float) -> list[float]:
+    client = runtime().client
+    done: set[str] = set()
+    latency: list[float] = []
+    deadline = time.perf_counter() + timeout
+    while len(done) < count and time.perf_counter() < deadline:
+        with lock:
+            flying = [k for k in sent if k not in done]
+        if flying:
+            values = client.mget([keys.result_key(k) for k in flying])
+            now = time.perf_counter()
+            for task_id, raw in zip(flying, values, strict=True):
+                if raw is not None:
+                    done.add(task_id)
+                    latency.append(now - sent[task_id])
+        time.sleep(0.001)
+    return latency
 
 
 def main() -> None:
