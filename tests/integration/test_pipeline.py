@@ -262,3 +262,15 @@ def test_onnx_model_serves_the_same_predictions(stack_factory, test_repo: Path) 
     assert [o["index"] for o in onnx["outputs"]] == [o["index"] for o in torchscript["outputs"]]
     for a, b in zip(onnx["outputs"], torchscript["outputs"], strict=True):
         assert a["score"] == pytest.approx(b["score"], rel=1e-4)
+
+
+def test_countdown_holds_the_request_until_its_eta(stack_factory, test_repo: Path) -> None:
+    stack = stack_factory(test_repo)
+    stack.worker("tiny")
+    started = time.time()
+    later = submit_job.apply_async((_img(1),), {"model": "tiny"}, countdown=1.5)
+    now = submit_job.apply_async((_img(2),), {"model": "tiny"})
+    assert now.get(timeout=30)["model"] == "tiny"
+    assert time.time() - started < 1.5, "a delayed request must not hold up the others"
+    assert later.get(timeout=30)["model"] == "tiny"
+    assert time.time() - started >= 1.5
