@@ -12,6 +12,7 @@ Layout per model::
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -77,6 +78,19 @@ class ModelSpec:
     labels: tuple[str, ...] | None = None
 
 
+_RESNET = ModelSpec(
+    description="ResNet-18 with fixed-seed random weights (load/throughput testing)",
+    shape=(3, 224, 224),
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+    top_k=5,
+    max_batch_size=32,
+    max_wait_ms=10.0,
+    preferred_batch_sizes=(8, 16, 32),
+    queue_limit=5000,
+    channels_last=True,
+)
+
 SPECS: dict[str, ModelSpec] = {
     "shapes": ModelSpec(
         description="Tiny CNN classifying synthetic shapes (producer.synth), trained in-project",
@@ -94,30 +108,8 @@ SPECS: dict[str, ModelSpec] = {
         channels_last=True,
         labels=CLASSES,
     ),
-    "resnet18": ModelSpec(
-        description="ResNet-18 with fixed-seed random weights (load/throughput testing)",
-        shape=(3, 224, 224),
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        top_k=5,
-        max_batch_size=32,
-        max_wait_ms=10.0,
-        preferred_batch_sizes=(8, 16, 32),
-        queue_limit=5000,
-        channels_last=True,
-    ),
-    "resnet50": ModelSpec(
-        description="ResNet-50 with fixed-seed random weights (load/throughput testing)",
-        shape=(3, 224, 224),
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        top_k=5,
-        max_batch_size=32,
-        max_wait_ms=10.0,
-        preferred_batch_sizes=(8, 16, 32),
-        queue_limit=5000,
-        channels_last=True,
-    ),
+    "resnet18": _RESNET,
+    "resnet50": dataclasses.replace(_RESNET, description=_RESNET.description.replace("18", "50")),
 }
 
 

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import time
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -16,22 +17,12 @@ from celery import Celery
 from producer import gather, submit_job, submit_many
 from shared import codec, keys
 from shared.errors import InvalidInput, ModelUnavailable
+from shared.results import Timing
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
 
-TIMING_KEYS = {
-    "preprocess_ms",
-    "queue_ms",
-    "batch_wait_ms",
-    "collate_ms",
-    "infer_ms",
-    "post_ms",
-    "total_ms",
-    "batch_size",
-    "worker",
-    "device",
-}
+TIMING_KEYS = set(typing.get_type_hints(Timing))
 
 
 def _img(seed: int) -> np.ndarray:

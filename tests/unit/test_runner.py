@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from shared.errors import DeadlineExceeded, IntegrityError, ModelError
+from shared.results import Timing
 from shared.spec import ModelConfig, parse_config
 from worker.handlers import ModuleHandler, load_handler
 from worker.messages import InferenceRequest
@@ -27,18 +29,7 @@ STD = (0.5, 0.25, 2.0)
 SCALE = 255.0
 WALL = 1_000_000.0  # the injected wall clock's "now"
 MONO = 500.0  # the injected monotonic clock's "now"
-TIMING_KEYS = {
-    "preprocess_ms",
-    "queue_ms",
-    "batch_wait_ms",
-    "collate_ms",
-    "infer_ms",
-    "post_ms",
-    "total_ms",
-    "batch_size",
-    "worker",
-    "device",
-}
+TIMING_KEYS = set(typing.get_type_hints(Timing))
 _task_ids = itertools.count()
 
 
