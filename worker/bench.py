@@ -45,6 +45,7 @@ class BenchConfig:
     burst_count: int
     steady_seconds: float
     raw_seconds: float = 2.0
+    precision: str | None = None  # override the model's precision.mode (fp32, fp16, bf16)
 
 
 @dataclass
@@ -93,6 +94,8 @@ def bench_repo(cfg: BenchConfig, into: Path) -> Path:
         r"(?m)^preferred_batch_sizes\s*=.*$", f"preferred_batch_sizes = [{cfg.batch_size}]", text
     )
     text = re.sub(r"(?m)^queue_limit\s*=.*$", "queue_limit = 1000000", text)
+    if cfg.precision:
+        text = re.sub(r"(?m)^mode\s*=.*$", f'mode = "{cfg.precision}"', text)
     (into / cfg.model / "config.toml").write_text(text)
     return into
 

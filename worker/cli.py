@@ -120,11 +120,15 @@ def demo(count: int, model_repository: Path | None) -> None:
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--model-repository", type=click.Path(path_type=Path), default=None)
-@click.option(
-    "--drain", "drain_count", default=20000, show_default=True, help="Requests pre-filled for (b)."
-)
+@click.option("--drain", "drain_count", default=20000, show_default=True, help="Requests for (b).")
 @click.option("--burst", "burst_count", default=10000, show_default=True, help="Requests for (c).")
 @click.option("--steady-seconds", default=10.0, show_default=True, help="Duration of (d).")
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "bf16"]),
+    default=None,
+    help="Override precision.mode.",
+)
 @click.option(
     "--out", type=click.Path(path_type=Path), default=Path("bench-out"), show_default=True
 )
@@ -136,18 +140,28 @@ def bench(
     drain_count: int,
     burst_count: int,
     steady_seconds: float,
+    precision: str | None,
     out: Path,
 ) -> None:
     """Raw model speed vs inferq drain, end-to-end and latency, side by side."""
     from worker.bench import BenchConfig, run_bench
+    from worker.repository import ModelRepository
 
     repo = model_repository or get_settings().model_repository
-    if model not in __import__("worker.repository", fromlist=["x"]).ModelRepository(repo).models():
+    if model not in ModelRepository(repo).models():
         from worker.examples import build_examples
 
         build_examples(repo, [model], log=click.echo)
     cfg = BenchConfig(
-        model, batch_size, device, repo, out, drain_count, burst_count, steady_seconds
+        model,
+        batch_size,
+        device,
+        repo,
+        out,
+        drain_count,
+        burst_count,
+        steady_seconds,
+        precision=precision,
     )
     run_bench(cfg, echo=click.echo)
 
