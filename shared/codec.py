@@ -102,5 +102,9 @@ def read_header(payload: bytes | memoryview, max_bytes: int) -> TensorHeader:
 
 def decode(payload: bytes | memoryview, max_bytes: int = 64 * 1024 * 1024) -> np.ndarray:
     """The array in ``payload`` (a read-only view of it: no copy)."""
-    header = read_header(payload, max_bytes)
+    return array_of(payload, read_header(payload, max_bytes))
+
+
+def array_of(payload: bytes | memoryview, header: TensorHeader) -> np.ndarray:
+    """The array ``header`` (already checked against ``payload``) describes: a view, no copy."""
     return np.frombuffer(payload, dtype=header.dtype, offset=header.offset).reshape(header.shape)

@@ -231,7 +231,7 @@ def _decode_tensor(
             f"tensor must be {spec.dtype}{list(spec.shape)} for model {spec.model!r}, "
             f"got {header.dtype.name}{list(header.shape)}"
         )
-    array = codec.decode(payload, max_bytes)
+    array = codec.array_of(payload, header)
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise InvalidInput(f"tensor for model {spec.model!r} must be finite, got NaN or Inf values")
     return array
