@@ -35,12 +35,15 @@ from shared.results import value_from_meta
 from shared.settings import Settings, get_settings, redact_url
 
 # Push messages only if the queue (all its priority lists) stays within its limit.
-# KEYS: every priority list of the queue, then the epoch key.
+# KEYS: every priority list of the queue, the epoch key, this call's reply key.
 # ARGV: limit, target list index (1-based), a fresh epoch token (used if none is set), messages...
-# Returns {new depth, or -(depth + 1) when refused; the epoch}.
+# Returns {new depth, or -(depth + 1) when refused; the epoch}. A call sent again after a lost
+# reply (the client retries on connection errors) finds its reply key and pushes nothing twice.
 PUSH = LuaScript(
     """
-local nq = #KEYS - 1
+local nq = #KEYS - 2
+local earlier = redis.call('GET', KEYS[nq + 2])
+if earlier then return cjson.decode(earlier) end
 local epoch = redis.call('GET', KEYS[nq + 1])
 if not epoch then
   epoch = ARGV[3]
@@ -49,9 +52,14 @@ end
 local depth = 0
 for i = 1, nq do depth = depth + redis.call('LLEN', KEYS[i]) end
 local n = #ARGV - 3
-if depth + n > tonumber(ARGV[1]) then return {-(depth + 1), epoch} end
-for i = 4, #ARGV do redis.call('LPUSH', KEYS[tonumber(ARGV[2])], ARGV[i]) end
-return {depth + n, epoch}
+local reply = {depth + n, epoch}
+if depth + n > tonumber(ARGV[1]) then
+  reply = {-(depth + 1), epoch}
+else
+  for i = 4, #ARGV do redis.call('LPUSH', KEYS[tonumber(ARGV[2])], ARGV[i]) end
+end
+redis.call('SET', KEYS[nq + 2], cjson.encode(reply), 'EX', 300)
+return reply
 """
 )
 
@@ -75,6 +83,11 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.client = make_client(settings.broker_url)
+        self.results = (
+            self.client
+            if settings.result_backend == settings.broker_url
+            else make_client(settings.result_backend)
+        )
         self.specs = SpecCache(self.client, settings.spec_cache_ttl_s)
         # A Celery app per runtime, so results follow the settings in force (tests, CLI flags).
         self.app = make_celery(settings)
@@ -192,7 +205,7 @@ def push(client: redis.Redis, prepared: Sequence[Prepared]) -> str:
         first = group[0]
         PUSH.queue(
             pipe,
-            [*keys.queue_keys(first.queue), keys.EPOCH],
+            [*keys.queue_keys(first.queue), keys.EPOCH, keys.push_reply_key(uuid.uuid4().hex)],
             [first.limit, first.priority + 1, token, *(p.envelope for p in group)],
         )
     try:
@@ -287,7 +300,9 @@ def gather(
     """
     ids = [r if isinstance(r, str) else r.id for r in results]
     epochs = [None if isinstance(r, str) else getattr(r, "inferq_epoch", None) for r in results]
-    collector = _Collector(runtime().client, ids, epochs, on_result)
+    rt = runtime()
+    grace = max(LOST_GRACE_S, rt.settings.visibility_timeout_s)
+    collector = _Collector(rt.client, rt.results, ids, epochs, on_result, grace)
     collector.run(timeout, poll_s)
     out = [collector.values[i] for i in range(len(ids))]
     if not return_exceptions:
@@ -297,20 +312,25 @@ def gather(
     return out
 
 
-# After Redis comes back empty, requests still held by workers finish within seconds; whatever is
-# neither stored, queued nor held after this long was lost with the restart.
+# After Redis comes back empty, requests still held by workers finish within the visibility timeout
+# (workers refuse settings that could hold one longer); whatever is neither stored nor queued
+# after that long, and at least this long, was lost with the restart.
 LOST_GRACE_S = 10.0
 
 
 class _Collector:
     def __init__(
         self,
-        client: redis.Redis,
+        broker: redis.Redis,
+        results: redis.Redis,
         ids: list[str],
         epochs: list[str | None],
         on_result: Callable[[int], None] | None,
+        grace_s: float,
     ) -> None:
-        self.client = client
+        self.client = broker
+        self.results = results
+        self.grace_s = grace_s
         self.on_result = on_result
         self.epochs = {keys.result_key(i): e for i, e in zip(ids, epochs, strict=True) if e}
         self.restart_seen_at: float | None = None
@@ -319,28 +339,29 @@ class _Collector:
         for i, k in enumerate(self.keys):
             self.index.setdefault(k, []).append(i)
         self.values: dict[int, Any] = {}
+        self.waiting: set[str] = set(self.index)
 
     def pending(self) -> list[str]:
-        return [k for k, idx in self.index.items() if idx[0] not in self.values]
+        return list(self.waiting)
 
     def run(self, timeout: float | None, poll_s: float) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
-        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        pubsub = self.results.pubsub(ignore_subscribe_messages=True)
         try:
             for i in range(0, len(self.keys), 1000):
                 pubsub.subscribe(*self.keys[i : i + 1000])
             self._sweep()
-            while self.pending():
+            while self.waiting:
                 self._listen(pubsub, deadline, poll_s)
         finally:
             pubsub.close()
 
     def _listen(self, pubsub: Any, deadline: float | None, poll_s: float) -> None:
         until = time.monotonic() + poll_s
-        while self.pending() and time.monotonic() < until:
+        while self.waiting and time.monotonic() < until:
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(
-                    f"gather: {len(self.pending())} of {len(self.keys)} results still pending"
+                    f"gather: {len(self.waiting)} of {len(self.keys)} results still pending"
                 )
             try:
                 msg = pubsub.get_message(timeout=min(0.2, poll_s))
@@ -371,7 +392,7 @@ class _Collector:
         now = time.monotonic()
         if self.restart_seen_at is None:
             self.restart_seen_at = now
-        if now - self.restart_seen_at < LOST_GRACE_S:
+        if now - self.restart_seen_at < self.grace_s:
             return
         held = self._queued_blob()
         for key in self.pending():
@@ -400,7 +421,7 @@ class _Collector:
         for i in range(0, len(pending), 1000):
             chunk = pending[i : i + 1000]
             try:
-                values = self.client.mget(chunk)
+                values = self.results.mget(chunk)
             except (redis.ConnectionError, redis.TimeoutError, OSError):
                 return
             for key, raw in zip(chunk, values, strict=True):
@@ -420,6 +441,7 @@ class _Collector:
         self._set(key, value)
 
     def _set(self, key: str, value: Any) -> None:
+        self.waiting.discard(key)
         for i in self.index[key]:
             if i not in self.values and self.on_result is not None:
                 self.on_result(i)

@@ -100,7 +100,7 @@ def _send(
 
 
 def _poll(sent: dict[str, float], lock: threading.Lock, count: int, timeout: float) -> list[float]:
-    client = runtime().client
+    client = runtime().results
     done: set[str] = set()
     latency: list[float] = []
     deadline = time.perf_counter() + timeout

@@ -51,6 +51,11 @@ def result_key(task_id: str) -> str:
     return f"{RESULT_PREFIX}{task_id}"
 
 
+def push_reply_key(call_id: str) -> str:
+    """Where a producer's push call leaves its reply for a retry of the same call to find."""
+    return f"inferq:push:{call_id}"
+
+
 def model_spec_key(model: str) -> str:
     return f"{MODEL_SPEC_PREFIX}{model}"
 

@@ -29,17 +29,19 @@ class LuaScript:
 
 
 def execute_with_scripts(pipe: Any, client: redis.Redis, scripts: Sequence[LuaScript]) -> list[Any]:
-    """Execute ``pipe``; if the server lost its scripts, load them and run the same commands again.
-
-    A NOSCRIPT error means no call of that script ran, so running the whole pipe again runs nothing
-    twice as long as the pipe holds only script calls, or idempotent writes beside them.
-    """
+    """Execute ``pipe``; calls that failed because the server lost its scripts (a restarted Redis)
+    are run again, alone, once the scripts are loaded: a call that did run is never repeated."""
     commands = list(pipe.command_stack)
-    try:
-        return list(pipe.execute())
-    except NoScriptError:
+    replies = list(pipe.execute(raise_on_error=False))
+    missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+    if missing:
         for script in scripts:
             client.script_load(script.source)
         retry = client.pipeline(transaction=False)
-        retry.command_stack = commands
-        return list(retry.execute())
+        retry.command_stack = [commands[i] for i in missing]
+        for i, reply in zip(missing, retry.execute(raise_on_error=False), strict=True):
+            replies[i] = reply
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies

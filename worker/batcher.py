@@ -67,6 +67,12 @@ class MicroBatcher(Generic[T]):
             self._more_coming = more_coming
             self._cond.notify_all()
 
+    def put_front(self, items: Iterable[T]) -> None:
+        """Return items taken in a batch that could not run, ahead of everything else."""
+        with self._cond:
+            self._items.extendleft(reversed(list(items)))
+            self._cond.notify_all()
+
     def set_more_coming(self, more_coming: bool) -> None:
         with self._cond:
             self._more_coming = more_coming

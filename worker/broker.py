@@ -20,12 +20,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import orjson
 import redis
 
 from shared import keys
 from shared.lua import LuaScript, execute_with_scripts
 
 DEAD_LETTER = "inferq.deadletter"
+SCHEDULED = "inferq:scheduled"  # messages whose eta is further than ETA_HORIZON_S away
 DEAD_LETTER_MAX = 10_000
 
 # KEYS: the queue's lists (highest priority first), unacked hash, unacked index, dead-letter list.
@@ -58,9 +60,9 @@ for i = 1, nq do
         rk = type(info.routing_key) == 'string' and info.routing_key or nil
       end
       if type(tag) == 'string' and tag ~= '' then
-        ex = ex or ''
-        rk = rk or ARGV[3]
-        redis.call('HSET', unacked, tag, '[' .. raw .. ',"' .. ex .. '","' .. rk .. '"]')
+        ex = cjson.encode(ex or '')
+        rk = cjson.encode(rk or ARGV[3])
+        redis.call('HSET', unacked, tag, '[' .. raw .. ',' .. ex .. ',' .. rk .. ']')
         redis.call('ZADD', index, now, tag)
         out[#out + 1] = tag
         out[#out + 1] = raw
@@ -75,16 +77,16 @@ return out
 """
 )
 
-# Put one unacked message back on its list, unless someone acked or restored it first.
-# KEYS: unacked, unacked index, target list. ARGV: tag, message.
+# Put one unacked message back on its list, unless someone acked or restored it first, or it was
+# restored and fetched again in between (then the entry is a new delivery's and stays).
+# KEYS: unacked, unacked index, target list. ARGV: tag, message, the entry as it was read.
 RESTORE = LuaScript(
     """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[3] then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[1])
-if redis.call('HDEL', KEYS[1], ARGV[1]) == 1 then
-  redis.call('RPUSH', KEYS[3], ARGV[2])
-  return 1
-end
-return 0
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('RPUSH', KEYS[3], ARGV[2])
+return 1
 """
 )
 
@@ -110,6 +112,35 @@ return n
 )
 _STORE_CHUNK = 2000  # Lua's unpack() takes a few thousand values at most
 
+# Park a fetched message until its eta: out of the unacked bookkeeping (so no visibility timeout
+# redelivers it while it waits) and into a sorted set scored by eta, in one atomic step.
+# KEYS: unacked, unacked index, scheduled. ARGV: tag, eta, member ([list key, message] as JSON).
+SCHEDULE = LuaScript(
+    """
+redis.call('ZREM', KEYS[2], ARGV[1])
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 1 then
+  redis.call('ZADD', KEYS[3], ARGV[2], ARGV[3])
+  return 1
+end
+return 0
+"""
+)
+
+# Move scheduled messages that are due back onto their lists. KEYS: scheduled. ARGV: now, limit.
+PROMOTE = LuaScript(
+    """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, member in ipairs(due) do
+  local ok, entry = pcall(cjson.decode, member)
+  if ok and type(entry) == 'table' and type(entry[1]) == 'string' and type(entry[2]) == 'string' then
+    redis.call('RPUSH', entry[1], entry[2])
+  end
+  redis.call('ZREM', KEYS[1], member)
+end
+return #due
+"""
+)
+
 
 @dataclass(frozen=True)
 class Fetched:
@@ -127,15 +158,25 @@ class Write:
 
 
 class Broker:
-    def __init__(self, client: redis.Redis, result_client: redis.Redis, result_ttl_s: int) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        result_client: redis.Redis,
+        result_ttl_s: int,
+        fetch_client: redis.Redis | None = None,
+    ) -> None:
         self.client = client
         self.results = result_client
+        # FETCH is not safe to send twice: a repeat after a lost reply would take more messages
+        # while the first ones wait unseen in unacked. Its client does not retry; the fetch loop
+        # does, and what a lost reply took comes back after the visibility timeout.
+        self.fetch_client = fetch_client or client
         self.result_ttl_s = result_ttl_s
         self._same = result_client is client
 
     def fetch(self, queue: str, count: int) -> list[Fetched]:
         keys_ = [*keys.queue_keys(queue), keys.UNACKED, keys.UNACKED_INDEX, DEAD_LETTER]
-        flat = FETCH(self.client, keys_, [count, repr(time.time()), queue, DEAD_LETTER_MAX])
+        flat = FETCH(self.fetch_client, keys_, [count, repr(time.time()), queue, DEAD_LETTER_MAX])
         return [Fetched(_text(flat[i]), bytes(flat[i + 1])) for i in range(0, len(flat), 2)]
 
     def wait(self, queue: str, timeout_s: float) -> bool:
@@ -168,6 +209,19 @@ class Broker:
         STORE_AND_ACK(self.results, unacked, [self.result_ttl_s, len(results) // 2, *results])
         STORE_AND_ACK(self.client, unacked, [self.result_ttl_s, 0, *tags])
 
+    def schedule(self, tag: str, eta: float, queue: str, priority: int, raw: bytes) -> bool:
+        """Park a message until ``eta`` (seconds since the epoch); False if no longer held."""
+        member = orjson.dumps([keys.priority_queue_key(queue, priority), raw.decode()])
+        return bool(
+            SCHEDULE(
+                self.client, [keys.UNACKED, keys.UNACKED_INDEX, SCHEDULED], [tag, repr(eta), member]
+            )
+        )
+
+    def promote_due(self, limit: int = 1000) -> int:
+        """Put scheduled messages whose eta has come back on their queues."""
+        return int(PROMOTE(self.client, [SCHEDULED], [repr(time.time()), limit]))
+
     def restore(self, tags: Sequence[str]) -> int:
         """Put these unacked messages back on their queues now (warm shutdown, device failure)."""
         if not tags:
@@ -193,17 +247,29 @@ class Broker:
     def _restore_pairs(self, pairs: Sequence[tuple[str, bytes]]) -> int:
         pipe = self.client.pipeline(transaction=False)
         for tag, payload in pairs:
-            target, message = self._restore_target(payload)
-            RESTORE.queue(pipe, [keys.UNACKED, keys.UNACKED_INDEX, target], [tag, message])
-        return sum(int(r) for r in execute_with_scripts(pipe, self.client, [RESTORE]))
+            try:
+                target, message = self._restore_target(payload)
+            except (ValueError, TypeError, KeyError, AttributeError):
+                # not kombu's [message, exchange, routing_key]: set aside, never retried forever
+                pipe.lpush(DEAD_LETTER, payload)
+                pipe.hdel(keys.UNACKED, tag)
+                pipe.zrem(keys.UNACKED_INDEX, tag)
+                continue
+            RESTORE.queue(pipe, [keys.UNACKED, keys.UNACKED_INDEX, target], [tag, message, payload])
+        replies = execute_with_scripts(pipe, self.client, [RESTORE])
+        return sum(int(r) for r in replies if isinstance(r, int)) if pairs else 0
 
     def _restore_target(self, payload: bytes) -> tuple[str, str]:
         """The list a stored ``[message, exchange, routing_key]`` goes back to, and the message
         marked redelivered (as kombu marks it)."""
         message, exchange, routing_key = json.loads(payload)
-        message.setdefault("headers", {})["redelivered"] = True
+        headers = message.get("headers")
+        if isinstance(headers, dict):
+            headers["redelivered"] = True
         props = message.setdefault("properties", {})
-        props.setdefault("delivery_info", {})["redelivered"] = True
+        info = props.get("delivery_info")
+        if isinstance(info, dict):
+            info["redelivered"] = True
         queue = self._lookup(exchange, routing_key)
         priority = min(9, max(0, int(props.get("priority") or 0)))
         return keys.priority_queue_key(queue, priority), json.dumps(message, separators=(",", ":"))
@@ -213,9 +279,9 @@ class Broker:
         if not exchange:
             return routing_key
         for member in self.client.smembers(f"_kombu.binding.{exchange}"):
-            rk, _, queue = _text(member).split(keys.PRIORITY_SEP)
-            if rk == routing_key:
-                return queue
+            parts = _text(member).split(keys.PRIORITY_SEP)  # routing key, pattern, queue
+            if len(parts) == 3 and parts[0] == routing_key:
+                return parts[2]
         return routing_key
 
 

@@ -125,7 +125,12 @@ class Runner:
         now = self._wall()
         expired = {id(r): Outcome(r, error=_expired(r, now)) for r in batch if _late(r, now)}
         live = [r for r in batch if id(r) not in expired]
-        staged = self.collator.stage([r.array for r in live]) if live else None
+        try:
+            staged = self.collator.stage([r.array for r in live]) if live else None
+        except Exception as exc:
+            if is_fatal_device_error(exc):
+                raise DeviceFailure(str(exc)) from exc
+            raise
         collate_ms = (self._clock() - closed_at) * 1e3
         return PreparedBatch(list(batch), live, expired, staged, closed_at, collate_ms)
 
@@ -208,7 +213,9 @@ class Runner:
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode(), self._autocast_ctx():
-            z = x.float().mul_(self._a).add_(self._b)
+            # A new tensor even when x is already float32: the staged input must stay as it came,
+            # because a batch that fails is bisected and its halves run again from it.
+            z = torch.addcmul(self._b, x.to(torch.float32), self._a)
             if self.config.precision.channels_last:
                 z = z.contiguous(memory_format=torch.channels_last)
             out = self.handler.predict(z)

@@ -27,7 +27,7 @@ import redis
 import torch
 
 from shared import keys
-from shared.errors import ConfigError
+from shared.errors import ConfigError, ModelError
 from shared.logs import get_logger
 from shared.redisconn import CONNECTION_ERRORS, make_client
 from shared.results import failure_meta, success_meta
@@ -39,12 +39,13 @@ from worker.handlers import ModelHandler, load_handler
 from worker.hooks import Hooks
 from worker.messages import InferenceRequest, Rejection, decode_message
 from worker.repository import ModelRepository, ModelVersion
-from worker.runner import DeviceFailure, Outcome, PreparedBatch, Runner, unrecoverable
+from worker.runner import DeviceFailure, Outcome, PreparedBatch, Runner, is_oom, unrecoverable
 
 log = get_logger(__name__)
 
 EXIT_DEVICE_FAILURE = 75  # the supervisor restarts a worker that exits with this code
 _FETCH_MAX = 256  # messages per fetch round trip at most
+ETA_HORIZON_S = 1.0  # messages due later than this are parked in Redis, not held here
 
 
 class InHand:
@@ -122,7 +123,13 @@ def _meta(o: Outcome) -> bytes:
     if o.error is not None:
         return failure_meta(o.request.task_id, o.error)
     assert o.value is not None
-    return success_meta(o.request.task_id, o.value)
+    try:
+        return success_meta(o.request.task_id, o.value)
+    except (TypeError, ValueError) as exc:  # an output JSON cannot carry still ends the request
+        error = ModelError(
+            f"model output must be JSON-serialisable, got {type(exc).__name__}: {exc}"
+        )
+        return failure_meta(o.request.task_id, error)
 
 
 HandlerLoader = Callable[[ModelVersion, torch.device], ModelHandler]
@@ -152,6 +159,7 @@ class InferenceService:
         self.served: list[Served] = []
         self._stopping = threading.Event()
         self._fatal = threading.Event()
+        self._fatal_lock = threading.Lock()
         self._device_lock = threading.Lock()
         self._writes: Queue[WriteJob | None] = Queue()
         self._threads: list[threading.Thread] = []
@@ -163,7 +171,9 @@ class InferenceService:
             if settings.result_backend == settings.broker_url
             else make_client(settings.result_backend)
         )
-        self.broker = Broker(self.client, results, settings.result_ttl_s)
+        self.broker = Broker(
+            self.client, results, settings.result_ttl_s, make_client(settings.broker_url, retries=0)
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -298,6 +308,9 @@ class InferenceService:
             d = decode_message(f.tag, f.raw, s.spec, max_bytes=self.settings.max_payload_bytes)
             if isinstance(d, Rejection):
                 rejections.append(d)
+            elif d.eta is not None and d.eta > wall + ETA_HORIZON_S:
+                self.broker.schedule(d.tag, d.eta, s.queue, d.priority, f.raw)
+                s.in_hand.done(1)
             elif d.eta is not None and d.eta > wall:
                 s.delayed.append(d)
             else:
@@ -310,7 +323,7 @@ class InferenceService:
         now = time.time()
         due = [r for r in s.delayed if r.eta is not None and r.eta <= now]
         if due:
-            s.delayed = [r for r in s.delayed if r not in due]
+            s.delayed = [r for r in s.delayed if r.eta is not None and r.eta > now]
             for r in due:
                 r.received_at = time.monotonic()
             s.batcher.put(due, more_coming=True)
@@ -325,20 +338,33 @@ class InferenceService:
                 if self._stopping.is_set() and len(s.batcher) == 0:
                     break
                 continue
-            try:
-                prepared = s.runner.prepare(batch)
-            except DeviceFailure as exc:
-                self._device_failed(s, batch, exc)
-                return
-            except Exception as exc:  # a staging bug must still answer every request
-                log.exception("could not stage a batch", model=s.model.name)
-                self._writes.put(WriteJob(s, unrecoverable(batch, exc), ()))
-                continue
-            s.ready.put(prepared)
+            prepared = self._prepare(s, batch)
+            if prepared is not None:
+                s.ready.put(prepared)
         s.ready.put(None)
 
+    def _prepare(self, s: Served, batch: list[InferenceRequest]) -> PreparedBatch | None:
+        try:
+            return s.runner.prepare(batch)
+        except DeviceFailure as exc:
+            self._device_failed(s, batch, exc)
+        except Exception as exc:
+            if (
+                is_oom(exc) and len(batch) > 1
+            ):  # no room to stage it: smaller batches, same requests
+                s.runner.cap.shrink(len(batch))
+                s.batcher.put_front(batch)
+                self.hooks.emit("on_batch_cap", s.model.name, s.runner.cap.value)
+            else:  # a staging failure must still answer every request
+                log.exception("could not stage a batch", model=s.model.name)
+                self._writes.put(WriteJob(s, unrecoverable(batch, exc), ()))
+        return None
+
     def _run_loop(self, s: Served) -> None:
-        while (prepared := s.ready.get()) is not None and not self._fatal.is_set():
+        while (prepared := s.ready.get()) is not None:
+            if self._fatal.is_set():  # the device is gone: hand the staged batch back untouched
+                self._give_back(s, prepared.requests)
+                continue
             self._run_batch(s, prepared)
 
     def _run_batch(self, s: Served, prepared: PreparedBatch) -> None:
@@ -362,22 +388,32 @@ class InferenceService:
 
     def _device_failed(self, s: Served, batch: list[InferenceRequest], exc: BaseException) -> None:
         """Fail only this batch, hand every other held message back, flush, and exit for a restart."""
+        with self._fatal_lock:
+            first = not self._fatal.is_set()
+            self._fatal.set()
+            self._stopping.set()
+        if not first:  # another thread is already restarting the worker; this batch comes back
+            self._give_back(s, batch)
+            return
         log.error(
             "unrecoverable device error; restarting worker", model=s.model.name, error=str(exc)
         )
-        self._fatal.set()
-        self._stopping.set()
-        self._writes.put(WriteJob(s, unrecoverable(batch, exc), ()))
-        for other in self.served:
-            other.batcher.close()
-            staged = other.ready.get_nowait() if other.ready.full() else None
-            unstarted = staged.requests if staged is not None else []
-            self._give_back(other, other.batcher.drain() + other.delayed + unstarted)
-        self._writes.put(None)
-        for t in self._threads:
-            if t.name == "inferq-writer":
-                t.join(30)
-        self._on_fatal(EXIT_DEVICE_FAILURE)
+        try:
+            self._writes.put(WriteJob(s, unrecoverable(batch, exc), ()))
+            for other in self.served:
+                other.batcher.close()
+                try:
+                    staged = other.ready.get_nowait()
+                except Empty:
+                    staged = None
+                unstarted = staged.requests if staged is not None else []
+                self._give_back(other, other.batcher.drain() + other.delayed + unstarted)
+            self._writes.put(None)
+            for t in self._threads:
+                if t.name == "inferq-writer":
+                    t.join(30)
+        finally:
+            self._on_fatal(EXIT_DEVICE_FAILURE)
 
     # -- write -------------------------------------------------------------------------------
 
@@ -406,11 +442,12 @@ class InferenceService:
             try:
                 self.broker.store_and_ack(writes)
                 break
-            except CONNECTION_ERRORS as exc:
-                # Results stay here until Redis is back; if this process dies first the messages
-                # are redelivered after the visibility timeout, so nothing is lost either way.
+            except (redis.RedisError, OSError) as exc:
+                # Unreachable, out of memory, loading: results stay here until Redis takes them;
+                # if this process dies first the messages are redelivered after the visibility
+                # timeout, so nothing is lost either way.
                 log.warning(
-                    "redis unavailable while storing results; retrying",
+                    "redis refused or unreachable while storing results; retrying",
                     error=str(exc),
                     pending=len(writes),
                 )
@@ -443,25 +480,32 @@ class InferenceService:
     # -- housekeeping ------------------------------------------------------------------------
 
     def _housekeeping_loop(self) -> None:
-        next_beat = next_sweep = 0.0
-        tick = min(1.0, self.settings.restore_interval_s)
-        while not self._stopping.wait(tick):
-            now = time.monotonic()
+        """Every quarter second: scheduled messages that came due. Every second: device and
+        queue gauges, specs when Redis lost them. On their own periods: heartbeat, redelivery."""
+        due = {"beat": 0.0, "sweep": 0.0, "gauges": 0.0}
+        while not self._stopping.wait(0.25):
             try:
-                self._measure_device()
-                missing = self._measure_depths()
-                if now >= next_beat or missing:  # a restarted Redis has lost our specs
-                    self._publish_specs()
-                    next_beat = now + self.settings.heartbeat_s
-                if now >= next_sweep:
-                    restored = self.broker.restore_expired(self.settings.visibility_timeout_s)
-                    if restored:
-                        log.warning(
-                            "redelivered messages past the visibility timeout", count=restored
-                        )
-                    next_sweep = now + self.settings.restore_interval_s
+                self._housekeep(due, time.monotonic())
             except CONNECTION_ERRORS as exc:
                 log.warning("redis unavailable for housekeeping", error=str(exc))
+            except Exception:  # housekeeping must outlive any one bad reply or entry
+                log.exception("housekeeping step failed; continuing")
+
+    def _housekeep(self, due: dict[str, float], now: float) -> None:
+        self.broker.promote_due()
+        if now >= due["gauges"]:
+            self._measure_device()
+            if self._measure_depths():  # a restarted Redis has lost our specs
+                due["beat"] = 0.0
+            due["gauges"] = now + 1.0
+        if now >= due["beat"]:
+            self._publish_specs()
+            due["beat"] = now + self.settings.heartbeat_s
+        if now >= due["sweep"]:
+            restored = self.broker.restore_expired(self.settings.visibility_timeout_s)
+            if restored:
+                log.warning("redelivered messages past the visibility timeout", count=restored)
+            due["sweep"] = now + self.settings.restore_interval_s
 
     def _publish_specs(self) -> None:
         ttl = max(3 * self.settings.heartbeat_s, 30.0)

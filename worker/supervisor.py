@@ -75,7 +75,11 @@ class Supervisor:
         signal.signal(signal.SIGINT, self._forward)
         restarts = 0
         while True:
+            if self.stopping:  # told to stop during the backoff: start nothing new
+                return 0
             self.child = subprocess.Popen(self.argv)
+            if self.stopping:  # the signal came while the child was starting: pass it on
+                self.child.send_signal(signal.SIGTERM)
             code = self.child.wait()
             if self.stopping or not self._should_restart(code):
                 return code

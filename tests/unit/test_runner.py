@@ -633,3 +633,27 @@ def test_load_handler_refuses_a_missing_digest(tmp_path: Path) -> None:
     version.path.with_name("model.pt.sha256").unlink()
     with pytest.raises(IntegrityError, match=r"must have its sha256 recorded in model\.pt\.sha256"):
         load_handler(version, CPU)
+
+
+def test_float32_inputs_are_normalised_once_even_when_a_batch_is_bisected() -> None:
+    """The staged float input must not be changed in place: bisected halves run from it again."""
+
+    class RaisesOnMarker(ChannelMeans):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.calls.append(x.shape[0])
+            if (x[:, 0, 0, 0] > 100).any():  # the marked row, after normalisation
+                raise ValueError("marked row")
+            return x.mean(dim=(2, 3))
+
+    config = _config(dtype="float32", scale=1.0)
+    rng = np.random.default_rng(3)
+    arrays = [rng.random(SHAPE, dtype=np.float32) for _ in range(4)]
+    arrays[2] = arrays[2].copy()
+    arrays[2][0, 0, 0] = 1000.0
+    outcomes = _runner(RaisesOnMarker(), config).run([_request(a) for a in arrays])
+    assert isinstance(outcomes[2].error, ModelError)
+    mean = np.array(MEAN)[:, None, None]
+    std = np.array(STD)[:, None, None]
+    for i in (0, 1, 3):
+        expected = ((arrays[i].astype(np.float64) - mean) / std).mean(axis=(1, 2))
+        np.testing.assert_allclose(outcomes[i].value["outputs"], expected, rtol=1e-5)  # type: ignore[index]
