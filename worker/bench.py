@@ -53,13 +53,21 @@ class BenchResult:
     config: dict[str, Any]
     machine: dict[str, Any]
     raw: dict[int, float] = field(default_factory=dict)  # batch size -> images/s
+    raw_after: float = 0.0  # the bench batch size again, after (b)-(d): machine drift shows here
     raw_batch_ms: dict[int, float] = field(default_factory=dict)
     drain: dict[str, Any] = field(default_factory=dict)
     burst: dict[str, Any] = field(default_factory=dict)
     steady: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def limit(self) -> float:
+        """The reference for every ratio: raw throughput at the bench batch size, measured before
+        and after the queue runs, averaged, so that drift of a shared machine hits both sides."""
+        before = self.raw[self.config["batch_size"]]
+        return (before + self.raw_after) / 2 if self.raw_after else before
+
     def ratios(self) -> dict[str, float]:
-        limit = self.raw[self.config["batch_size"]]
+        limit = self.limit
         return {
             "drain": self.drain["throughput"] / limit,
             "end_to_end": self.burst["throughput"] / limit,
@@ -218,6 +226,9 @@ def run_bench(cfg: BenchConfig, echo: Any = print) -> BenchResult:
             worker.terminate()
         redis.stop()
         set_settings(previous)
+    echo("(a) raw again, to average out drift ...")
+    again, _ = raw_throughput(repo, cfg.model, cfg.device, [cfg.batch_size], cfg.raw_seconds * 2)
+    result.raw_after = again[cfg.batch_size]
     write_outputs(result, cfg, repo)
     echo(render(result, cfg, repo))
     return result
@@ -233,14 +244,15 @@ def latency_bound_ms(result: BenchResult, cfg: BenchConfig, repo: Path) -> float
 
 def render(result: BenchResult, cfg: BenchConfig, repo: Path) -> str:
     r = result.ratios()
-    raw = result.raw[cfg.batch_size]
+    raw = result.limit
     lat = result.steady.get("latency_ms", {})
     bound = latency_bound_ms(result, cfg, repo)
     lines = [
         f"inferq bench: model {cfg.model}, batch size {cfg.batch_size}, device {cfg.device}, "
         f"{result.machine['cpu_count']} CPUs, torch {result.machine['torch']}",
         f"{'':34}{'images/s':>12}{'x raw':>9}",
-        f"{'(a) raw in-process, batch ' + str(cfg.batch_size):34}{raw:>12.0f}{1.0:>9.2f}",
+        f"{'(a) raw in-process, batch ' + str(cfg.batch_size):34}{raw:>12.0f}{1.0:>9.2f}"
+        f"   (before {result.raw[cfg.batch_size]:.0f}, after {result.raw_after:.0f})",
         f"{'(b) drain, ' + str(cfg.drain_count) + ' queued':34}{result.drain['throughput']:>12.0f}{r['drain']:>9.2f}",
         f"{'(c) end-to-end burst, ' + str(cfg.burst_count):34}{result.burst['throughput']:>12.0f}{r['end_to_end']:>9.2f}",
         f"(d) latency at {result.steady.get('rate', 0):.0f} req/s (50% of c): "

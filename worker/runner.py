@@ -215,7 +215,7 @@ class Runner:
         with torch.inference_mode(), self._autocast_ctx():
             # A new tensor even when x is already float32: the staged input must stay as it came,
             # because a batch that fails is bisected and its halves run again from it.
-            z = torch.addcmul(self._b, x.to(torch.float32), self._a)
+            z = x.to(torch.float32, copy=True).mul_(self._a).add_(self._b)
             if self.config.precision.channels_last:
                 z = z.contiguous(memory_format=torch.channels_last)
             out = self.handler.predict(z)
