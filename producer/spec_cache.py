@@ -47,7 +47,3 @@ class SpecCache:
         prefix = keys.MODEL_SPEC_PREFIX
         found = self._client.scan_iter(match=f"{prefix}*", count=1000)
         return sorted(k.decode()[len(prefix) :] for k in found)
-
-    def forget(self, model: str) -> None:
-        with self._lock:
-            self._entries.pop(model, None)

@@ -84,7 +84,3 @@ def value_from_meta(raw: bytes | str) -> dict[str, Any]:
     if meta.get("status") == "SUCCESS":
         return dict(meta["result"])
     raise error_from_meta(meta.get("result"))
-
-
-def is_final(raw: bytes | str) -> bool:
-    return json.loads(raw).get("status") in ("SUCCESS", "FAILURE", "REVOKED")

@@ -297,10 +297,6 @@ class PreparedBatch:
     closed_at: float
     collate_ms: float
 
-    @property
-    def tags(self) -> list[str]:
-        return [r.tag for r in self.requests]
-
 
 def _late(r: InferenceRequest, now: float) -> bool:
     return r.deadline is not None and r.deadline <= now

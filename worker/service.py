@@ -74,16 +74,6 @@ class InHand:
             if self.count >= self.limit:
                 self._cond.wait(timeout)
 
-    def wait_empty(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while self.count > 0:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(left)
-            return True
-
 
 @dataclass
 class Served:

@@ -19,7 +19,6 @@ from shared.results import (
     Timing,
     error_from_meta,
     failure_meta,
-    is_final,
     success_meta,
     value_from_meta,
 )
@@ -176,20 +175,6 @@ def test_shared_errors_do_not_resolve_to_non_error_names() -> None:
         {"exc_type": "annotations", "exc_message": ["x"], "exc_module": "shared.errors"}
     )
     assert type(err) is InferqError
-
-
-@pytest.mark.parametrize(
-    ("status", "final"),
-    [
-        ("SUCCESS", True),
-        ("FAILURE", True),
-        ("REVOKED", True),
-        ("PENDING", False),
-        ("STARTED", False),
-    ],
-)
-def test_is_final(status: str, final: bool) -> None:
-    assert is_final(json.dumps({"status": status, "result": None})) is final
 
 
 # -- Celery reads our metas --------------------------------------------------------------------
