@@ -171,7 +171,7 @@ class InferenceService:
         # The stages hand work to each other through the GIL; with the default 5 ms switch
         # interval a runner coming back from the device can wait that long for a decoding
         # fetcher. A shorter interval keeps the device fed.
-        sys.setswitchinterval(float(os.environ.get("INFERQ_SWITCH_INTERVAL_S", "0.0005")))
+        sys.setswitchinterval(self.settings.switch_interval_s)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)  # CUDA is first touched here, after the fork
         repo = ModelRepository(self.settings.model_repository)
