@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import redis
 from celery import Celery, Task
 from celery.result import AsyncResult
@@ -96,7 +97,7 @@ class Runtime:
     def tensor_header(self, shape: tuple[int, ...], dtype: str) -> bytes:
         key = (shape, dtype)
         if key not in self.headers:
-            self.headers[key] = codec.header_for(codec.np.dtype(dtype), shape)
+            self.headers[key] = codec.header_for(np.dtype(dtype), shape)
         return self.headers[key]
 
 

@@ -150,10 +150,9 @@ def _drain(
     cfg: BenchConfig, redis_url: str, env: dict[str, str], log: Path
 ) -> tuple[dict[str, Any], WorkerProcess]:
     from producer.client import reset_runtime, submit_many
-    from worker.repository import ModelRepository as Repo
 
     client = make_client(redis_url)
-    mv = Repo(Path(env["INFERQ_MODEL_REPOSITORY"])).resolve(cfg.model)
+    mv = ModelRepository(Path(env["INFERQ_MODEL_REPOSITORY"])).resolve(cfg.model)
     client.set(keys.model_spec_key(cfg.model), mv.config.input_spec(mv.version).to_json())
     reset_runtime()
     rng = np.random.default_rng(1)
