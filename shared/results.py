@@ -37,30 +37,31 @@ class Timing(TypedDict):
     device: str
 
 
-def _now_iso() -> str:
+def now_iso() -> str:
+    """Celery's ``date_done`` form; a writer computes it once per batch of metas."""
     return datetime.now(UTC).isoformat()
 
 
-def success_meta(task_id: str, result: dict[str, Any]) -> bytes:
-    return _meta(task_id, "SUCCESS", result)
+def success_meta(task_id: str, result: dict[str, Any], date_done: str | None = None) -> bytes:
+    return _meta(task_id, "SUCCESS", result, date_done)
 
 
-def failure_meta(task_id: str, error: InferqError) -> bytes:
+def failure_meta(task_id: str, error: InferqError, date_done: str | None = None) -> bytes:
     encoded = {
         "exc_type": type(error).__name__,
         "exc_message": [error.message],
         "exc_module": type(error).__module__,
     }
-    return _meta(task_id, "FAILURE", encoded)
+    return _meta(task_id, "FAILURE", encoded, date_done)
 
 
-def _meta(task_id: str, status: str, result: Any) -> bytes:
+def _meta(task_id: str, status: str, result: Any, date_done: str | None) -> bytes:
     meta = {
         "status": status,
         "result": result,
         "traceback": None,
         "children": [],
-        "date_done": _now_iso(),
+        "date_done": date_done or now_iso(),
         "task_id": task_id,
     }
     return orjson.dumps(meta)

@@ -98,6 +98,12 @@ class Settings:
     #: The worker process's GIL switch interval (Python's default is 0.005 s): shorter keeps the
     #: device fed when a stage returning from it waits for a thread decoding messages.
     switch_interval_s: float = 0.0005
+    #: glibc malloc: allocations at least this large (MiB) are mmap'ed; 0 keeps glibc's default
+    #: (128 KiB, moving). With the default, every forward pass maps, faults in and unmaps its
+    #: activation buffers; raising it keeps them on the heap (see the README's Performance notes).
+    malloc_mmap_threshold_mb: int = 64
+    #: torch intra-op threads in a worker; 0 keeps torch's default (one per core).
+    torch_threads: int = 0
     #: Models a worker serves when none are given on the command line (comma-separated).
     models: str = ""
     #: The worker's device: ``cpu`` or ``cuda:N``.
@@ -141,6 +147,15 @@ class Settings:
             )
         if self.prefetch_batches < 1:
             raise ConfigError(f"INFERQ_PREFETCH_BATCHES must be >= 1, got {self.prefetch_batches}")
+        if not 0 <= self.malloc_mmap_threshold_mb <= 1024:
+            raise ConfigError(
+                "INFERQ_MALLOC_MMAP_THRESHOLD_MB must be 0..1024 (0 keeps glibc's default), "
+                f"got {self.malloc_mmap_threshold_mb}"
+            )
+        if self.torch_threads < 0:
+            raise ConfigError(
+                f"INFERQ_TORCH_THREADS must be >= 0 (0: torch's default), got {self.torch_threads}"
+            )
         if self.max_payload_bytes < 1024:
             raise ConfigError(
                 f"INFERQ_MAX_PAYLOAD_BYTES must be >= 1024, got {self.max_payload_bytes}"

@@ -32,6 +32,7 @@ from shared.settings import Settings, get_settings, set_settings
 from worker.localredis import LocalRedis
 from worker.procs import WorkerProcess, start_worker
 from worker.repository import ModelRepository, record_sha256
+from worker.tuning import tune_allocator, tune_threads
 
 
 @dataclass
@@ -188,6 +189,10 @@ def run_bench(cfg: BenchConfig, echo: Any = print) -> BenchResult:
     )
     tmp = Path(tempfile.mkdtemp(prefix="inferq-bench-"))
     repo = bench_repo(cfg, tmp / "repo")
+    # The model's raw speed is measured as the worker runs it: same allocator, same threads.
+    settings = get_settings()
+    tune_allocator(settings.malloc_mmap_threshold_mb)
+    tune_threads(settings.torch_threads)
     sizes = sorted({1, *[2**i for i in range(1, 12) if 2**i < cfg.batch_size], cfg.batch_size})
     echo(f"(a) raw in-process throughput at batch sizes {sizes} ...")
     result.raw, result.raw_batch_ms = raw_throughput(

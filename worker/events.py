@@ -1,15 +1,16 @@
 """Celery task events for the bulk path, so Flower and ``celery events`` show inferq's tasks.
 
 Celery's own consumer sends one event per state change per task, each a round trip. Here events
-are built off the request path, on their own thread, and published in one pipeline per batch, in
-exactly the form kombu's Redis fanout uses (``PUBLISH /<db>.celeryev/<routing key> <envelope>``).
-Like Celery's, events are best effort: if the queue to this thread is full, events are dropped
-(and counted), never the requests.
+are built off the request path, on their own thread, and a whole batch's events travel as one
+message: a list body on routing key ``task.multi``, the form Celery's own dispatcher uses for
+grouped events and that its ``EventReceiver`` (and so Flower) reads, in exactly the envelope
+kombu's Redis fanout uses (``PUBLISH /<db>.celeryev/task.multi <envelope>``). Like Celery's,
+events are best effort: if the queue to this thread is full, events are dropped (and counted),
+never the requests.
 """
 
 from __future__ import annotations
 
-import base64
 import itertools
 import os
 import queue
@@ -21,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import orjson
+import pybase64
 
 from shared import keys
 from shared.logs import get_logger
-from shared.lua import LuaScript
 from shared.redisconn import CONNECTION_ERRORS, make_client
 from worker.hooks import Hook
 
@@ -36,6 +37,9 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
+GROUP_ROUTING_KEY = "task.multi"  # celery.events.dispatcher: '%s.multi' % group
+_GROUP_MAX = 1024  # events per published message at most
+
 
 def fanout_topic(broker_url: str, routing_key: str) -> str:
     path = urlsplit(broker_url).path.strip("/")
@@ -44,9 +48,9 @@ def fanout_topic(broker_url: str, routing_key: str) -> str:
 
 
 class EnvelopeMaker:
-    """kombu's fanout envelope for an event; all but the body and tag are built once per type."""
+    """kombu's fanout envelope for an event body; all but the body and tag are built once."""
 
-    def __init__(self, hostname: str) -> None:
+    def __init__(self, hostname: str, routing_key: str = GROUP_ROUTING_KEY) -> None:
         self._head = orjson.dumps(
             {
                 "content-encoding": "utf-8",
@@ -54,38 +58,31 @@ class EnvelopeMaker:
                 "headers": {"hostname": hostname},
             }
         )[:-1]
-        self._tails = {
-            t: orjson.dumps(
-                {
-                    "delivery_mode": 1,
-                    "delivery_info": {"exchange": "celeryev", "routing_key": t.replace("-", ".")},
-                    "priority": 0,
-                    "body_encoding": "base64",
-                    "delivery_tag": "",
-                }
-            )[:-2]  # open at the delivery tag's value: ...,"delivery_tag":"
-            for t in EVENT_TYPES
-        }
+        self._tail = orjson.dumps(
+            {
+                "delivery_mode": 1,
+                "delivery_info": {"exchange": "celeryev", "routing_key": routing_key},
+                "priority": 0,
+                "body_encoding": "base64",
+                "delivery_tag": "",
+            }
+        )[:-2]  # open at the delivery tag's value: ...,"delivery_tag":"
         self._prefix = f"{uuid.uuid4()}-".encode()
         self._count = itertools.count()
 
-    def __call__(self, event: dict[str, Any]) -> bytes:
-        body = base64.b64encode(orjson.dumps(event))
+    def __call__(self, body: dict[str, Any] | list[dict[str, Any]]) -> bytes:
+        encoded = pybase64.b64encode(orjson.dumps(body))
         tag = b"%s%d" % (self._prefix, next(self._count))
-        tail = self._tails[event["type"]]
-        return b"".join((self._head, b',"body":"', body, b'","properties":', tail, tag, b'"}}'))
+        return b"".join(
+            (self._head, b',"body":"', encoded, b'","properties":', self._tail, tag, b'"}}')
+        )
 
 
-EVENT_TYPES = ("task-received", "task-succeeded", "task-failed")
-
-# KEYS: none. ARGV: topic1, payload1, topic2, payload2, ... One call publishes a whole batch's
-# events, so a request costs no per-command client work.
-PUBLISH_MANY = LuaScript(
-    """
-for i = 1, #ARGV, 2 do redis.call('PUBLISH', ARGV[i], ARGV[i + 1]) end
-return #ARGV / 2
-"""
-)
+def events_in(payload: bytes | str) -> list[dict[str, Any]]:
+    """The events one fanout message carries (a single event, or a grouped list), as
+    ``EventReceiver`` reads them."""
+    body = orjson.loads(pybase64.b64decode(orjson.loads(payload)["body"]))
+    return body if isinstance(body, list) else [body]
 
 
 class EventsHook(Hook):
@@ -93,7 +90,7 @@ class EventsHook(Hook):
     in a batch it would carry the same time as received, at the cost of a third message).
 
     The request path only hands each stored batch to this hook's thread; events are built and
-    published there, one script call per batch or more.
+    published there, one message per up to ``_GROUP_MAX`` events.
     """
 
     def __init__(self, app: Celery, hostname: str, max_pending: int = 10_000) -> None:
@@ -107,7 +104,7 @@ class EventsHook(Hook):
             maxsize=max_pending
         )
         self._broker_url = app.conf.broker_url
-        self._topics = {t: fanout_topic(self._broker_url, t.replace("-", ".")) for t in EVENT_TYPES}
+        self._topic = fanout_topic(self._broker_url, GROUP_ROUTING_KEY)
         if self.enabled:
             threading.Thread(target=self._loop, name="inferq-events", daemon=True).start()
 
@@ -128,54 +125,76 @@ class EventsHook(Hook):
     def events_for(
         self, outcomes: Sequence[Outcome], rejections: Sequence[Rejection]
     ) -> list[dict[str, Any]]:
+        """task-received and task-succeeded/failed per outcome, task-failed per rejection.
+
+        Built for a whole batch at once: the fields every event shares are computed once, and
+        the batch takes a run of Lamport clock values in one step.
+        """
+        answerable = [r for r in rejections if r.task_id]
+        clock = self.app.clock
+        with clock.mutex:
+            first = clock.value + 1
+            clock.value += 2 * len(outcomes) + len(answerable)
+        ticks = itertools.count(first)
+        now = time.time()
+        common = {"hostname": self.hostname, "utcoffset": -time.timezone // 3600, "pid": self.pid}
+        kwargs_repr: dict[str, str] = {}
         events: list[dict[str, Any]] = []
         for o in outcomes:
-            events += self._task_events(o)
-        for r in rejections:
-            if r.task_id:
-                events.append(
-                    self._event("task-failed", r.task_id, exception=repr(r.error), traceback=None)
-                )
+            r = o.request
+            model_repr = kwargs_repr.get(r.model)
+            if model_repr is None:
+                model_repr = kwargs_repr[r.model] = f"{{'model': {r.model!r}}}"
+            events.append(
+                {
+                    **common,
+                    "clock": next(ticks),
+                    "uuid": r.task_id,
+                    "name": keys.TASK_NAME,
+                    "args": "(<tensor>,)",
+                    "kwargs": model_repr,
+                    "retries": 0,
+                    "eta": None,
+                    "expires": r.deadline,
+                    "root_id": r.task_id,
+                    "parent_id": None,
+                    "timestamp": r.received_wall,
+                    "type": "task-received",
+                }
+            )
+            if o.error is not None:
+                done = {"exception": repr(o.error), "traceback": None, "type": "task-failed"}
+            else:
+                timing = (o.value or {}).get("timing", {})
+                runtime = (
+                    timing.get("collate_ms", 0)
+                    + timing.get("infer_ms", 0)
+                    + timing.get("post_ms", 0)
+                ) / 1e3
+                done = {"result": "<outputs>", "runtime": runtime, "type": "task-succeeded"}
+            events.append(
+                {**common, "clock": next(ticks), "uuid": r.task_id, "timestamp": now, **done}
+            )
+        for rej in answerable:
+            events.append(
+                {
+                    **common,
+                    "clock": next(ticks),
+                    "uuid": rej.task_id,
+                    "timestamp": now,
+                    "exception": repr(rej.error),
+                    "traceback": None,
+                    "type": "task-failed",
+                }
+            )
         return events
 
-    def _task_events(self, o: Outcome) -> list[dict[str, Any]]:
-        r = o.request
-        received = self._event(
-            "task-received",
-            r.task_id,
-            name=keys.TASK_NAME,
-            args="(<tensor>,)",
-            kwargs=f"{{'model': {r.model!r}}}",
-            retries=0,
-            eta=None,
-            expires=r.deadline,
-            root_id=r.task_id,
-            parent_id=None,
-            timestamp=r.received_wall,
-        )
-        if o.error is not None:
-            failed = self._event("task-failed", r.task_id, exception=repr(o.error), traceback=None)
-            return [received, failed]
-        timing = (o.value or {}).get("timing", {})
-        runtime = (
-            timing.get("collate_ms", 0) + timing.get("infer_ms", 0) + timing.get("post_ms", 0)
-        ) / 1e3
+    def messages_for(self, events: Sequence[dict[str, Any]]) -> list[bytes]:
+        """Fanout envelopes, each carrying up to ``_GROUP_MAX`` events as one list body."""
         return [
-            received,
-            self._event("task-succeeded", r.task_id, result="<outputs>", runtime=runtime),
+            self._envelope(list(events[i : i + _GROUP_MAX]))
+            for i in range(0, len(events), _GROUP_MAX)
         ]
-
-    def _event(self, type_: str, task_id: str, **fields: Any) -> dict[str, Any]:
-        fields.setdefault("timestamp", time.time())
-        return {
-            "hostname": self.hostname,
-            "utcoffset": -time.timezone // 3600,
-            "pid": self.pid,
-            "clock": self.app.clock.forward(),
-            "uuid": task_id,
-            **fields,
-            "type": type_,
-        }
 
     def on_stop(self) -> None:
         """Give the sender a moment to publish what the last batches produced."""
@@ -192,12 +211,9 @@ class EventsHook(Hook):
             events = [
                 e for outcomes, rejections in jobs for e in self.events_for(outcomes, rejections)
             ]
-            args: list[str | bytes] = []
-            for event in events:
-                args += (self._topics[event["type"]], self._envelope(event))
             try:
-                if args:
-                    PUBLISH_MANY(client, [], args)
+                for message in self.messages_for(events):
+                    client.publish(self._topic, message)
             except CONNECTION_ERRORS:
                 self.dropped += len(events)
             for _ in jobs:

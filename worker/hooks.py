@@ -10,6 +10,8 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from shared.logs import get_logger
 
 if TYPE_CHECKING:
@@ -89,8 +91,8 @@ class MetricsHook(Hook):
         outcomes: Sequence[Outcome],
         infer_s: float,
     ) -> None:
-        self._child(self.m.batch_size, model).observe(len(batch))
-        self._child(self.m.inference, model).observe(infer_s)
+        self.m.batch_size.observe((model,), len(batch))
+        self.m.inference.observe((model,), infer_s)
 
     def after_store(
         self,
@@ -100,16 +102,19 @@ class MetricsHook(Hook):
         store_s: float,
     ) -> None:
         counts: Counter[str] = Counter(r.error.reason for r in rejections)
-        latency = self._child(self.m.latency, model)
-        queue_wait = self._child(self.m.queue_wait, model)
+        latency: list[float] = []
+        queue_wait: list[float] = []
         for o in outcomes:
             if o.value is None:
                 counts[o.error.reason if o.error else "error"] += 1
                 continue
-            counts["success"] += 1
             timing = o.value["timing"]
-            latency.observe(timing["total_ms"] / 1e3)
-            queue_wait.observe(timing["queue_ms"] / 1e3)
+            latency.append(timing["total_ms"])
+            queue_wait.append(timing["queue_ms"])
+        if latency:
+            counts["success"] += len(latency)
+            self.m.latency.observe_many((model,), np.array(latency) / 1e3)
+            self.m.queue_wait.observe_many((model,), np.array(queue_wait) / 1e3)
         for outcome, n in counts.items():
             self._child(self.m.requests, model, outcome).inc(n)
 

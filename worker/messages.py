@@ -7,7 +7,6 @@ against the model's spec, finite values for float tensors, and the deadline.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 import time
@@ -18,6 +17,7 @@ from typing import Any
 import msgpack
 import numpy as np
 import orjson
+import pybase64
 
 from shared import codec, keys
 from shared.errors import InferqError, InvalidInput, ModelUnavailable
@@ -28,7 +28,7 @@ _MSGPACK = ("application/x-msgpack", "application/msgpack")
 _JSON = ("application/json",)
 
 
-@dataclass
+@dataclass(slots=True)
 class InferenceRequest:
     """One request between the broker and its result (mutable only in its timing marks)."""
 
@@ -103,29 +103,33 @@ def _decode(
 ) -> InferenceRequest:
     if headers.get("task") != keys.TASK_NAME:
         raise InvalidInput(f"task must be {keys.TASK_NAME!r}, got {headers.get('task')!r}")
-    args, kwargs = _load_body(envelope, max_bytes)
+    props = _table(envelope.get("properties"), "properties")
+    args, kwargs = _load_body(envelope, props, max_bytes)
     _check_target(kwargs, spec)
     array = _decode_tensor(args, kwargs, spec, max_bytes)
-    wall = time.time() if wall is None else wall
+    if wall is None:
+        wall = time.time()
     submitted = _float(kwargs.get("submitted_at"), wall)
-    deadline = _timestamp(headers.get("expires"))
+    expires = headers.get("expires")
+    deadline = None if expires is None else _timestamp(expires)
     if deadline is None and spec.default_deadline_ms > 0:
         deadline = submitted + spec.default_deadline_ms / 1000.0
-    props = _table(envelope.get("properties"), "properties")
+    eta = headers.get("eta")
     info = _table(props.get("delivery_info"), "properties.delivery_info")
+    redelivered = headers.get("redelivered") or info.get("redelivered")
     return InferenceRequest(
-        task_id=task_id,
-        tag=tag,
-        model=spec.model,
-        array=array,
-        submitted_at=submitted,
-        preprocess_ms=_float(kwargs.get("preprocess_ms"), 0.0),
-        received_at=time.monotonic() if now is None else now,
-        received_wall=wall,
-        deadline=deadline,
-        eta=_timestamp(headers.get("eta")),
-        priority=_priority(props.get("priority")),
-        redelivered=bool(headers.get("redelivered") or info.get("redelivered")),
+        task_id,
+        tag,
+        spec.model,
+        array,
+        submitted,
+        _float(kwargs.get("preprocess_ms"), 0.0),
+        time.monotonic() if now is None else now,
+        wall,
+        deadline,
+        None if eta is None else _timestamp(eta),
+        _priority(props.get("priority")),
+        bool(redelivered),
     )
 
 
@@ -153,7 +157,9 @@ def _task_id(headers: dict[str, Any], envelope: dict[str, Any]) -> str:
     return task_id
 
 
-def _load_body(envelope: dict[str, Any], max_bytes: int) -> tuple[list[Any], dict[str, Any]]:
+def _load_body(
+    envelope: dict[str, Any], props: dict[str, Any], max_bytes: int
+) -> tuple[list[Any], dict[str, Any]]:
     content_type = envelope.get("content-type")
     if content_type == _PICKLE:
         raise InvalidInput(
@@ -163,13 +169,13 @@ def _load_body(envelope: dict[str, Any], max_bytes: int) -> tuple[list[Any], dic
     body = envelope["body"]
     if not isinstance(body, (str, bytes)):
         raise InvalidInput(f"message body must be a string, got {type(body).__name__}")
-    if _table(envelope.get("properties"), "properties").get("body_encoding") == "base64":
+    if props.get("body_encoding") == "base64":
         if len(body) > max_bytes * 4 // 3 + 4096:
             raise InvalidInput(
                 f"message body must be at most ~{max_bytes} bytes, got {len(body) * 3 // 4}"
             )
         try:
-            body = binascii.a2b_base64(body, strict_mode=True)
+            body = pybase64.b64decode(body, validate=True)
         except (binascii.Error, ValueError, TypeError) as exc:
             raise InvalidInput(f"message body must be valid base64, got: {exc}") from None
     decoded = _deserialize(content_type, body)
@@ -215,7 +221,7 @@ def _decode_tensor(
     payload = args[0] if args else kwargs.get("tensor")
     if isinstance(payload, str):  # JSON clients send the codec bytes base64-encoded
         try:
-            payload = base64.b64decode(payload, validate=True)
+            payload = pybase64.b64decode(payload, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise InvalidInput(
                 f"tensor string must be base64 of the codec bytes, got: {exc}"
@@ -224,7 +230,8 @@ def _decode_tensor(
         raise InvalidInput(
             f"first argument must be the encoded tensor (bytes), got {type(payload).__name__}"
         )
-    payload = bytes(payload)
+    if type(payload) is not bytes:
+        payload = bytes(payload)
     header = codec.read_header(payload, max_bytes)
     if header.dtype != np.dtype(spec.dtype) or header.shape != spec.shape:
         raise InvalidInput(
@@ -238,6 +245,8 @@ def _decode_tensor(
 
 
 def _priority(value: Any) -> int:
+    if type(value) is int:
+        return 9 if value > 9 else 0 if value < 0 else value
     if value is None:
         return 0
     if not isinstance(value, int) or isinstance(value, bool):
@@ -246,6 +255,8 @@ def _priority(value: Any) -> int:
 
 
 def _float(value: Any, default: float) -> float:
+    if type(value) is float:
+        return value
     try:
         return float(value) if value is not None else default
     except (TypeError, ValueError):

@@ -27,7 +27,7 @@ _AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
 _TORCH_DTYPES = {"uint8": torch.uint8, "float16": torch.float16, "float32": torch.float32}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Outcome:
     """Exactly one per request: ``value`` (the result dict) or ``error``."""
 
@@ -143,8 +143,10 @@ class Runner:
         assert len(result) == len(prepared.requests)
         return result
 
-    def warmup(self, sizes: Sequence[int] | None = None, rounds: int = 2) -> dict[int, float]:
-        """Run zero batches of each size before serving; returns the slowest seconds per size."""
+    def warmup(self, sizes: Sequence[int] | None = None, rounds: int = 3) -> dict[int, float]:
+        """Run zero batches of each size before serving; returns each size's seconds in the last
+        round. The first rounds are slower by design (TorchScript profiles, then optimises;
+        allocators and kernels warm up): they say nothing about the time a batch takes."""
         sizes = sorted(
             set(sizes or (1, *self.config.batching.preferred_batch_sizes, self.cap.maximum))
         )
@@ -155,7 +157,7 @@ class Runner:
                 for _ in range(rounds):
                     start = time.perf_counter()
                     self._forward(x.to(self.device))
-                    seconds[size] = max(seconds.get(size, 0.0), time.perf_counter() - start)
+                    seconds[size] = time.perf_counter() - start
             except Exception as exc:
                 if not is_oom(exc) or size == 1:
                     raise
@@ -174,16 +176,13 @@ class Runner:
         computed = self._clock()
         values = [v for chunk in chunks for v in self._postprocess(chunk)]
         done = self._clock()
-        timing = _BatchTimes(
+        times = _BatchTimes(
             start - prepared.collate_ms / 1e3,  # waiting ends where this batch's work began
             prepared.collate_ms,
             (computed - start) * 1e3,
             (done - computed) * 1e3,
         )
-        live = prepared.live
-        return {
-            id(r): self._outcome(r, v, timing, len(live)) for r, v in zip(live, values, strict=True)
-        }
+        return self._outcomes(prepared.live, values, times)
 
     def _compute(self, x: torch.Tensor) -> list[torch.Tensor | InferqError]:
         """In row order: output chunks (CPU, one per forward that succeeded) and, for each row
@@ -251,31 +250,42 @@ class Runner:
             ]
         return self._names
 
-    def _outcome(self, r: InferenceRequest, value: Any, t: _BatchTimes, size: int) -> Outcome:
-        if isinstance(value, InferqError):
-            return Outcome(r, error=value)
+    def _outcomes(
+        self, live: Sequence[InferenceRequest], values: Sequence[Any], t: _BatchTimes
+    ) -> dict[int, Outcome]:
+        """One outcome per live request; what the batch shares is computed once."""
         ready = self._wall()
-        timing: Timing = (
-            dict(  # a plain dict call: building the TypedDict by name is slower per row
-                preprocess_ms=r.preprocess_ms,
-                queue_ms=max(0.0, (r.received_wall - r.submitted_at) * 1e3),
-                batch_wait_ms=max(0.0, (t.waited_until - r.received_at) * 1e3),
-                collate_ms=t.collate_ms,
-                infer_ms=t.infer_ms,
-                post_ms=t.post_ms,
-                total_ms=r.preprocess_ms + max(0.0, (ready - r.submitted_at) * 1e3),
-                batch_size=size,
-                worker=self.worker,
-                device=self._device_name,
-            )
+        size = len(live)
+        name, version, worker, device = (
+            self.config.name,
+            self.version,
+            self.worker,
+            self._device_name,
         )
-        result = {
-            "model": self.config.name,
-            "version": self.version,
-            "outputs": value,
-            "timing": timing,
-        }
-        return Outcome(r, value=result)
+        collate_ms, infer_ms, post_ms = t.collate_ms, t.infer_ms, t.post_ms
+        out: dict[int, Outcome] = {}
+        for r, value in zip(live, values, strict=True):
+            if isinstance(value, InferqError):
+                out[id(r)] = Outcome(r, error=value)
+                continue
+            queue_ms = (r.received_wall - r.submitted_at) * 1e3
+            wait_ms = (t.waited_until - r.received_at) * 1e3
+            since_submit_ms = (ready - r.submitted_at) * 1e3
+            timing: Timing = {
+                "preprocess_ms": r.preprocess_ms,
+                "queue_ms": queue_ms if queue_ms > 0.0 else 0.0,
+                "batch_wait_ms": wait_ms if wait_ms > 0.0 else 0.0,
+                "collate_ms": collate_ms,
+                "infer_ms": infer_ms,
+                "post_ms": post_ms,
+                "total_ms": r.preprocess_ms + (since_submit_ms if since_submit_ms > 0.0 else 0.0),
+                "batch_size": size,
+                "worker": worker,
+                "device": device,
+            }
+            result = {"model": name, "version": version, "outputs": value, "timing": timing}
+            out[id(r)] = Outcome(r, value=result)
+        return out
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from shared import keys
 from shared.errors import ConfigError, ModelError
 from shared.logs import get_logger
 from shared.redisconn import CONNECTION_ERRORS, make_client
-from shared.results import failure_meta, success_meta
+from shared.results import failure_meta, now_iso, success_meta
 from shared.settings import Settings
 from shared.spec import InputSpec
 from worker.batcher import BatchPolicy, MicroBatcher
@@ -40,6 +40,7 @@ from worker.hooks import Hooks
 from worker.messages import InferenceRequest, Rejection, decode_message
 from worker.repository import ModelRepository, ModelVersion
 from worker.runner import DeviceFailure, Outcome, PreparedBatch, Runner, is_oom, unrecoverable
+from worker.tuning import tune_allocator, tune_threads
 
 log = get_logger(__name__)
 
@@ -101,25 +102,26 @@ class WriteJob:
     rejections: Sequence[Rejection]
 
     def writes(self) -> list[Write]:
-        out = [Write(o.request.tag, o.request.task_id, _meta(o)) for o in self.outcomes]
+        done = now_iso()  # one date_done for the batch: its results are stored together
+        out = [Write(o.request.tag, o.request.task_id, _meta(o, done)) for o in self.outcomes]
         out += [
-            Write(r.tag, r.task_id, failure_meta(r.task_id, r.error) if r.task_id else None)
+            Write(r.tag, r.task_id, failure_meta(r.task_id, r.error, done) if r.task_id else None)
             for r in self.rejections
         ]
         return out
 
 
-def _meta(o: Outcome) -> bytes:
+def _meta(o: Outcome, date_done: str) -> bytes:
     if o.error is not None:
-        return failure_meta(o.request.task_id, o.error)
+        return failure_meta(o.request.task_id, o.error, date_done)
     assert o.value is not None
     try:
-        return success_meta(o.request.task_id, o.value)
+        return success_meta(o.request.task_id, o.value, date_done)
     except (TypeError, ValueError) as exc:  # an output JSON cannot carry still ends the request
         error = ModelError(
             f"model output must be JSON-serialisable, got {type(exc).__name__}: {exc}"
         )
-        return failure_meta(o.request.task_id, error)
+        return failure_meta(o.request.task_id, error, date_done)
 
 
 HandlerLoader = Callable[[ModelVersion, torch.device], ModelHandler]
@@ -172,6 +174,8 @@ class InferenceService:
         # interval a runner coming back from the device can wait that long for a decoding
         # fetcher. A shorter interval keeps the device fed.
         sys.setswitchinterval(self.settings.switch_interval_s)
+        tune_allocator(self.settings.malloc_mmap_threshold_mb)
+        tune_threads(self.settings.torch_threads)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)  # CUDA is first touched here, after the fork
         repo = ModelRepository(self.settings.model_repository)

@@ -12,7 +12,6 @@ workers' task-succeeded events.
 
 from __future__ import annotations
 
-import base64
 import random
 import signal
 import tempfile
@@ -24,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 import psutil
 from celery import Celery
 
@@ -32,6 +30,7 @@ from shared import codec, keys
 from shared.errors import InferqError
 from shared.redisconn import make_client
 from shared.settings import Settings, get_settings, set_settings
+from worker.events import events_in
 from worker.localredis import LocalRedis
 from worker.procs import WorkerProcess, start_worker
 
@@ -77,12 +76,13 @@ class SucceededEvents:
         while not self._stop.is_set():
             try:
                 pubsub = make_client(self._url).pubsub(ignore_subscribe_messages=True)
-                pubsub.psubscribe("/*.celeryev/task.succeeded")
+                pubsub.psubscribe("/*.celeryev/task.*")
                 while not self._stop.is_set():
                     msg = pubsub.get_message(timeout=0.2)
                     if msg and msg["type"] == "pmessage":
-                        event = orjson.loads(base64.b64decode(orjson.loads(msg["data"])["body"]))
-                        self.counts[event["uuid"]] += 1
+                        for event in events_in(msg["data"]):
+                            if event["type"] == "task-succeeded":
+                                self.counts[event["uuid"]] += 1
             except Exception:
                 time.sleep(0.5)  # Redis restarting: subscribe again
 

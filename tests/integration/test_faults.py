@@ -6,7 +6,6 @@ outcomes with ``gather``: ``lost`` (no final state) must be 0.
 
 from __future__ import annotations
 
-import base64
 import signal
 import threading
 import time
@@ -30,6 +29,7 @@ from shared.errors import (
     QueueFull,
     WorkerCrashed,
 )
+from worker.events import events_in
 from worker.procs import WorkerProcess
 
 pytestmark = pytest.mark.integration
@@ -77,9 +77,9 @@ class EventLog:
         while not self._stop.is_set():
             msg = self._pubsub.get_message(timeout=0.1)
             if msg and msg["type"] == "pmessage":
-                event = orjson.loads(base64.b64decode(orjson.loads(msg["data"])["body"]))
-                if event["type"] == "task-succeeded":
-                    self.succeeded[event["uuid"]] += 1
+                for event in events_in(msg["data"]):
+                    if event["type"] == "task-succeeded":
+                        self.succeeded[event["uuid"]] += 1
 
     def close(self) -> None:
         time.sleep(0.5)
@@ -407,14 +407,14 @@ def test_results_wait_while_redis_refuses_writes(stack_factory, test_repo: Path)
     """Out of memory (noeviction): the writer keeps the results and stores them once it can."""
     stack = stack_factory(test_repo)
     w = stack.worker("slow")
-    results = submit_many([chw(seed=i) for i in range(2000)], model="slow")
+    results = submit_many([chw(seed=i) for i in range(6000)], model="slow")  # seconds of work
     used = int(stack.client.info("memory")["used_memory"])
     stack.client.config_set("maxmemory-policy", "noeviction")
     stack.client.config_set("maxmemory", used)
     time.sleep(2.0)
     stack.client.config_set("maxmemory", 0)
     values = gather(results, timeout=60, return_exceptions=True)
-    assert outcome_counts(values) == Counter(ok=2000)
+    assert outcome_counts(values) == Counter(ok=6000)
     assert "refused or unreachable while storing results" in w.log_tail(2000)
     assert submit_job.delay(chw(), model="slow").get(timeout=30)["model"] == "slow"
 

@@ -570,7 +570,7 @@ def test_warmup_runs_each_default_size_and_returns_seconds() -> None:
     seconds = runner.warmup()
     assert sorted(seconds) == [1, 2, 4, 8]
     assert all(isinstance(s, float) and s >= 0.0 for s in seconds.values())
-    assert module.calls == [1, 1, 2, 2, 4, 4, 8, 8]
+    assert module.calls == [1, 1, 1, 2, 2, 2, 4, 4, 4, 8, 8, 8]
 
 
 def test_warmup_with_explicit_sizes_and_rounds() -> None:
