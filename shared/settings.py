@@ -98,10 +98,10 @@ class Settings:
     #: The worker process's GIL switch interval (Python's default is 0.005 s): shorter keeps the
     #: device fed when a stage returning from it waits for a thread decoding messages.
     switch_interval_s: float = 0.0005
-    #: glibc malloc: allocations at least this large (MiB) are mmap'ed; 0 keeps glibc's default
-    #: (128 KiB, moving). With the default, every forward pass maps, faults in and unmaps its
-    #: activation buffers; raising it keeps them on the heap (see the README's Performance notes).
-    malloc_mmap_threshold_mb: int = 64
+    #: glibc malloc in a worker: one arena, and allocations below this size (MiB) served from
+    #: the heap, not mmap; 0 leaves glibc as it is. Without it every CPU forward pass maps,
+    #: faults in and unmaps its activations again (see worker/tuning.py).
+    malloc_mmap_threshold_mb: int = 256
     #: torch intra-op threads in a worker; 0 keeps torch's default (one per core).
     torch_threads: int = 0
     #: Models a worker serves when none are given on the command line (comma-separated).
@@ -147,9 +147,9 @@ class Settings:
             )
         if self.prefetch_batches < 1:
             raise ConfigError(f"INFERQ_PREFETCH_BATCHES must be >= 1, got {self.prefetch_batches}")
-        if not 0 <= self.malloc_mmap_threshold_mb <= 1024:
+        if not 0 <= self.malloc_mmap_threshold_mb <= 4096:
             raise ConfigError(
-                "INFERQ_MALLOC_MMAP_THRESHOLD_MB must be 0..1024 (0 keeps glibc's default), "
+                "INFERQ_MALLOC_MMAP_THRESHOLD_MB must be 0..4096 (0 leaves glibc as it is), "
                 f"got {self.malloc_mmap_threshold_mb}"
             )
         if self.torch_threads < 0:

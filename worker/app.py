@@ -25,8 +25,12 @@ from worker.celerystate import ActiveRequestsHook
 from worker.events import EventsHook
 from worker.hooks import Hooks, LogHook, MetricsHook
 from worker.metrics import Metrics
+from worker.tuning import tune_allocator
 
 log = get_logger(__name__)
+
+# Before the worker starts any thread, so that every thread allocates from the one heap.
+tune_allocator(get_settings().malloc_mmap_threshold_mb)
 
 app = make_celery()
 app.conf.worker_pool = "solo"  # one process per device; inferq's threads do the work

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -40,6 +41,7 @@ def worker(
 ) -> None:
     """Run a worker for MODEL on DEVICE (restarted on unrecoverable device errors)."""
     from worker.supervisor import Supervisor, celery_argv, default_hostname
+    from worker.tuning import allocator_env
 
     settings = get_settings()
     configure_logging(settings)
@@ -54,7 +56,9 @@ def worker(
         loglevel or settings.log_level,
         events,
     )
-    sys.exit(Supervisor(argv).run())
+    # glibc reads these at the child's first allocation, before any of its threads exist.
+    env = {**os.environ, **allocator_env(settings.malloc_mmap_threshold_mb)}
+    sys.exit(Supervisor(argv, env=env).run())
 
 
 @main.group()

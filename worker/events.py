@@ -28,6 +28,7 @@ from shared import keys
 from shared.logs import get_logger
 from shared.redisconn import CONNECTION_ERRORS, make_client
 from worker.hooks import Hook
+from worker.tuning import name_os_thread
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -203,6 +204,7 @@ class EventsHook(Hook):
             time.sleep(0.01)
 
     def _loop(self) -> None:
+        name_os_thread("inferq-events")
         client = make_client(self._broker_url, retries=1)
         while True:
             jobs = [self._queue.get()]

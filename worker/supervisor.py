@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import FrameType
 
 from shared import keys
@@ -63,8 +63,15 @@ def default_hostname(models: Sequence[str], device: str) -> str:
 
 
 class Supervisor:
-    def __init__(self, argv: list[str], max_restarts: int = 100, backoff_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        argv: list[str],
+        max_restarts: int = 100,
+        backoff_s: float = 1.0,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.argv = argv
+        self.env = dict(env) if env is not None else None  # None: the child inherits ours
         self.max_restarts = max_restarts
         self.backoff_s = backoff_s
         self.child: subprocess.Popen[bytes] | None = None
@@ -77,7 +84,7 @@ class Supervisor:
         while True:
             if self.stopping:  # told to stop during the backoff: start nothing new
                 return 0
-            self.child = subprocess.Popen(self.argv)
+            self.child = subprocess.Popen(self.argv, env=self.env)
             if self.stopping:  # the signal came while the child was starting: pass it on
                 self.child.send_signal(signal.SIGTERM)
             code = self.child.wait()

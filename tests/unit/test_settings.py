@@ -349,3 +349,16 @@ def test_every_field_has_its_own_env_var() -> None:
     names = [settings_mod._env_name(f.name) for f in dataclasses.fields(Settings)]
     assert len(set(names)) == len(names)
     assert all(n.startswith("INFERQ_") for n in names)
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "expected"),
+    [
+        ("INFERQ_MALLOC_MMAP_THRESHOLD_MB", "-1", r"must be 0\.\.4096 .*got -1"),
+        ("INFERQ_MALLOC_MMAP_THRESHOLD_MB", "5000", r"must be 0\.\.4096 .*got 5000"),
+        ("INFERQ_TORCH_THREADS", "-2", r"must be >= 0 .*got -2"),
+    ],
+)
+def test_worker_tuning_settings_are_checked(name: str, raw: str, expected: str) -> None:
+    with pytest.raises(ConfigError, match=rf"{name} {expected}"):
+        Settings.from_env({name: raw})
