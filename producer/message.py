@@ -8,7 +8,6 @@ Celery worker or tool reads it.
 
 from __future__ import annotations
 
-import base64
 import os
 import socket
 import uuid
@@ -17,6 +16,7 @@ from typing import Any
 
 import msgpack
 import orjson
+import pybase64
 
 from shared import keys
 from shared.errors import InferqError
@@ -75,7 +75,7 @@ def task_envelope(
     }
     body = msgpack.packb([[payload], kwargs, _EMBED], use_bin_type=True)
     envelope = {
-        "body": base64.b64encode(body).decode(),
+        "body": pybase64.b64encode_as_string(body),
         "content-encoding": "binary",
         "content-type": "application/x-msgpack",
         "headers": headers,
