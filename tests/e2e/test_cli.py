@@ -108,3 +108,17 @@ def test_soak_loses_nothing(shapes_repo: Path) -> None:
     assert counts["lost"] == "0" and counts["run twice"] == "0"
     assert int(counts["succeeded"]) > 0.8 * int(counts["submitted"])
     assert "SIGKILL worker" in out.stdout and "Redis restarted" in out.stdout
+
+
+def test_stage_profile_times_every_stage(shapes_repo: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "worker.stages", "--model-repository", str(shapes_repo)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = dict(re.findall(r"^(.+?)\s+([\d.]+) us/message$", out.stdout, re.M))
+    assert len(rows) == 7 and {"result metas", "metrics hook"} <= set(rows)
+    assert all(float(v) > 0 for v in rows.values())
