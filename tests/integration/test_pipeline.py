@@ -139,7 +139,12 @@ def test_celery_control_and_inspect_work(stack_factory, test_repo: Path) -> None
     stack = stack_factory(test_repo)
     w = stack.worker("tiny")
     app = Celery(broker=stack.redis.url)
-    replies = app.control.inspect(destination=[w.hostname], timeout=5).ping()
+    # The model is listed when the inferq step has started; Celery's consumer, which answers
+    # broadcasts, comes up right after it: ask until it does, as a readiness probe would.
+    replies = None
+    deadline = time.monotonic() + 30
+    while not replies and time.monotonic() < deadline:
+        replies = app.control.inspect(destination=[w.hostname], timeout=2).ping()
     assert replies and replies[w.hostname] == {"ok": "pong"}
     stats = app.control.inspect(destination=[w.hostname], timeout=5)._request("inferq_stats")
     assert stats[w.hostname]["tiny"]["version"] == 1
