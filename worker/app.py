@@ -10,6 +10,8 @@ bulk fetcher instead of Celery's one-message-at-a-time consumer.
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
 from celery import Task, bootsteps
@@ -25,12 +27,15 @@ from worker.celerystate import ActiveRequestsHook
 from worker.events import EventsHook
 from worker.hooks import Hooks, LogHook, MetricsHook
 from worker.metrics import Metrics
-from worker.tuning import tune_allocator
+from worker.tuning import omp_env, tune_allocator
 
 log = get_logger(__name__)
 
-# Before the worker starts any thread, so that every thread allocates from the one heap.
+# Before the worker starts any thread, so that every thread allocates from the one heap, and
+# before torch (imported when the inferq step starts) loads OpenMP, which reads its variables once.
 tune_allocator(get_settings().malloc_mmap_threshold_mb)
+if "torch" not in sys.modules:
+    os.environ.update(omp_env())
 
 app = make_celery()
 app.conf.worker_pool = "solo"  # one process per device; inferq's threads do the work

@@ -41,7 +41,7 @@ def worker(
 ) -> None:
     """Run a worker for MODEL on DEVICE (restarted on unrecoverable device errors)."""
     from worker.supervisor import Supervisor, celery_argv, default_hostname
-    from worker.tuning import allocator_env
+    from worker.tuning import allocator_env, omp_env
 
     settings = get_settings()
     configure_logging(settings)
@@ -57,7 +57,7 @@ def worker(
         events,
     )
     # glibc reads these at the child's first allocation, before any of its threads exist.
-    env = {**os.environ, **allocator_env(settings.malloc_mmap_threshold_mb)}
+    env = {**os.environ, **allocator_env(settings.malloc_mmap_threshold_mb), **omp_env()}
     sys.exit(Supervisor(argv, env=env).run())
 
 

@@ -17,7 +17,7 @@ import redis
 
 from shared import keys
 from shared.settings import Settings
-from worker.tuning import allocator_env
+from worker.tuning import allocator_env, omp_env
 
 
 @dataclass
@@ -93,7 +93,7 @@ def start_worker(
     threshold = Settings.from_env(child_env).malloc_mmap_threshold_mb
     process = subprocess.Popen(
         [*argv, *extra],
-        env={**allocator_env(threshold, child_env), **child_env},
+        env={**allocator_env(threshold, child_env), **omp_env(child_env), **child_env},
         stdout=out,
         stderr=subprocess.STDOUT,
         start_new_session=True,

