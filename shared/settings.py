@@ -104,6 +104,9 @@ class Settings:
     malloc_mmap_threshold_mb: int = 256
     #: torch intra-op threads in a worker; 0 keeps torch's default (one per core).
     torch_threads: int = 0
+    #: OpenMP's wait policy in a worker: "" keeps libgomp's default (spin, then sleep),
+    #: "passive" (sleep at once: better for cheap models beside busy Python stages), "active".
+    omp_wait_policy: str = ""
     #: Models a worker serves when none are given on the command line (comma-separated).
     models: str = ""
     #: The worker's device: ``cpu`` or ``cuda:N``.
@@ -126,6 +129,11 @@ class Settings:
         if self.log_level.upper() not in _LOG_LEVELS:
             raise ConfigError(
                 f"INFERQ_LOG_LEVEL must be one of {_LOG_LEVELS}, got {self.log_level!r}"
+            )
+        if self.omp_wait_policy.lower() not in ("", "passive", "active"):
+            raise ConfigError(
+                "INFERQ_OMP_WAIT_POLICY must be passive, active or empty (libgomp's default), "
+                f"got {self.omp_wait_policy!r}"
             )
         if not _DEVICE.fullmatch(self.device):
             raise ConfigError(f"INFERQ_DEVICE must be cpu or cuda:N, got {self.device!r}")

@@ -35,7 +35,7 @@ log = get_logger(__name__)
 # before torch (imported when the inferq step starts) loads OpenMP, which reads its variables once.
 tune_allocator(get_settings().malloc_mmap_threshold_mb)
 if "torch" not in sys.modules:
-    os.environ.update(omp_env())
+    os.environ.update(omp_env(get_settings().omp_wait_policy))
 
 app = make_celery()
 app.conf.worker_pool = "solo"  # one process per device; inferq's threads do the work

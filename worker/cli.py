@@ -57,7 +57,11 @@ def worker(
         events,
     )
     # glibc reads these at the child's first allocation, before any of its threads exist.
-    env = {**os.environ, **allocator_env(settings.malloc_mmap_threshold_mb), **omp_env()}
+    env = {
+        **os.environ,
+        **allocator_env(settings.malloc_mmap_threshold_mb),
+        **omp_env(settings.omp_wait_policy),
+    }
     sys.exit(Supervisor(argv, env=env).run())
 
 

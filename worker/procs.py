@@ -90,10 +90,14 @@ def start_worker(
         argv = celery_argv(models, device, hostname, "INFO", events=True)
     out: IO[bytes] | int = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
     child_env = {**os.environ, **env}
-    threshold = Settings.from_env(child_env).malloc_mmap_threshold_mb
+    child = Settings.from_env(child_env)
+    tuning = {
+        **allocator_env(child.malloc_mmap_threshold_mb, child_env),
+        **omp_env(child.omp_wait_policy, child_env),
+    }
     process = subprocess.Popen(
         [*argv, *extra],
-        env={**allocator_env(threshold, child_env), **omp_env(child_env), **child_env},
+        env={**tuning, **child_env},
         stdout=out,
         stderr=subprocess.STDOUT,
         start_new_session=True,

@@ -357,6 +357,7 @@ def test_every_field_has_its_own_env_var() -> None:
         ("INFERQ_MALLOC_MMAP_THRESHOLD_MB", "-1", r"must be 0\.\.4096 .*got -1"),
         ("INFERQ_MALLOC_MMAP_THRESHOLD_MB", "5000", r"must be 0\.\.4096 .*got 5000"),
         ("INFERQ_TORCH_THREADS", "-2", r"must be >= 0 .*got -2"),
+        ("INFERQ_OMP_WAIT_POLICY", "lazy", r"must be passive, active or empty .*got 'lazy'"),
     ],
 )
 def test_worker_tuning_settings_are_checked(name: str, raw: str, expected: str) -> None:

@@ -81,16 +81,18 @@ def test_os_thread_names_show_in_proc() -> None:
     assert seen == ["inferq-test-sta"]
 
 
-def test_omp_env_sets_passive_waits_unless_the_operator_chose() -> None:
+def test_omp_env_follows_the_setting_unless_the_operator_chose() -> None:
     from worker.tuning import omp_env
 
-    assert omp_env({}) == {"OMP_WAIT_POLICY": "PASSIVE"}
-    assert omp_env({"OMP_WAIT_POLICY": "ACTIVE"}) == {}
+    assert omp_env("", {}) == {}
+    assert omp_env("passive", {}) == {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert omp_env("passive", {"OMP_WAIT_POLICY": "ACTIVE"}) == {}
 
 
 def test_importing_the_worker_app_sets_omp_before_torch_loads() -> None:
     probe = "import os, sys, worker.app; print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)"
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env["INFERQ_OMP_WAIT_POLICY"] = "passive"
     out = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env
     )
