@@ -17,7 +17,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -33,7 +33,7 @@ from worker.tuning import name_os_thread
 if TYPE_CHECKING:
     from celery import Celery
 
-    from worker.messages import Rejection
+    from worker.messages import InferenceRequest, Rejection
     from worker.runner import Outcome
 
 log = get_logger(__name__)
@@ -79,6 +79,15 @@ class EnvelopeMaker:
         )
 
 
+def _final_fields(o: Outcome) -> dict[str, Any]:
+    """What task-succeeded or task-failed says of one outcome (Celery's field names)."""
+    if o.error is not None:
+        return {"exception": repr(o.error), "traceback": None, "type": "task-failed"}
+    timing = (o.value or {}).get("timing", {})
+    runtime = timing.get("collate_ms", 0) + timing.get("infer_ms", 0) + timing.get("post_ms", 0)
+    return {"result": "<outputs>", "runtime": runtime / 1e3, "type": "task-succeeded"}
+
+
 def events_in(payload: bytes | str) -> list[dict[str, Any]]:
     """The events one fanout message carries (a single event, or a grouped list), as
     ``EventReceiver`` reads them."""
@@ -106,6 +115,7 @@ class EventsHook(Hook):
         )
         self._broker_url = app.conf.broker_url
         self._topic = fanout_topic(self._broker_url, GROUP_ROUTING_KEY)
+        self._kwargs_repr: dict[str, str] = {}  # model -> the kwargs repr events show
         if self.enabled:
             threading.Thread(target=self._loop, name="inferq-events", daemon=True).start()
 
@@ -132,63 +142,49 @@ class EventsHook(Hook):
         the batch takes a run of Lamport clock values in one step.
         """
         answerable = [r for r in rejections if r.task_id]
+        ticks = self._ticks(2 * len(outcomes) + len(answerable))
+        now = time.time()
+        common = {"hostname": self.hostname, "utcoffset": -time.timezone // 3600, "pid": self.pid}
+        events: list[dict[str, Any]] = []
+        for o in outcomes:
+            events.append({**common, "clock": next(ticks), **self._received(o.request)})
+            final = _final_fields(o)
+            events.append(
+                {**common, "clock": next(ticks), "uuid": o.request.task_id, "timestamp": now}
+                | final
+            )
+        for rej in answerable:
+            failed = {"exception": repr(rej.error), "traceback": None, "type": "task-failed"}
+            events.append(
+                {**common, "clock": next(ticks), "uuid": rej.task_id, "timestamp": now} | failed
+            )
+        return events
+
+    def _ticks(self, n: int) -> Iterator[int]:
+        """``n`` consecutive values of the app's Lamport clock, taken in one step."""
         clock = self.app.clock
         with clock.mutex:
             first = clock.value + 1
-            clock.value += 2 * len(outcomes) + len(answerable)
-        ticks = itertools.count(first)
-        now = time.time()
-        common = {"hostname": self.hostname, "utcoffset": -time.timezone // 3600, "pid": self.pid}
-        kwargs_repr: dict[str, str] = {}
-        events: list[dict[str, Any]] = []
-        for o in outcomes:
-            r = o.request
-            model_repr = kwargs_repr.get(r.model)
-            if model_repr is None:
-                model_repr = kwargs_repr[r.model] = f"{{'model': {r.model!r}}}"
-            events.append(
-                {
-                    **common,
-                    "clock": next(ticks),
-                    "uuid": r.task_id,
-                    "name": keys.TASK_NAME,
-                    "args": "(<tensor>,)",
-                    "kwargs": model_repr,
-                    "retries": 0,
-                    "eta": None,
-                    "expires": r.deadline,
-                    "root_id": r.task_id,
-                    "parent_id": None,
-                    "timestamp": r.received_wall,
-                    "type": "task-received",
-                }
-            )
-            if o.error is not None:
-                done = {"exception": repr(o.error), "traceback": None, "type": "task-failed"}
-            else:
-                timing = (o.value or {}).get("timing", {})
-                runtime = (
-                    timing.get("collate_ms", 0)
-                    + timing.get("infer_ms", 0)
-                    + timing.get("post_ms", 0)
-                ) / 1e3
-                done = {"result": "<outputs>", "runtime": runtime, "type": "task-succeeded"}
-            events.append(
-                {**common, "clock": next(ticks), "uuid": r.task_id, "timestamp": now, **done}
-            )
-        for rej in answerable:
-            events.append(
-                {
-                    **common,
-                    "clock": next(ticks),
-                    "uuid": rej.task_id,
-                    "timestamp": now,
-                    "exception": repr(rej.error),
-                    "traceback": None,
-                    "type": "task-failed",
-                }
-            )
-        return events
+            clock.value += n
+        return itertools.count(first)
+
+    def _received(self, r: InferenceRequest) -> dict[str, Any]:
+        model_repr = self._kwargs_repr.get(r.model)
+        if model_repr is None:
+            model_repr = self._kwargs_repr[r.model] = f"{{'model': {r.model!r}}}"
+        return {
+            "uuid": r.task_id,
+            "name": keys.TASK_NAME,
+            "args": "(<tensor>,)",
+            "kwargs": model_repr,
+            "retries": 0,
+            "eta": None,
+            "expires": r.deadline,
+            "root_id": r.task_id,
+            "parent_id": None,
+            "timestamp": r.received_wall,
+            "type": "task-received",
+        }
 
     def messages_for(self, events: Sequence[dict[str, Any]]) -> list[bytes]:
         """Fanout envelopes, each carrying up to ``_GROUP_MAX`` events as one list body."""
