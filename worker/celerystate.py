@@ -48,7 +48,8 @@ class ActiveRequestsHook(Hook):
         self._running: dict[str, list[ActiveRequest]] = {}
 
     def before_batch(self, model: str, batch: Sequence[InferenceRequest]) -> None:
-        active = [ActiveRequest(r.task_id, model, self.hostname) for r in batch]
+        started = time.time()  # one start for the batch: it runs as one
+        active = [ActiveRequest(r.task_id, model, self.hostname, started) for r in batch]
         self._running[model] = active
         worker_state.active_requests.update(active)
 

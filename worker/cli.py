@@ -41,7 +41,7 @@ def worker(
 ) -> None:
     """Run a worker for MODEL on DEVICE (restarted on unrecoverable device errors)."""
     from worker.supervisor import Supervisor, celery_argv, default_hostname
-    from worker.tuning import allocator_env, omp_env
+    from worker.tuning import worker_env
 
     settings = get_settings()
     configure_logging(settings)
@@ -57,11 +57,7 @@ def worker(
         events,
     )
     # glibc reads these at the child's first allocation, before any of its threads exist.
-    env = {
-        **os.environ,
-        **allocator_env(settings.malloc_mmap_threshold_mb),
-        **omp_env(settings.omp_wait_policy),
-    }
+    env = {**os.environ, **worker_env(settings)}
     sys.exit(Supervisor(argv, env=env).run())
 
 

@@ -5,7 +5,7 @@ are built off the request path, on their own thread, and a whole batch's events 
 message: a list body on routing key ``task.multi``, the form Celery's own dispatcher uses for
 grouped events and that its ``EventReceiver`` (and so Flower) reads, in exactly the envelope
 kombu's Redis fanout uses (``PUBLISH /<db>.celeryev/task.multi <envelope>``). Like Celery's,
-events are best effort: if the queue to this thread is full, events are dropped (and counted),
+events are best effort: if the queue to this thread is full, events are dropped (counted and logged),
 never the requests.
 """
 
@@ -131,7 +131,7 @@ class EventsHook(Hook):
         try:
             self._queue.put_nowait((outcomes, rejections))
         except queue.Full:
-            self.dropped += 2 * len(outcomes) + len(rejections)
+            self._drop(2 * len(outcomes) + len(rejections), "event queue full")
 
     def events_for(
         self, outcomes: Sequence[Outcome], rejections: Sequence[Rejection]
@@ -193,6 +193,10 @@ class EventsHook(Hook):
             for i in range(0, len(events), _GROUP_MAX)
         ]
 
+    def _drop(self, count: int, why: str) -> None:
+        self.dropped += count
+        log.warning("task events dropped", count=count, total=self.dropped, reason=why)
+
     def on_stop(self) -> None:
         """Give the sender a moment to publish what the last batches produced."""
         deadline = time.monotonic() + 5.0
@@ -213,6 +217,6 @@ class EventsHook(Hook):
                 for message in self.messages_for(events):
                     client.publish(self._topic, message)
             except CONNECTION_ERRORS:
-                self.dropped += len(events)
+                self._drop(len(events), "redis unreachable")
             for _ in jobs:
                 self._queue.task_done()

@@ -17,7 +17,7 @@ import redis
 
 from shared import keys
 from shared.settings import Settings
-from worker.tuning import allocator_env, omp_env
+from worker.tuning import worker_env
 
 
 @dataclass
@@ -90,14 +90,9 @@ def start_worker(
         argv = celery_argv(models, device, hostname, "INFO", events=True)
     out: IO[bytes] | int = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
     child_env = {**os.environ, **env}
-    child = Settings.from_env(child_env)
-    tuning = {
-        **allocator_env(child.malloc_mmap_threshold_mb, child_env),
-        **omp_env(child.omp_wait_policy, child_env),
-    }
     process = subprocess.Popen(
         [*argv, *extra],
-        env={**tuning, **child_env},
+        env={**worker_env(Settings.from_env(child_env), child_env), **child_env},
         stdout=out,
         stderr=subprocess.STDOUT,
         start_new_session=True,

@@ -41,7 +41,7 @@ from worker.hooks import Hooks
 from worker.messages import InferenceRequest, Rejection, decode_message
 from worker.repository import ModelRepository, ModelVersion
 from worker.runner import DeviceFailure, Outcome, PreparedBatch, Runner, is_oom, unrecoverable
-from worker.tuning import name_os_thread, tune_allocator, tune_threads
+from worker.tuning import name_os_thread, tune_threads
 
 log = get_logger(__name__)
 
@@ -175,7 +175,7 @@ class InferenceService:
         # interval a runner coming back from the device can wait that long for a decoding
         # fetcher. A shorter interval keeps the device fed.
         sys.setswitchinterval(self.settings.switch_interval_s)
-        tune_allocator(self.settings.malloc_mmap_threshold_mb)
+        # malloc is tuned earlier, before any thread exists (worker.app, or the child's env).
         tune_threads(self.settings.torch_threads)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)  # CUDA is first touched here, after the fork

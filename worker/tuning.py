@@ -21,8 +21,13 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from shared.logs import get_logger
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
 
 log = get_logger(__name__)
 
@@ -58,7 +63,9 @@ def tune_allocator(mmap_threshold_mb: int) -> bool:
     return ok
 
 
-def allocator_env(mmap_threshold_mb: int, environ: dict[str, str] | None = None) -> dict[str, str]:
+def allocator_env(
+    mmap_threshold_mb: int, environ: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """glibc's own variables for the same tuning, for a child process to read at its first
     allocation; any the caller's environment already sets are left as they are."""
     if mmap_threshold_mb <= 0:
@@ -73,7 +80,7 @@ def allocator_env(mmap_threshold_mb: int, environ: dict[str, str] | None = None)
     return {k: v for k, v in wanted.items() if k not in env}
 
 
-def omp_env(wait_policy: str, environ: dict[str, str] | None = None) -> dict[str, str]:
+def omp_env(wait_policy: str, environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """``OMP_WAIT_POLICY`` for the worker from ``INFERQ_OMP_WAIT_POLICY`` ("" keeps libgomp's
     default: spin a while, then sleep), unless ``environ`` (default: ours) sets it already.
     libgomp reads it once, when torch is first imported.
@@ -87,6 +94,16 @@ def omp_env(wait_policy: str, environ: dict[str, str] | None = None) -> dict[str
     if not wait_policy or "OMP_WAIT_POLICY" in env:
         return {}
     return {"OMP_WAIT_POLICY": wait_policy.upper()}
+
+
+def worker_env(settings: Settings, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The allocator and OpenMP variables a worker child process should start with, less any
+    that ``environ`` (default: ours) already sets."""
+    env = os.environ if environ is None else environ
+    return {
+        **allocator_env(settings.malloc_mmap_threshold_mb, env),
+        **omp_env(settings.omp_wait_policy, env),
+    }
 
 
 def tune_threads(torch_threads: int) -> None:
