@@ -95,6 +95,8 @@ class ModelConfig:
     output: Output = field(default_factory=Output)
     batching: Batching = field(default_factory=Batching)
     precision: Precision = field(default_factory=Precision)
+    # Run threads computing this model's batches side by side (Triton's instance_group count).
+    instances: int = 1
 
     def input_spec(self, version: int) -> InputSpec:
         return InputSpec(
@@ -119,7 +121,16 @@ class ModelConfig:
 
 #: The keys each table may hold ("" is the top level): anything else is a typo, refused.
 KNOWN_KEYS: dict[str, tuple[str, ...]] = {
-    "": ("platform", "description", "input", "preprocess", "output", "batching", "precision"),
+    "": (
+        "platform",
+        "description",
+        "input",
+        "preprocess",
+        "output",
+        "batching",
+        "precision",
+        "instances",
+    ),
     "input": ("shape", "dtype", "color"),
     "preprocess": ("resize", "mean", "std", "scale"),
     "output": ("postprocess", "top_k", "labels"),
@@ -131,6 +142,7 @@ KNOWN_KEYS: dict[str, tuple[str, ...]] = {
         "default_deadline_ms",
     ),
     "precision": ("mode", "channels_last"),
+    "instances": ("count",),
 }
 
 
@@ -144,8 +156,9 @@ def parse_config(name: str, data: dict[str, Any], where: str = "config") -> Mode
 
 def _parse(name: str, data: dict[str, Any]) -> ModelConfig:
     _check_keys(data, "")
-    inp, pre, out, bat, prec = (
-        _section(data, s) for s in ("input", "preprocess", "output", "batching", "precision")
+    inp, pre, out, bat, prec, inst = (
+        _section(data, s)
+        for s in ("input", "preprocess", "output", "batching", "precision", "instances")
     )
     shape, color = _input(inp)
     return ModelConfig(
@@ -160,6 +173,7 @@ def _parse(name: str, data: dict[str, Any]) -> ModelConfig:
         output=_output(out),
         batching=_batching(bat),
         precision=_precision(prec),
+        instances=_instances(inst),
     )
 
 
@@ -217,6 +231,16 @@ def _output(out: dict[str, Any]) -> Output:
         top_k=top_k,
         labels=_strs(out.get("labels", []), "output.labels"),
     )
+
+
+MAX_INSTANCES = 64
+
+
+def _instances(inst: dict[str, Any]) -> int:
+    count = _int(inst.get("count", 1), "instances.count")
+    if not 1 <= count <= MAX_INSTANCES:
+        raise ConfigError(f"instances.count must be from 1 to {MAX_INSTANCES}, got {count}")
+    return count
 
 
 def _batching(bat: dict[str, Any]) -> Batching:

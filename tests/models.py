@@ -87,6 +87,7 @@ def config_text(
     precision: str = "fp32",
     dtype: str = "uint8",
     scale: float = 255.0,
+    instances: int = 1,
 ) -> str:
     return textwrap.dedent(
         f"""
@@ -113,6 +114,8 @@ def config_text(
         [precision]
         mode = "{precision}"
         channels_last = false
+        [instances]
+        count = {instances}
         """
     )
 
@@ -157,5 +160,6 @@ def build_test_repo(root: Path) -> Path:
     write_model(root, "limited", "slow", queue_limit=20, max_batch_size=4)
     write_model(root, "deadlined", "tiny", default_deadline_ms=1.0)
     write_model(root, "floaty", "tiny", dtype="float32", scale=1.0)
+    write_model(root, "twin", "tiny", instances=2)
     write_onnx_model(root, "tiny-onnx")
     return root

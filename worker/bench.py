@@ -19,8 +19,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +35,7 @@ from shared.settings import Settings, get_settings, set_settings
 from worker.localredis import LocalRedis
 from worker.procs import WorkerProcess, start_worker
 from worker.repository import ModelRepository, record_sha256
-from worker.tuning import tune_allocator, tune_threads
+from worker.tuning import torch_threads, tune_allocator, tune_threads
 
 
 @dataclass
@@ -47,15 +50,21 @@ class BenchConfig:
     steady_seconds: float
     raw_seconds: float = 2.0
     precision: str | None = None  # override the model's precision.mode (fp32, fp16, bf16)
+    instances: int | None = None  # override the model's [instances] count
 
 
 @dataclass
 class BenchResult:
     config: dict[str, Any]
     machine: dict[str, Any]
+    # (a) as the worker computes: the model's instances side by side, cores shared between them
+    instances: int = 1
     raw: dict[int, float] = field(default_factory=dict)  # batch size -> images/s
     raw_after: float = 0.0  # the bench batch size again, after (b)-(d): machine drift shows here
     raw_batch_ms: dict[int, float] = field(default_factory=dict)
+    # With several instances, also one instance on all cores: the limit is the faster of the two.
+    raw_single: dict[int, float] = field(default_factory=dict)
+    raw_single_after: float = 0.0
     drain: dict[str, Any] = field(default_factory=dict)
     burst: dict[str, Any] = field(default_factory=dict)
     steady: dict[str, Any] = field(default_factory=dict)
@@ -63,9 +72,13 @@ class BenchResult:
     @property
     def limit(self) -> float:
         """The reference for every ratio: raw throughput at the bench batch size, measured before
-        and after the queue runs, averaged, so that drift of a shared machine hits both sides."""
-        before = self.raw[self.config["batch_size"]]
-        return (before + self.raw_after) / 2 if self.raw_after else before
+        and after the queue runs, averaged, so that drift of a shared machine hits both sides;
+        with several instances, the faster of the instances and of one instance on all cores."""
+        size = self.config["batch_size"]
+        best = _mean(self.raw[size], self.raw_after)
+        if self.raw_single:
+            best = max(best, _mean(self.raw_single[size], self.raw_single_after))
+        return best
 
     def ratios(self) -> dict[str, float]:
         limit = self.limit
@@ -73,6 +86,10 @@ class BenchResult:
             "drain": self.drain["throughput"] / limit,
             "end_to_end": self.burst["throughput"] / limit,
         }
+
+
+def _mean(before: float, after: float) -> float:
+    return (before + after) / 2 if after else before
 
 
 def machine_info(device: str) -> dict[str, Any]:
@@ -105,13 +122,18 @@ def bench_repo(cfg: BenchConfig, into: Path) -> Path:
     text = re.sub(r"(?m)^queue_limit\s*=.*$", "queue_limit = 1000000", text)
     if cfg.precision:
         text = re.sub(r"(?m)^mode\s*=.*$", f'mode = "{cfg.precision}"', text)
+    if cfg.instances:
+        text = re.sub(r"(?ms)^\[instances\].*?(?=^\[|\Z)", "", text)
+        text += f"\n[instances]\ncount = {cfg.instances}\n"
     (into / cfg.model / "config.toml").write_text(text)
     return into
 
 
 def raw_throughput(
-    repo: Path, model: str, device: str, sizes: list[int], seconds: float
+    repo: Path, model: str, device: str, sizes: list[int], seconds: float, instances: int = 1
 ) -> tuple[dict[int, float], dict[int, float]]:
+    """Images/s and ms per batch at each size: the worker's forward (normalisation included) in
+    a loop, on ``instances`` threads at once, with nothing else in the process."""
     import torch
 
     from worker.handlers import load_handler
@@ -124,16 +146,65 @@ def raw_throughput(
     batch_ms: dict[int, float] = {}
     for size in sizes:
         x = torch.randint(0, 256, (size, *mv.config.shape), dtype=torch.uint8).to(dev)
-        for _ in range(3):
-            runner._forward(x)
-        count, started = 0, time.perf_counter()
-        while count < 3 or time.perf_counter() - started < seconds:
-            runner._forward(x)
-            count += 1
-        elapsed = time.perf_counter() - started
-        per_s[size] = count * size / elapsed
-        batch_ms[size] = elapsed / count * 1e3
+        calls, elapsed = _timed_loops(partial(runner._forward, x), seconds, instances)
+        per_s[size] = calls * size / elapsed
+        batch_ms[size] = elapsed / (calls / instances) * 1e3
     return per_s, batch_ms
+
+
+def _timed_loops(step: Callable[[], Any], seconds: float, instances: int) -> tuple[int, float]:
+    """Calls of ``step`` made in about ``seconds`` by ``instances`` threads at once, each warmed
+    up first, and the seconds they took."""
+    if instances == 1:  # on the calling thread, whose OpenMP team is already warm
+        for _ in range(3):
+            step()
+        return _loop(step, seconds)
+    ready = threading.Barrier(instances + 1)
+    calls = [0] * instances
+
+    def run(i: int) -> None:
+        for _ in range(3):
+            step()
+        ready.wait()
+        calls[i] = _loop(step, seconds)[0]
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(instances)]
+    for t in threads:
+        t.start()
+    ready.wait()
+    started = time.perf_counter()
+    for t in threads:
+        t.join()
+    return sum(calls), time.perf_counter() - started
+
+
+def _loop(step: Callable[[], Any], seconds: float) -> tuple[int, float]:
+    count, started = 0, time.perf_counter()
+    while count < 3 or time.perf_counter() - started < seconds:
+        step()
+        count += 1
+    return count, time.perf_counter() - started
+
+
+class _RawMeter:
+    """``raw_throughput`` with the thread count the worker would use for that many instances."""
+
+    def __init__(self, repo: Path, cfg: BenchConfig, torch_threads_setting: int) -> None:
+        import torch
+
+        self.repo, self.cfg, self.setting = repo, cfg, torch_threads_setting
+        tune_threads(torch_threads_setting)
+        self.all_cores = torch.get_num_threads()
+
+    def __call__(
+        self, instances: int, sizes: list[int], seconds: float
+    ) -> tuple[dict[int, float], dict[int, float]]:
+        import torch
+
+        device_type = self.cfg.device.split(":")[0]
+        threads = torch_threads(self.setting, device_type, instances) or self.all_cores
+        torch.set_num_threads(threads)
+        return raw_throughput(self.repo, self.cfg.model, self.cfg.device, sizes, seconds, instances)
 
 
 def _loadgen(env: dict[str, str], *args: str) -> dict[str, Any]:
@@ -192,12 +263,16 @@ def run_bench(cfg: BenchConfig, echo: Any = print) -> BenchResult:
     # The model's raw speed is measured as the worker runs it: same allocator, same threads.
     settings = get_settings()
     tune_allocator(settings.malloc_mmap_threshold_mb)
-    tune_threads(settings.torch_threads)
+    raw = _RawMeter(repo, cfg, settings.torch_threads)
+    result.instances = ModelRepository(repo).resolve(cfg.model).config.instances
     sizes = sorted({1, *[2**i for i in range(1, 12) if 2**i < cfg.batch_size], cfg.batch_size})
-    echo(f"(a) raw in-process throughput at batch sizes {sizes} ...")
-    result.raw, result.raw_batch_ms = raw_throughput(
-        repo, cfg.model, cfg.device, sizes, cfg.raw_seconds
+    echo(
+        f"(a) raw in-process throughput at batch sizes {sizes}, {result.instances} instance(s) ..."
     )
+    result.raw, result.raw_batch_ms = raw(result.instances, sizes, cfg.raw_seconds)
+    if result.instances > 1:
+        echo("(a) raw, one instance on all cores ...")
+        result.raw_single = raw(1, [cfg.batch_size], cfg.raw_seconds)[0]
     redis = LocalRedis().start()
     previous = get_settings()
     set_settings(Settings(broker_url=redis.url, model_repository=repo, metrics_port=0))
@@ -231,8 +306,11 @@ def run_bench(cfg: BenchConfig, echo: Any = print) -> BenchResult:
         redis.stop()
         set_settings(previous)
     echo("(a) raw again, to average out drift ...")
-    again, _ = raw_throughput(repo, cfg.model, cfg.device, [cfg.batch_size], cfg.raw_seconds * 2)
-    result.raw_after = again[cfg.batch_size]
+    result.raw_after = raw(result.instances, [cfg.batch_size], cfg.raw_seconds * 2)[0][
+        cfg.batch_size
+    ]
+    if result.instances > 1:
+        result.raw_single_after = raw(1, [cfg.batch_size], cfg.raw_seconds * 2)[0][cfg.batch_size]
     write_outputs(result, cfg, repo)
     echo(render(result, cfg, repo))
     return result
@@ -256,7 +334,15 @@ def render(result: BenchResult, cfg: BenchConfig, repo: Path) -> str:
         f"{result.machine['cpu_count']} CPUs, torch {result.machine['torch']}",
         f"{'':34}{'images/s':>12}{'x raw':>9}",
         f"{'(a) raw in-process, batch ' + str(cfg.batch_size):34}{raw:>12.0f}{1.0:>9.2f}"
-        f"   (before {result.raw[cfg.batch_size]:.0f}, after {result.raw_after:.0f})",
+        f"   ({result.instances} instance(s): before {result.raw[cfg.batch_size]:.0f}, "
+        f"after {result.raw_after:.0f}"
+        + (
+            f"; one instance on all cores: before {result.raw_single[cfg.batch_size]:.0f}, "
+            f"after {result.raw_single_after:.0f}"
+            if result.raw_single
+            else ""
+        )
+        + ")",
         f"{'(b) drain, ' + str(cfg.drain_count) + ' queued':34}{result.drain['throughput']:>12.0f}{r['drain']:>9.2f}",
         f"{'(c) end-to-end burst, ' + str(cfg.burst_count):34}{result.burst['throughput']:>12.0f}{r['end_to_end']:>9.2f}",
         f"(d) latency at {result.steady.get('rate', 0):.0f} req/s (50% of c): "

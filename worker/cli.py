@@ -134,6 +134,12 @@ def demo(count: int, model_repository: Path | None) -> None:
     help="Override precision.mode.",
 )
 @click.option(
+    "--instances",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Override the model's [instances] count.",
+)
+@click.option(
     "--out", type=click.Path(path_type=Path), default=Path("bench-out"), show_default=True
 )
 def bench(
@@ -145,6 +151,7 @@ def bench(
     burst_count: int,
     steady_seconds: float,
     precision: str | None,
+    instances: int | None,
     out: Path,
 ) -> None:
     """Raw model speed vs inferq drain, end-to-end and latency, side by side."""
@@ -166,6 +173,7 @@ def bench(
         burst_count,
         steady_seconds,
         precision=precision,
+        instances=instances,
     )
     run_bench(cfg, echo=click.echo)
 

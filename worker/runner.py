@@ -56,6 +56,44 @@ def is_fatal_device_error(exc: BaseException) -> bool:
     )
 
 
+class _Normalised(torch.nn.Module):
+    """Normalisation and a TorchScript model as one TorchScript call.
+
+    Every tensor operation called from Python gives up the GIL and must take it back when it
+    returns, and while the worker's fetch, write and event threads hold it, each return can wait
+    a whole switch interval. One call per batch means one wait per batch: on the example
+    classifier with one busy Python thread beside it, the forward ran at 8.3k images/s as six
+    calls and 9.7k as one (14.7k alone).
+    """
+
+    def __init__(
+        self, model: torch.nn.Module, a: torch.Tensor, b: torch.Tensor, channels_last: bool
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.a = a
+        self.b = b
+        self.channels_last = channels_last
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # A new tensor even when x is already float32 (see Runner._forward).
+        z = x.to(dtype=torch.float32, copy=True).mul_(self.a).add_(self.b)
+        if self.channels_last:
+            z = z.contiguous(memory_format=torch.channels_last)
+        return self.model(z).float()
+
+
+def fuse(handler: ModelHandler, a: torch.Tensor, b: torch.Tensor, channels_last: bool) -> Any:
+    """The scripted normalise-and-forward for a TorchScript model; None for other handlers."""
+    module = getattr(handler, "module", None)
+    if not isinstance(module, torch.jit.ScriptModule):
+        return None
+    try:
+        return torch.jit.script(_Normalised(module, a, b, channels_last).eval())
+    except Exception:  # e.g. a model that returns a tuple: it runs unfused, as before
+        return None
+
+
 class BatchCap:
     """The effective max batch size: halved on OOM, doubled back after a run of clean batches."""
 
@@ -106,8 +144,19 @@ class Runner:
         self._a = (1.0 / (config.preprocess.scale * std)).view(1, channels, 1, 1).to(device)
         self._b = (-mean / std).view(1, channels, 1, 1).to(device)
         self._wire_dtype = _TORCH_DTYPES[config.dtype]
+        # Autocast stays a Python context around the unfused path.
+        self._fused = (
+            fuse(handler, self._a, self._b, config.precision.channels_last)
+            if self._autocast is None
+            else None
+        )
+        # One slot per instance computing, one waiting, one being staged.
         self.collator = Collator(
-            config.shape, self._wire_dtype, config.batching.max_batch_size, device
+            config.shape,
+            self._wire_dtype,
+            config.batching.max_batch_size,
+            device,
+            slots=config.instances + 2,
         )
         self._labels = config.output.labels
         self._names: list[str] = []
@@ -211,6 +260,17 @@ class Runner:
         return self._compute(x[:half]) + self._compute(x[half:])
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._fused is not None:
+            with torch.inference_mode():
+                out = self._fused(x)
+        else:
+            out = self._unfused(x)
+        if not isinstance(out, torch.Tensor) or out.shape[0] != x.shape[0]:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ModelError(f"model must return one row per input ({x.shape[0]}), got {got}")
+        return out.cpu()
+
+    def _unfused(self, x: torch.Tensor) -> Any:
         with torch.inference_mode(), self._autocast_ctx():
             # A new tensor even when x is already float32: the staged input must stay as it came,
             # because a batch that fails is bisected and its halves run again from it.
@@ -218,10 +278,7 @@ class Runner:
             if self.config.precision.channels_last:
                 z = z.contiguous(memory_format=torch.channels_last)
             out = self.handler.predict(z)
-        if not isinstance(out, torch.Tensor) or out.shape[0] != x.shape[0]:
-            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ModelError(f"model must return one row per input ({x.shape[0]}), got {got}")
-        return out.float().cpu()
+        return out.float() if isinstance(out, torch.Tensor) else out
 
     def _autocast_ctx(self) -> Any:
         if self._autocast is None:

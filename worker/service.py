@@ -41,7 +41,7 @@ from worker.hooks import Hooks
 from worker.messages import InferenceRequest, Rejection, decode_message
 from worker.repository import ModelRepository, ModelVersion
 from worker.runner import DeviceFailure, Outcome, PreparedBatch, Runner, is_oom, unrecoverable
-from worker.tuning import name_os_thread, tune_threads
+from worker.tuning import name_os_thread, torch_threads, tune_threads
 
 log = get_logger(__name__)
 
@@ -94,6 +94,11 @@ class Served:
 
     def __post_init__(self) -> None:
         self.queue = keys.queue_name(self.model.name)
+
+    def end_runs(self) -> None:
+        """Tell each of the model's run threads to end once the batches before are computed."""
+        for _ in range(self.model.config.instances):
+            self.ready.put(None)
 
 
 @dataclass(frozen=True)
@@ -153,7 +158,8 @@ class InferenceService:
         self._stopping = threading.Event()
         self._fatal = threading.Event()
         self._fatal_lock = threading.Lock()
-        self._device_lock = threading.Lock()
+        # Batches computing at once on the device: one per instance of the largest model.
+        self._compute_slots = threading.Semaphore(1)
         self._writes: Queue[WriteJob | None] = Queue()
         self._threads: list[threading.Thread] = []
         self._fetch_threads: list[threading.Thread] = []
@@ -175,17 +181,20 @@ class InferenceService:
         # interval a runner coming back from the device can wait that long for a decoding
         # fetcher. A shorter interval keeps the device fed.
         sys.setswitchinterval(self.settings.switch_interval_s)
+        repo = ModelRepository(self.settings.model_repository)
+        models = [repo.resolve(name) for name in self.model_names]
+        instances = check_instances(self.device, models)
+        self._compute_slots = threading.Semaphore(max(m.config.instances for m in models))
         # malloc is tuned earlier, before any thread exists (worker.app, or the child's env).
-        tune_threads(self.settings.torch_threads)
+        tune_threads(torch_threads(self.settings.torch_threads, self.device.type, instances))
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)  # CUDA is first touched here, after the fork
-        repo = ModelRepository(self.settings.model_repository)
-        self.served = self._start_run_threads([repo.resolve(name) for name in self.model_names])
+        self.served = self._start_run_threads(models)
         try:
             check_settings(self.settings, self.served)
         except ConfigError:
             for s in self.served:
-                s.ready.put(None)  # nothing was fetched: the run threads just end
+                s.end_runs()  # nothing was fetched: the run threads just end
             raise
         self._publish_specs()
         self._spawn("inferq-writer", self._write_loop)
@@ -258,7 +267,7 @@ class InferenceService:
                 failure = failure or exc
         if failure is not None:
             for s in served:
-                s.ready.put(None)
+                s.end_runs()
             raise failure
         return served
 
@@ -270,6 +279,10 @@ class InferenceService:
         except BaseException as exc:
             future.set_exception(exc)
             return
+        for i in range(1, model.config.instances):  # the model's other instances, loaded above
+            self._runner_threads.append(
+                self._spawn(f"inferq-run-{model.name}-{i}", self._run_loop, s)
+            )
         future.set_result(s)
         self._run_loop(s)
 
@@ -380,7 +393,7 @@ class InferenceService:
             prepared = self._prepare(s, batch)
             if prepared is not None:
                 s.ready.put(prepared)
-        s.ready.put(None)
+        s.end_runs()
 
     def _prepare(self, s: Served, batch: list[InferenceRequest]) -> PreparedBatch | None:
         try:
@@ -412,7 +425,7 @@ class InferenceService:
         self.hooks.emit("before_batch", s.model.name, batch)
         started = time.perf_counter()
         try:
-            with self._device_lock:
+            with self._compute_slots:
                 outcomes = s.runner.execute(prepared)
         except DeviceFailure as exc:
             self._device_failed(s, batch, exc)
@@ -542,6 +555,7 @@ class InferenceService:
             due["beat"] = now + self.settings.heartbeat_s
         if now >= due["sweep"]:
             restored = self.broker.restore_expired(self.settings.visibility_timeout_s)
+            restored += self.broker.return_holds(self.settings.visibility_timeout_s)
             if restored:
                 log.warning("redelivered messages past the visibility timeout", count=restored)
             due["sweep"] = now + self.settings.restore_interval_s
@@ -599,6 +613,17 @@ class InferenceService:
             }
             for s in self.served
         }
+
+
+def check_instances(device: torch.device, models: Sequence[ModelVersion]) -> int:
+    """The run threads the models ask for in all; several per model only on CPU."""
+    many = [f"{m.name} ({m.config.instances})" for m in models if m.config.instances > 1]
+    if many and device.type != "cpu":
+        raise ConfigError(
+            f"instances.count above 1 runs on CPU only, got {', '.join(many)} on {device}; "
+            f"for more concurrency on one GPU, run more workers on it"
+        )
+    return sum(m.config.instances for m in models)
 
 
 def check_settings(settings: Settings, served: Sequence[Served]) -> None:

@@ -106,6 +106,15 @@ def worker_env(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     }
 
 
+def torch_threads(setting: int, device_type: str, instances: int) -> int:
+    """Intra-op threads for a worker: ``INFERQ_TORCH_THREADS`` when set; on CPU with several
+    model instances, the cores shared out between them (each instance computing on all cores
+    would oversubscribe them); else 0, torch's default."""
+    if setting > 0 or device_type != "cpu" or instances <= 1:
+        return setting
+    return max(1, len(os.sched_getaffinity(0)) // instances)
+
+
 def tune_threads(torch_threads: int) -> None:
     """Set torch's intra-op thread count (0 keeps torch's default)."""
     if torch_threads > 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -122,3 +123,40 @@ def test_stage_profile_times_every_stage(shapes_repo: Path) -> None:
     rows = dict(re.findall(r"^(.+?)\s+([\d.]+) us/message$", out.stdout, re.M))
     assert len(rows) == 7 and {"result metas", "metrics hook"} <= set(rows)
     assert all(float(v) > 0 for v in rows.values())
+
+
+def test_bench_measures_every_figure_side_by_side(shapes_repo: Path, tmp_path: Path) -> None:
+    out = inferq(
+        "bench",
+        "--model-repository",
+        str(shapes_repo),
+        "--batch-size",
+        "16",
+        "--instances",
+        "2",
+        "--drain",
+        "400",
+        "--burst",
+        "200",
+        "--steady-seconds",
+        "2",
+        "--out",
+        str(tmp_path),
+        timeout=400,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert data["instances"] == 2
+    assert sorted(int(s) for s in data["raw"]) == [1, 2, 4, 8, 16]
+    for figure in (data["raw"]["16"], data["raw_after"], data["raw_single"]["16"]):
+        assert figure > 0
+    limit = max(
+        (data["raw"]["16"] + data["raw_after"]) / 2,
+        (data["raw_single"]["16"] + data["raw_single_after"]) / 2,
+    )
+    assert data["drain"]["count"] == 400
+    assert data["ratios"]["drain"] == pytest.approx(data["drain"]["throughput"] / limit)
+    assert data["ratios"]["end_to_end"] == pytest.approx(data["burst"]["throughput"] / limit)
+    assert data["steady"]["latency_ms"]["p99"] >= data["steady"]["latency_ms"]["p50"] > 0
+    assert (tmp_path / "bench.png").stat().st_size > 0
+    assert "(b) drain, 400 queued" in out.stdout and "one instance on all cores" in out.stdout

@@ -110,6 +110,32 @@ def test_submit_many_and_gather(stack_factory, test_repo: Path) -> None:
     assert results[5].get(timeout=5) == values[5]
 
 
+def test_a_model_with_two_instances_computes_on_two_run_threads(
+    stack_factory, test_repo: Path
+) -> None:
+    import psutil
+    import torch
+
+    from tests.models import Tiny
+
+    stack = stack_factory(test_repo)
+    w = stack.worker("twin", supervised=False)
+    names = []
+    for t in psutil.Process(w.process.pid).threads():
+        with open(f"/proc/{w.process.pid}/task/{t.id}/comm") as fh:
+            names.append(fh.read().strip())
+    # inferq-run-twin and inferq-run-twin-1, as Linux keeps them (15 bytes)
+    assert names.count("inferq-run-twin") == 2
+    images = [_img(i) for i in range(200)]
+    values = gather(submit_many(images, model="twin"), timeout=60)
+    model = Tiny().eval()
+    for img, value in zip(images, values, strict=True):
+        x = torch.from_numpy(img.transpose(2, 0, 1).copy()).float().div(255).unsqueeze(0)
+        probs = torch.softmax(model(x), dim=1)[0]
+        assert value["outputs"][0]["index"] == int(probs.argmax())
+        assert value["outputs"][0]["score"] == pytest.approx(float(probs.max()), rel=1e-4)
+
+
 def test_pickle_message_is_refused_and_never_deserialized(stack_factory, test_repo: Path) -> None:
     stack = stack_factory(test_repo)
     stack.worker("tiny")

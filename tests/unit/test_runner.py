@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import typing
 from pathlib import Path
@@ -657,3 +658,59 @@ def test_float32_inputs_are_normalised_once_even_when_a_batch_is_bisected() -> N
     for i in (0, 1, 3):
         expected = ((arrays[i].astype(np.float64) - mean) / std).mean(axis=(1, 2))
         np.testing.assert_allclose(outcomes[i].value["outputs"], expected, rtol=1e-5)  # type: ignore[index]
+
+
+class ScriptablePoisoned(torch.nn.Module):
+    """Raises on any row holding a pixel of 255 (normalised: channel 0 above 0.99)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x[:, 0] > 0.99).any()):
+            raise ValueError("poisoned pixel")
+        return x.mean(dim=(2, 3))
+
+
+def test_a_torchscript_model_runs_fused_with_its_normalisation(tmp_path: Path) -> None:
+    version = _write_torchscript(tmp_path, ScriptableMeans())
+    runner = Runner(load_handler(version, CPU), version.config, 1, CPU, "w", wall=lambda: WALL)
+    assert runner._fused is not None
+    x = torch.from_numpy(np.stack(_arrays(6, seed=4)))
+    staged = x.clone()
+    fused = runner._forward(x)
+    assert torch.equal(x, staged)  # the staged input is left as it came
+    torch.testing.assert_close(fused, runner._unfused(x))
+    expected = np.stack([_expected_means(a) * 2.0 + 1.0 for a in x.numpy()])
+    np.testing.assert_allclose(fused.numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_fused_batch_that_raises_is_bisected_to_the_guilty_row(tmp_path: Path) -> None:
+    version = _write_torchscript(tmp_path, ScriptablePoisoned())
+    runner = Runner(load_handler(version, CPU), version.config, 1, CPU, "w", wall=lambda: WALL)
+    assert runner._fused is not None
+    arrays = _arrays(5, seed=8)
+    arrays[3] = arrays[3].copy()
+    arrays[3][0, 0, 0] = 255
+    outcomes = runner.run([_request(a) for a in arrays])
+    assert isinstance(outcomes[3].error, ModelError)
+    assert "poisoned pixel" in str(outcomes[3].error)
+    for i in (0, 1, 2, 4):
+        np.testing.assert_allclose(
+            outcomes[i].value["outputs"],  # type: ignore[index]
+            _expected_means(arrays[i]),
+            rtol=1e-5,
+            atol=1e-5,
+        )
+
+
+def test_autocast_and_eager_models_keep_the_unfused_path(tmp_path: Path) -> None:
+    version = _write_torchscript(tmp_path, ScriptableMeans())
+    bf16 = dataclasses.replace(
+        version.config, precision=dataclasses.replace(version.config.precision, mode="bf16")
+    )
+    assert Runner(load_handler(version, CPU), bf16, 1, CPU, "w")._fused is None
+    assert _runner(ChannelMeans())._fused is None
+
+
+def test_staging_slots_cover_every_instance_plus_one_waiting_and_one_staging() -> None:
+    config = dataclasses.replace(_config(), instances=3)
+    runner = _runner(ChannelMeans(), config)
+    assert len(runner.collator._slots) == 5

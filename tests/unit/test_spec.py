@@ -399,3 +399,27 @@ def test_input_spec_is_frozen_and_hashable() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         spec.version = 2  # type: ignore[misc]
     assert {spec: 1}[InputSpec(model="m", version=1, shape=(3, 4, 4))] == 1
+
+
+def test_instances_count_defaults_to_one_and_is_read_from_its_table() -> None:
+    base = {"input": {"shape": [3, 8, 8]}}
+    assert parse_config("m", base).instances == 1
+    assert parse_config("m", {**base, "instances": {"count": 4}}).instances == 4
+
+
+@pytest.mark.parametrize(
+    ("count", "message"),
+    [
+        (0, "instances.count must be from 1 to 64, got 0"),
+        (65, "instances.count must be from 1 to 64, got 65"),
+        ("2", "instances.count must be an integer, got '2'"),
+    ],
+)
+def test_bad_instances_count_is_refused_naming_the_key(count: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config("m", {"input": {"shape": [3, 8, 8]}, "instances": {"count": count}})
+
+
+def test_unknown_key_in_instances_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"\[instances\] allows only the keys count"):
+        parse_config("m", {"input": {"shape": [3, 8, 8]}, "instances": {"kind": "gpu"}})

@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from worker.tuning import allocator_env, name_os_thread, tune_allocator
+from worker.tuning import allocator_env, name_os_thread, torch_threads, tune_allocator
 
 GLIBC = platform.libc_ver()[0] == "glibc"
 
@@ -97,3 +97,12 @@ def test_importing_the_worker_app_sets_omp_before_torch_loads() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env
     )
     assert out.stdout.split() == ["PASSIVE", "False"]
+
+
+def test_instances_share_out_the_cores_unless_threads_are_set() -> None:
+    cores = len(os.sched_getaffinity(0))
+    assert torch_threads(0, "cpu", 1) == 0  # torch's default
+    assert torch_threads(0, "cpu", 2) == max(1, cores // 2)
+    assert torch_threads(0, "cpu", 10 * cores) == 1
+    assert torch_threads(3, "cpu", 2) == 3  # the operator's setting wins
+    assert torch_threads(0, "cuda", 2) == 0

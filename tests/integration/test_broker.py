@@ -1,0 +1,89 @@
+"""The worker's bulk fetch against a real Redis: order, kombu's unacked records, and holds that a
+worker dying between its two fetch round trips leaves behind."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import orjson
+import pytest
+
+from shared import keys
+from worker.broker import DEAD_LETTER, HOLDING, Broker
+
+pytestmark = pytest.mark.integration
+
+QUEUE = keys.queue_name("tiny")
+
+
+def envelope(n: int, priority: int = 0, properties_first: bool = False) -> bytes:
+    """A kombu Redis envelope as Celery writes it (or with its fields in another order)."""
+    props = {
+        "correlation_id": f"id-{n}",
+        "delivery_mode": 2,
+        "delivery_info": {"exchange": "", "routing_key": QUEUE},
+        "priority": priority,
+        "body_encoding": "base64",
+        "delivery_tag": f"tag-{n}",
+    }
+    head = {"body": "e30=", "content-encoding": "utf-8", "content-type": "application/json"}
+    if properties_first:
+        return orjson.dumps({"properties": props, **head})
+    return orjson.dumps({**head, "headers": {}, "properties": props})
+
+
+def push(client, *messages: bytes, priority: int = 0) -> None:
+    for m in messages:  # as kombu publishes: LPUSH, so the oldest is the rightmost
+        client.lpush(keys.priority_queue_key(QUEUE, priority), m)
+
+
+@pytest.fixture
+def broker(stack_factory, test_repo: Path) -> Broker:
+    stack = stack_factory(test_repo)
+    return Broker(stack.client, stack.client, 60)
+
+
+def test_fetch_takes_the_highest_priority_then_the_oldest(broker: Broker) -> None:
+    push(broker.client, *(envelope(n) for n in range(5)), priority=keys.DEFAULT_PRIORITY)
+    push(broker.client, envelope(100, priority=9), priority=9)
+    push(broker.client, envelope(200, priority=0), priority=0)
+    # kombu's lists are served in queue_keys order (priority 0 first, 9 last), each oldest first
+    assert [f.tag for f in broker.fetch(QUEUE, 4)] == ["tag-200", "tag-0", "tag-1", "tag-2"]
+    assert [f.tag for f in broker.fetch(QUEUE, 10)] == ["tag-3", "tag-4", "tag-100"]
+    assert broker.fetch(QUEUE, 10) == []
+
+
+def test_fetch_records_kombus_unacked_entries_and_leaves_no_hold(broker: Broker) -> None:
+    push(broker.client, envelope(1), envelope(2, properties_first=True))
+    got = broker.fetch(QUEUE, 10)
+    assert [f.tag for f in got] == ["tag-1", "tag-2"]
+    for f in got:
+        message, exchange, routing_key = json.loads(broker.client.hget(keys.UNACKED, f.tag))
+        assert message == json.loads(f.raw)
+        assert (exchange, routing_key) == ("", QUEUE)
+        assert broker.client.zscore(keys.UNACKED_INDEX, f.tag) is not None
+    assert broker.client.zcard(HOLDING) == 0
+    assert broker.client.keys("inferq:hold:*") == []
+
+
+def test_messages_without_a_delivery_tag_go_to_the_dead_letter_list(broker: Broker) -> None:
+    no_tag = orjson.dumps({"body": "e30=", "properties": {"priority": 0}})
+    push(broker.client, b"\x00garbage", no_tag, envelope(3))
+    assert [f.tag for f in broker.fetch(QUEUE, 10)] == ["tag-3"]
+    assert broker.client.lrange(DEAD_LETTER, 0, -1) == [no_tag, b"\x00garbage"]
+    assert broker.client.hlen(keys.UNACKED) == 1
+
+
+def test_a_hold_left_by_a_dead_worker_goes_back_once_in_order(broker: Broker) -> None:
+    push(broker.client, *(envelope(n) for n in range(4)))
+    push(broker.client, envelope(9))  # stays queued: the hold takes 4
+    # The first round trip of a fetch, and then the worker is gone: no unacked record yet.
+    counts, _ = broker._hold(keys.queue_keys(QUEUE), "inferq:hold:dead:0", QUEUE, 4)
+    assert sum(counts) == 4
+    assert broker.client.hlen(keys.UNACKED) == 0
+    assert broker.return_holds(older_than_s=3600) == 0  # not yet past the visibility timeout
+    assert broker.return_holds(older_than_s=0) == 4
+    assert broker.return_holds(older_than_s=0) == 0  # once only
+    assert broker.client.keys("inferq:hold:*") == []
+    assert [f.tag for f in broker.fetch(QUEUE, 10)] == [f"tag-{n}" for n in (0, 1, 2, 3, 9)]
