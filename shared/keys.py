@@ -17,6 +17,12 @@ PRIORITY_SEP = "\x06\x16"
 UNACKED = "unacked"
 UNACKED_INDEX = "unacked_index"
 
+# A fetch's messages between leaving their queue and being recorded in UNACKED: hold lists
+# ``<HOLD_PREFIX><fetcher>:<n>:<list>``, each hold registered in HOLDING as ``<hold>#<queue>``,
+# scored by when it was taken.
+HOLD_PREFIX = "inferq:hold:"
+HOLDING = "inferq:holding"
+
 # Celery's Redis result backend key prefix; results are also PUBLISHed on the same name.
 RESULT_PREFIX = "celery-task-meta-"
 

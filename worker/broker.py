@@ -74,8 +74,6 @@ end
 return counts
 """
 )
-HOLDING = "inferq:holding"  # ``<hold key>#<queue>`` scored by when the hold was taken
-
 # Put a hold that was never recorded as unacked (its worker died in between) back on its lists,
 # oldest message last on the right, where the next pop takes it; once only, by whoever ZREMs.
 # KEYS: holding index, then the queue's lists. ARGV: the holding member, hold key.
@@ -164,6 +162,7 @@ return #due
 class Fetched:
     tag: str
     raw: bytes
+    unacked: bytes = b""  # kombu's unacked entry for it: [message, exchange, routing_key]
 
 
 @dataclass(frozen=True)
@@ -191,39 +190,27 @@ class Broker:
         self.fetch_client = fetch_client or client
         self.result_ttl_s = result_ttl_s
         self._same = result_client is client
-        self._holds = (f"inferq:hold:{uuid.uuid4().hex}:{n}" for n in itertools.count())
+        self._holds = (f"{keys.HOLD_PREFIX}{uuid.uuid4().hex}:{n}" for n in itertools.count())
 
     def fetch(self, queue: str, count: int) -> list[Fetched]:
         """Take up to ``count`` messages, highest priority first, oldest first, recorded in
         kombu's unacked bookkeeping. Two round trips: the hold script and reads of what it
         took, then one transaction that records them as unacked and drops the hold. A worker
-        that dies between the two leaves a hold, which ``restore_expired`` puts back."""
-        lists = keys.queue_keys(queue)
+        that dies between the two leaves a hold, which ``return_holds`` puts back."""
         hold = next(self._holds)
-        counts, held = self._hold(lists, hold, queue, count)
+        counts, held = self._hold(keys.queue_keys(queue), hold, queue, count)
         if not any(counts):
             return []
-        now = time.time()
-        fetched: list[Fetched] = []
-        unacked: dict[str, bytes] = {}
-        dead: list[bytes] = []
-        for part in held:
-            for raw in reversed(part):  # the oldest message of each list is the rightmost
-                record = _unacked_record(raw, queue)
-                if record is None:
-                    dead.append(raw)
-                    continue
-                unacked[record[0]] = record[1]
-                fetched.append(Fetched(record[0], raw))
+        fetched, dead = _sort_out(held, queue)
         pipe = self.fetch_client.pipeline(transaction=True)
-        if unacked:
-            pipe.hset(keys.UNACKED, mapping=unacked)  # type: ignore[arg-type]
-            pipe.zadd(keys.UNACKED_INDEX, dict.fromkeys(unacked, now))
+        if fetched:
+            pipe.hset(keys.UNACKED, mapping={f.tag: f.unacked for f in fetched})
+            pipe.zadd(keys.UNACKED_INDEX, dict.fromkeys((f.tag for f in fetched), time.time()))
         if dead:  # not kombu envelopes: set aside, never retried forever
             pipe.lpush(DEAD_LETTER, *dead)
             pipe.ltrim(DEAD_LETTER, 0, DEAD_LETTER_MAX - 1)
         pipe.delete(*(f"{hold}:{i + 1}" for i, n in enumerate(counts) if n))
-        pipe.zrem(HOLDING, f"{hold}#{queue}")
+        pipe.zrem(keys.HOLDING, f"{hold}#{queue}")
         pipe.execute()
         return fetched
 
@@ -234,7 +221,7 @@ class Broker:
         args = [count, repr(time.time()), hold, queue]
         for attempt in (1, 2):
             pipe = self.fetch_client.pipeline(transaction=False)
-            HOLD.queue(pipe, [*lists, HOLDING], args)
+            HOLD.queue(pipe, [*lists, keys.HOLDING], args)
             for i in range(len(lists)):
                 pipe.lrange(f"{hold}:{i + 1}", 0, -1)
             counts, *held = pipe.execute(raise_on_error=False)
@@ -316,12 +303,12 @@ class Broker:
         """Put back the holds of fetches that were never recorded as unacked (a worker died
         between its two fetch round trips); each goes back once, whoever sweeps first."""
         ceiling = time.time() - older_than_s
-        members: list[bytes] = self.client.zrangebyscore(HOLDING, "-inf", ceiling, 0, limit)  # type: ignore[assignment]
+        members: list[bytes] = self.client.zrangebyscore(keys.HOLDING, "-inf", ceiling, 0, limit)  # type: ignore[assignment]
         moved = 0
         for member in members:
             hold, _, queue = _text(member).partition("#")
             moved += int(
-                RETURN_HOLD(self.client, [HOLDING, *keys.queue_keys(queue)], [member, hold])
+                RETURN_HOLD(self.client, [keys.HOLDING, *keys.queue_keys(queue)], [member, hold])
             )
         return moved
 
@@ -373,31 +360,48 @@ _EXCHANGE = re.compile(rb'"exchange"\s*:\s*"([^"\\]*)"')
 _ROUTING_KEY = re.compile(rb'"routing_key"\s*:\s*"([^"\\]*)"')
 
 
-def _unacked_record(raw: bytes, queue: str) -> tuple[str, bytes] | None:
-    """The delivery tag and kombu's unacked entry ``[message, exchange, routing_key]`` for a
-    fetched message; None for anything that is not a kombu envelope with a delivery tag."""
-    if raw[:1] != b"{":
+def _sort_out(held: Sequence[Sequence[bytes]], queue: str) -> tuple[list[Fetched], list[bytes]]:
+    """The kombu envelopes among what a hold read back, in delivery order, and the rest."""
+    fetched: list[Fetched] = []
+    dead: list[bytes] = []
+    for part in held:
+        for raw in reversed(part):  # the oldest message of each list is the rightmost
+            record = _by_pattern(raw, queue) or _by_parsing(raw, queue)
+            if record is None:
+                dead.append(raw)
+            else:
+                fetched.append(Fetched(record[0], raw, record[1]))
+    return fetched, dead
+
+
+def _by_pattern(raw: bytes, queue: str) -> tuple[str, bytes] | None:
+    """Delivery tag and unacked entry from the envelope's trailing "properties" (kombu writes
+    it last), without parsing the body before it."""
+    at = raw.rfind(b'"properties"')
+    tag = _TAG.search(raw, at) if raw[:1] == b"{" and at > 0 else None
+    if tag is None:
         return None
-    at = max(raw.rfind(b'"properties"'), 0)
-    tag = _TAG.search(raw, at)
-    if tag is not None:
-        ex = _EXCHANGE.search(raw, at)
-        rk = _ROUTING_KEY.search(raw, at)
-        exchange = ex.group(1) if ex else b""
-        routing_key = rk.group(1) if rk else queue.encode()
-        return tag.group(1).decode(), b'[%s,"%s","%s"]' % (raw, exchange, routing_key)
+    ex = _EXCHANGE.search(raw, at)
+    rk = _ROUTING_KEY.search(raw, at)
+    exchange = ex.group(1) if ex else b""
+    routing_key = rk.group(1) if rk else queue.encode()
+    return tag.group(1).decode(), b'[%s,"%s","%s"]' % (raw, exchange, routing_key)
+
+
+def _by_parsing(raw: bytes, queue: str) -> tuple[str, bytes] | None:
+    """The same from a full parse; None for anything that is not a kombu envelope with a tag."""
     try:
         props = orjson.loads(raw).get("properties")
     except (orjson.JSONDecodeError, AttributeError):
         return None
-    found = props.get("delivery_tag") if isinstance(props, dict) else None
-    if not isinstance(found, str) or not found:
+    tag = props.get("delivery_tag") if isinstance(props, dict) else None
+    if not isinstance(tag, str) or not tag:
         return None
     info = props.get("delivery_info")
     info = info if isinstance(info, dict) else {}
     exchange = info.get("exchange") if isinstance(info.get("exchange"), str) else ""
     routing_key = info.get("routing_key") if isinstance(info.get("routing_key"), str) else queue
-    return found, b"[%s,%s,%s]" % (raw, orjson.dumps(exchange), orjson.dumps(routing_key))
+    return tag, b"[%s,%s,%s]" % (raw, orjson.dumps(exchange), orjson.dumps(routing_key))
 
 
 def _text(value: bytes | str) -> str:

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from shared import keys
-from worker.broker import DEAD_LETTER, HOLDING, Broker
+from worker.broker import DEAD_LETTER, Broker
 
 pytestmark = pytest.mark.integration
 
@@ -63,7 +63,7 @@ def test_fetch_records_kombus_unacked_entries_and_leaves_no_hold(broker: Broker)
         assert message == json.loads(f.raw)
         assert (exchange, routing_key) == ("", QUEUE)
         assert broker.client.zscore(keys.UNACKED_INDEX, f.tag) is not None
-    assert broker.client.zcard(HOLDING) == 0
+    assert broker.client.zcard(keys.HOLDING) == 0
     assert broker.client.keys("inferq:hold:*") == []
 
 

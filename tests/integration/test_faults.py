@@ -120,6 +120,32 @@ def test_other_worker_serves_when_one_is_killed(stack_factory, test_repo: Path) 
     assert outcome_counts(values) == Counter(ok=400)
 
 
+def test_a_fetch_cut_short_between_its_round_trips_is_served_after_the_timeout(
+    stack_factory, test_repo: Path
+) -> None:
+    """A worker that died after taking messages into a hold, before recording them as unacked:
+    another worker's sweeper puts them back and they are served, each once."""
+    from worker.broker import Broker
+    from worker.repository import ModelRepository
+
+    stack = stack_factory(test_repo, visibility_timeout_s=4.0, restore_interval_s=0.5)
+    mv = ModelRepository(test_repo).resolve("tiny")  # its spec, as a worker would publish it
+    stack.client.set(keys.model_spec_key("tiny"), mv.config.input_spec(mv.version).to_json())
+    results = submit_many([chw(seed=i) for i in range(40)], model="tiny")
+    queue = keys.queue_name("tiny")
+    dead = Broker(stack.client, stack.client, 60)
+    counts, _ = dead._hold(keys.queue_keys(queue), f"{keys.HOLD_PREFIX}dead:0", queue, 25)
+    assert sum(counts) == 25 and stack.client.zcard(keys.HOLDING) == 1
+    taken_at = time.monotonic()
+    stack.worker("tiny")
+    values = gather(results, timeout=60, return_exceptions=True)
+    assert outcome_counts(values) == Counter(ok=40)
+    assert time.monotonic() - taken_at >= 4.0  # the held 25 waited for the visibility timeout
+    assert stack.client.zcard(keys.HOLDING) == 0
+    assert stack.client.keys(f"{keys.HOLD_PREFIX}*") == []
+    assert stack.client.hlen(keys.UNACKED) == 0
+
+
 def test_refuses_a_visibility_timeout_below_the_worst_batch_time(
     stack_factory, test_repo: Path
 ) -> None:
