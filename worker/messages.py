@@ -233,7 +233,7 @@ def _decode_tensor(
     if type(payload) is not bytes:
         payload = bytes(payload)
     header = codec.read_header(payload, max_bytes)
-    if header.dtype.name != spec.dtype or header.shape != spec.shape:
+    if header.dtype != codec.BY_NAME.get(spec.dtype) or header.shape != spec.shape:
         raise InvalidInput(
             f"tensor must be {spec.dtype}{list(spec.shape)} for model {spec.model!r}, "
             f"got {header.dtype.name}{list(header.shape)}"
