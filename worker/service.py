@@ -1,4 +1,5 @@
-"""The inference service: per served model, a fetcher thread and a runner thread; one writer.
+"""The inference service: per served model, a fetcher thread, a prepare thread and one run
+thread per instance (``[instances] count``, CPU only); one writer.
 
     Redis --fetch (bulk, atomic with unacked bookkeeping)--> decode/validate --> MicroBatcher
           --> Runner (device) --> ResultWriter --(results + acks, one pipelined round trip)--> Redis
@@ -245,12 +246,14 @@ class InferenceService:
         return thread
 
     def _start_run_threads(self, models: Sequence[ModelVersion]) -> list[Served]:
-        """One run thread per model, which loads and warms the model up itself, then computes
-        its batches. Every torch call of a model happens on that one thread: on CPU each thread
-        that enters torch's parallel regions gets its own OpenMP team, and a second team (say,
-        one left from a warm-up on the main thread) measurably slows the one that computes
-        (about 15% on ResNet-18 with two cores here), as its idle workers and the active ones
-        contend for the same cores."""
+        """A run thread per model, which loads and warms the model up itself, starts the run
+        threads of the model's other instances, then computes its batches. With one instance,
+        every torch call of the model happens on that one thread: on CPU each thread that
+        enters torch's parallel regions gets its own OpenMP team, and a second team (say, one
+        left from a warm-up on the main thread) measurably slows the one that computes (about
+        15% on ResNet-18 with two cores here), as its idle workers and the active ones contend
+        for the same cores. Several instances share the module and the cores are shared out
+        between them (one intra-op thread each on two cores), so there is no team to contend."""
         loaded: list[Future[Served]] = []
         for model in models:
             future: Future[Served] = Future()
