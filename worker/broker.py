@@ -39,10 +39,11 @@ DEAD_LETTER_MAX = 10_000
 
 # Take up to N messages, highest priority list first, into hold lists (``<hold>:<i>`` for the
 # queue's i-th list) and register the hold in ``inferq:holding``, scored by time: one atomic step
-# in which the messages never pass through Lua. ``SORT .. BY nosort LIMIT .. STORE`` copies list
-# elements in C; a script that pops them into Lua values costs Redis about 8 us per 5 KB message
-# before it does anything with them (24 us per message for the pop-and-record script this
-# replaced, 1.1 ms for a 200 KB ResNet input; this script and the follow-up 9 us and 0.26 ms).
+# in which the messages never pass through Lua. A list taken whole is renamed; otherwise
+# ``SORT .. BY nosort LIMIT .. STORE`` copies its oldest elements in C. (A script that pops
+# messages into Lua values costs Redis about 8 us per 5 KB message before it does anything with
+# them: 24 us per message for the pop-and-record script this replaced, 1.1 ms for a 200 KB
+# ResNet input; with this script and the follow-up transaction, 9 us and 0.26 ms.)
 # KEYS: the queue's lists, holding index. ARGV: max messages, now, hold key, queue name.
 # Returns the number taken from each list.
 HOLD = LuaScript(
@@ -56,11 +57,10 @@ for i = 1, nq do
     local len = redis.call('LLEN', KEYS[i])
     n = math.min(len, want - taken)
     if n > 0 then
-      -- kombu pushes on the left and pops on the right: the oldest n are the last n
-      redis.call('SORT', KEYS[i], 'BY', 'nosort', 'LIMIT', len - n, n, 'STORE', hold .. ':' .. i)
-      if n == len then
-        redis.call('DEL', KEYS[i])
-      else
+      if n == len then  -- the whole list: moved as it is, whatever its size
+        redis.call('RENAME', KEYS[i], hold .. ':' .. i)
+      else  -- kombu pushes on the left and pops on the right: the oldest n are the last n
+        redis.call('SORT', KEYS[i], 'BY', 'nosort', 'LIMIT', len - n, n, 'STORE', hold .. ':' .. i)
         redis.call('LTRIM', KEYS[i], 0, len - n - 1)
       end
       taken = taken + n
@@ -166,6 +166,17 @@ class Fetched:
 
 
 @dataclass(frozen=True)
+class Taken:
+    """What one fetch moved into its hold: kombu envelopes in delivery order, and the rest."""
+
+    hold: str
+    queue: str
+    counts: tuple[int, ...]  # messages taken from each of the queue's lists
+    fetched: tuple[Fetched, ...]
+    dead: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
 class Write:
     """One result to store (``meta`` None: nothing to store, only the ack)."""
 
@@ -193,26 +204,41 @@ class Broker:
         self._holds = (f"{keys.HOLD_PREFIX}{uuid.uuid4().hex}:{n}" for n in itertools.count())
 
     def fetch(self, queue: str, count: int) -> list[Fetched]:
-        """Take up to ``count`` messages, highest priority first, oldest first, recorded in
-        kombu's unacked bookkeeping. Two round trips: the hold script and reads of what it
-        took, then one transaction that records them as unacked and drops the hold. A worker
-        that dies between the two leaves a hold, which ``return_holds`` puts back."""
+        """``take`` then ``record``: messages taken and recorded as unacked."""
+        taken = self.take(queue, count)
+        if taken is None:
+            return []
+        self.record(taken)
+        return list(taken.fetched)
+
+    def take(self, queue: str, count: int) -> Taken | None:
+        """Up to ``count`` messages, highest priority first, oldest first, moved into a hold
+        (one round trip: the hold script and reads of what it took); None when the queue is
+        empty. Not safe to send twice, so never retried here: a lost reply leaves a hold that
+        ``return_holds`` puts back."""
         hold = next(self._holds)
         counts, held = self._hold(keys.queue_keys(queue), hold, queue, count)
         if not any(counts):
-            return []
+            return None
         fetched, dead = _sort_out(held, queue)
+        return Taken(hold, queue, tuple(counts), tuple(fetched), tuple(dead))
+
+    def record(self, taken: Taken) -> None:
+        """Record a hold's messages in kombu's unacked bookkeeping and drop the hold, in one
+        transaction. Safe to repeat (after a lost reply, or while Redis refuses writes); a
+        worker must not start on the messages before this returns."""
         pipe = self.fetch_client.pipeline(transaction=True)
-        if fetched:
-            pipe.hset(keys.UNACKED, mapping={f.tag: f.unacked for f in fetched})
-            pipe.zadd(keys.UNACKED_INDEX, dict.fromkeys((f.tag for f in fetched), time.time()))
-        if dead:  # not kombu envelopes: set aside, never retried forever
-            pipe.lpush(DEAD_LETTER, *dead)
+        if taken.fetched:
+            pipe.hset(keys.UNACKED, mapping={f.tag: f.unacked for f in taken.fetched})
+            pipe.zadd(
+                keys.UNACKED_INDEX, dict.fromkeys((f.tag for f in taken.fetched), time.time())
+            )
+        if taken.dead:  # not kombu envelopes: set aside, never retried forever
+            pipe.lpush(DEAD_LETTER, *taken.dead)
             pipe.ltrim(DEAD_LETTER, 0, DEAD_LETTER_MAX - 1)
-        pipe.delete(*(f"{hold}:{i + 1}" for i, n in enumerate(counts) if n))
-        pipe.zrem(keys.HOLDING, f"{hold}#{queue}")
+        pipe.delete(*(f"{taken.hold}:{i + 1}" for i, n in enumerate(taken.counts) if n))
+        pipe.zrem(keys.HOLDING, f"{taken.hold}#{taken.queue}")
         pipe.execute()
-        return fetched
 
     def _hold(
         self, lists: Sequence[str], hold: str, queue: str, count: int

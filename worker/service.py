@@ -36,7 +36,7 @@ from shared.results import failure_meta, now_iso, success_meta
 from shared.settings import Settings
 from shared.spec import InputSpec
 from worker.batcher import BatchPolicy, MicroBatcher
-from worker.broker import Broker, Write
+from worker.broker import Broker, Taken, Write
 from worker.handlers import ModelHandler, load_handler
 from worker.hooks import Hooks
 from worker.messages import InferenceRequest, Rejection, decode_message
@@ -337,21 +337,45 @@ class InferenceService:
             s.in_hand.wait_for_room(0.05)
             return
         want = min(room, _FETCH_MAX)
-        fetched = self.broker.fetch(s.queue, want)
-        if self._stopping.is_set():
-            self._give_back_tags([f.tag for f in fetched])
-            return
-        if not fetched:
+        taken = self.broker.take(s.queue, want)
+        if taken is None:
             s.batcher.set_more_coming(False)
             self.broker.wait(s.queue, self.settings.idle_poll_s)
             return
+        if not self._record(taken):
+            return
+        fetched = taken.fetched
+        if self._stopping.is_set():
+            self._give_back_tags([f.tag for f in fetched])
+            return
         s.in_hand.add(len(fetched))
-        more = len(fetched) == want
+        more = sum(taken.counts) == want
         requests, rejections = self._decode(s, fetched)
         if rejections:
             self._writes.put(WriteJob(s, (), rejections))
         s.batcher.put(requests, more_coming=more)
         self.hooks.emit("after_fetch", s.model.name, len(fetched), more)
+
+    def _record(self, taken: Taken) -> bool:
+        """Record a fetch's messages as unacked, retrying while Redis refuses or is unreachable
+        (the transaction is safe to repeat). False if the worker stops first: the hold then
+        goes back to the queue after the visibility timeout, and nothing was started."""
+        delay = 0.05
+        while True:
+            try:
+                self.broker.record(taken)
+                return True
+            except (redis.RedisError, OSError) as exc:
+                if self._stopping.is_set():
+                    log.warning("stopping with a fetch not recorded; its hold goes back later")
+                    return False
+                log.warning(
+                    "redis refused or unreachable while recording fetched messages; retrying",
+                    error=str(exc),
+                    held=len(taken.fetched),
+                )
+                self._stopping.wait(delay)
+                delay = min(delay * 2, 2.0)
 
     def _decode(
         self, s: Served, fetched: Sequence[Any]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+import redis
 
 from shared import keys
 from worker.broker import DEAD_LETTER, Broker
@@ -87,3 +88,21 @@ def test_a_hold_left_by_a_dead_worker_goes_back_once_in_order(broker: Broker) ->
     assert broker.return_holds(older_than_s=0) == 0  # once only
     assert broker.client.keys("inferq:hold:*") == []
     assert [f.tag for f in broker.fetch(QUEUE, 10)] == [f"tag-{n}" for n in (0, 1, 2, 3, 9)]
+
+
+def test_recording_a_hold_waits_out_refused_writes_and_is_safe_to_repeat(broker: Broker) -> None:
+    push(broker.client, envelope(1), envelope(2), envelope(3))
+    taken = broker.take(QUEUE, 10)
+    assert taken is not None and [f.tag for f in taken.fetched] == ["tag-1", "tag-2", "tag-3"]
+    broker.client.config_set("maxmemory-policy", "noeviction")
+    broker.client.config_set("maxmemory", 1)  # every write refused: out of memory
+    with pytest.raises(redis.RedisError, match="used memory > 'maxmemory'"):
+        broker.record(taken)
+    assert broker.client.hlen(keys.UNACKED) == 0 and broker.client.zcard(keys.HOLDING) == 1
+    broker.client.config_set("maxmemory", 0)
+    broker.record(taken)
+    broker.record(taken)  # again, as after a lost reply: nothing changes
+    assert sorted(broker.client.hkeys(keys.UNACKED)) == [b"tag-1", b"tag-2", b"tag-3"]
+    assert broker.client.zcard(keys.UNACKED_INDEX) == 3
+    assert broker.client.zcard(keys.HOLDING) == 0
+    assert broker.client.keys(f"{keys.HOLD_PREFIX}*") == []
