@@ -36,6 +36,7 @@ from shared.lua import LuaScript, execute_with_scripts
 DEAD_LETTER = "inferq.deadletter"
 SCHEDULED = "inferq:scheduled"  # messages whose eta is further than ETA_HORIZON_S away
 DEAD_LETTER_MAX = 10_000
+_DEFAULT_LIST = keys.PRIORITIES.index(keys.DEFAULT_PRIORITY)  # its place in queue_keys()
 
 # Take up to N messages, highest priority list first, into hold lists (``<hold>:<i>`` for the
 # queue's i-th list) and register the hold in ``inferq:holding``, scored by time: one atomic step
@@ -243,22 +244,36 @@ class Broker:
     def _hold(
         self, lists: Sequence[str], hold: str, queue: str, count: int
     ) -> tuple[list[int], list[list[bytes]]]:
-        """The hold script and a read of each hold list, pipelined: one round trip."""
+        """The hold script and a read of the default-priority list's hold, pipelined: one round
+        trip, and a second only when other priorities had messages too."""
         args = [count, repr(time.time()), hold, queue]
         for attempt in (1, 2):
             pipe = self.fetch_client.pipeline(transaction=False)
             HOLD.queue(pipe, [*lists, keys.HOLDING], args)
-            for i in range(len(lists)):
-                pipe.lrange(f"{hold}:{i + 1}", 0, -1)
-            counts, *held = pipe.execute(raise_on_error=False)
+            pipe.lrange(f"{hold}:{_DEFAULT_LIST + 1}", 0, -1)
+            counts, default = pipe.execute(raise_on_error=False)
             if isinstance(counts, NoScriptError) and attempt == 1:
                 # A restarted Redis lost its scripts; the script did not run, nothing was taken.
                 self.fetch_client.script_load(HOLD.source)
                 continue
             if isinstance(counts, Exception):
                 raise counts
-            return [int(n) for n in counts], held
+            return [int(n) for n in counts], self._read_holds(hold, counts, default)
         raise AssertionError("unreachable")
+
+    def _read_holds(
+        self, hold: str, counts: Sequence[int], default: list[bytes]
+    ) -> list[list[bytes]]:
+        """Each list's hold, in the queue's list order (what the first round trip read, and the
+        others' reads)."""
+        others = [i for i, n in enumerate(counts) if n and i != _DEFAULT_LIST]
+        read: dict[int, list[bytes]] = {_DEFAULT_LIST: default}
+        if others:
+            pipe = self.fetch_client.pipeline(transaction=False)
+            for i in others:
+                pipe.lrange(f"{hold}:{i + 1}", 0, -1)
+            read.update(zip(others, pipe.execute(), strict=True))
+        return [read.get(i, []) for i in range(len(counts))]
 
     def wait(self, queue: str, timeout_s: float) -> bool:
         """Block until the queue's default-priority list has a message (or timeout); takes nothing.
