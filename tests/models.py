@@ -60,13 +60,14 @@ class Crashy(Tiny):
 
 
 class Slow(Tiny):
-    """Tiny, but takes ~20 ms a batch (for shutdown and redelivery tests)."""
+    """Tiny, but takes ~15 ms a batch on two cores (for shutdown and redelivery tests)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.body(x)
-        busy = torch.ones(384, 384)
-        for _ in range(8):  # the result feeds the output so TorchScript cannot drop the work
-            busy = torch.mm(busy, busy) / 384.0
+        # Built from the input, so that no optimisation pass can fold the loop into a constant.
+        busy = torch.ones(512, 512) + x.mean() * 0.0
+        for _ in range(16):  # the result feeds the output so TorchScript cannot drop the work
+            busy = torch.mm(busy, busy) / 512.0
         return y + busy[0, 0] * 0.0
 
 
