@@ -46,7 +46,8 @@ _DEFAULT_LIST = keys.PRIORITIES.index(keys.DEFAULT_PRIORITY)  # its place in que
 # them: 24 us per message for the pop-and-record script this replaced, 1.1 ms for a 200 KB
 # ResNet input; with this script and the follow-up transaction, 9 us and 0.26 ms.)
 # KEYS: the queue's lists, holding index. ARGV: max messages, now, hold key, queue name.
-# Returns the number taken from each list.
+# Returns the number taken from each list. The hold lists' names derive from ARGV rather than
+# being declared in KEYS: standalone Redis only, as kombu's Redis transport itself.
 HOLD = LuaScript(
     """
 local nq = #KEYS - 1

@@ -17,11 +17,14 @@ from typing import Any
 import torch
 
 from shared.errors import DeadlineExceeded, InferqError, ModelError, WorkerCrashed
+from shared.logs import get_logger
 from shared.results import Timing
 from shared.spec import ModelConfig
 from worker.collate import Collator, Staged
 from worker.handlers import ModelHandler
 from worker.messages import InferenceRequest
+
+log = get_logger(__name__)
 
 _AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
 _TORCH_DTYPES = {"uint8": torch.uint8, "float16": torch.float16, "float32": torch.float32}
@@ -90,7 +93,8 @@ def fuse(handler: ModelHandler, a: torch.Tensor, b: torch.Tensor, channels_last:
         return None
     try:
         return torch.jit.script(_Normalised(module, a, b, channels_last).eval())
-    except Exception:  # e.g. a model that returns a tuple: it runs unfused, as before
+    except Exception as exc:  # e.g. a model that returns a tuple: it runs unfused, as before
+        log.info("normalisation runs apart from the model", reason=f"{type(exc).__name__}: {exc}")
         return None
 
 

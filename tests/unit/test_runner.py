@@ -714,3 +714,17 @@ def test_staging_slots_cover_every_instance_plus_one_waiting_and_one_staging() -
     config = dataclasses.replace(_config(), instances=3)
     runner = _runner(ChannelMeans(), config)
     assert len(runner.collator._slots) == 5
+
+
+class ReturnsPair(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x.mean(dim=(2, 3)), x.amax(dim=(2, 3))
+
+
+def test_a_model_the_fused_call_cannot_wrap_runs_unfused(tmp_path: Path) -> None:
+    version = _write_torchscript(tmp_path, ReturnsPair())
+    runner = Runner(load_handler(version, CPU), version.config, 1, CPU, "w")
+    assert runner._fused is None
+    outcome = runner.run([_request(_arrays(1)[0])])[0]
+    assert isinstance(outcome.error, ModelError)  # a tuple is not one row per input
+    assert "must return one row per input" in str(outcome.error)
