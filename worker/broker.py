@@ -164,7 +164,7 @@ return #due
 class Fetched:
     tag: str
     raw: bytes
-    unacked: bytes = b""  # kombu's unacked entry for it: [message, exchange, routing_key]
+    unacked: bytes  # kombu's unacked entry for it: [message, exchange, routing_key]
 
 
 @dataclass(frozen=True)
@@ -425,9 +425,10 @@ def _by_pattern(raw: bytes, queue: str) -> tuple[str, bytes] | None:
         return None
     ex = _EXCHANGE.search(raw, at)
     rk = _ROUTING_KEY.search(raw, at)
-    exchange = ex.group(1) if ex else b""
-    routing_key = rk.group(1) if rk else queue.encode()
-    return tag.group(1).decode(), b'[%s,"%s","%s"]' % (raw, exchange, routing_key)
+    # What the patterns capture holds no quote or backslash: valid JSON string content as it is.
+    exchange = b'"%s"' % ex.group(1) if ex else b'""'
+    routing_key = b'"%s"' % rk.group(1) if rk else orjson.dumps(queue)
+    return tag.group(1).decode(), b"[%s,%s,%s]" % (raw, exchange, routing_key)
 
 
 def _by_parsing(raw: bytes, queue: str) -> tuple[str, bytes] | None:

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from functools import partial
 from queue import Empty, Queue
 from typing import Any
 
@@ -357,24 +358,44 @@ class InferenceService:
         self.hooks.emit("after_fetch", s.model.name, len(fetched), more)
 
     def _record(self, taken: Taken) -> bool:
-        """Record a fetch's messages as unacked, retrying while Redis refuses or is unreachable
-        (the transaction is safe to repeat). False if the worker stops first: the hold then
-        goes back to the queue after the visibility timeout, and nothing was started."""
+        """Record a fetch's messages as unacked (the transaction is safe to repeat). False if
+        the worker stops first: the hold then goes back to the queue after the visibility
+        timeout, and nothing was started."""
+        recorded = self._until_redis_takes(
+            partial(self.broker.record, taken),
+            "recording fetched messages",
+            stop=self._stopping,
+            held=len(taken.fetched),
+        )
+        if not recorded:
+            log.warning("stopping with a fetch not recorded; its hold goes back later")
+        return recorded
+
+    def _until_redis_takes(
+        self,
+        action: Callable[[], None],
+        what: str,
+        *,
+        stop: threading.Event | None = None,
+        **fields: Any,
+    ) -> bool:
+        """Run ``action`` until Redis takes it, backing off while Redis refuses (out of memory,
+        loading) or is unreachable; False if ``stop`` is set first."""
         delay = 0.05
         while True:
             try:
-                self.broker.record(taken)
+                action()
                 return True
             except (redis.RedisError, OSError) as exc:
-                if self._stopping.is_set():
-                    log.warning("stopping with a fetch not recorded; its hold goes back later")
+                if stop is not None and stop.is_set():
                     return False
                 log.warning(
-                    "redis refused or unreachable while recording fetched messages; retrying",
-                    error=str(exc),
-                    held=len(taken.fetched),
+                    f"redis refused or unreachable while {what}; retrying", error=str(exc), **fields
                 )
-                self._stopping.wait(delay)
+                if stop is not None:
+                    stop.wait(delay)
+                else:
+                    time.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
     def _decode(
@@ -516,22 +537,11 @@ class InferenceService:
     def _store(self, jobs: list[WriteJob]) -> None:
         writes = [w for job in jobs for w in job.writes()]
         started = time.perf_counter()
-        delay = 0.05
-        while True:
-            try:
-                self.broker.store_and_ack(writes)
-                break
-            except (redis.RedisError, OSError) as exc:
-                # Unreachable, out of memory, loading: results stay here until Redis takes them;
-                # if this process dies first the messages are redelivered after the visibility
-                # timeout, so nothing is lost either way.
-                log.warning(
-                    "redis refused or unreachable while storing results; retrying",
-                    error=str(exc),
-                    pending=len(writes),
-                )
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
+        # Results stay here until Redis takes them, stopping or not; if this process dies first
+        # the messages are redelivered after the visibility timeout, so nothing is lost.
+        self._until_redis_takes(
+            partial(self.broker.store_and_ack, writes), "storing results", pending=len(writes)
+        )
         seconds = time.perf_counter() - started
         for job in jobs:
             job.served.in_hand.done(len(job.outcomes) + len(job.rejections))
