@@ -1,10 +1,10 @@
 """What other services import to submit inference jobs. Never imports torch.
 
-from producer import submit_job, submit_many, gather
+from inferq.producer import submit_job, submit_many, gather
 
 result = submit_job.delay(img, model="shapes").get(timeout=10)
 """
 
-from producer.client import gather, submit_job, submit_many
+from inferq.producer.client import gather, submit_job, submit_many
 
 __all__ = ["gather", "submit_job", "submit_many"]

@@ -24,16 +24,16 @@ import redis
 from celery import Celery, Task
 from celery.result import AsyncResult
 
-from producer.message import task_envelope
-from producer.preprocess import ImageLike, to_tensor
-from producer.spec_cache import SpecCache
-from shared import codec, keys
-from shared.celeryconf import make_celery
-from shared.errors import BrokerUnavailable, InferqError, QueueFull, RequestLost
-from shared.lua import LuaScript, execute_with_scripts
-from shared.redisconn import CONNECTION_ERRORS, make_client
-from shared.results import value_from_meta
-from shared.settings import Settings, get_settings, redact_url
+from inferq.producer.message import task_envelope
+from inferq.producer.preprocess import ImageLike, to_tensor
+from inferq.producer.spec_cache import SpecCache
+from inferq.shared import codec, keys
+from inferq.shared.celeryconf import make_celery
+from inferq.shared.errors import BrokerUnavailable, InferqError, QueueFull, RequestLost
+from inferq.shared.lua import LuaScript, execute_with_scripts
+from inferq.shared.redisconn import CONNECTION_ERRORS, make_client
+from inferq.shared.results import value_from_meta
+from inferq.shared.settings import Settings, get_settings, redact_url
 
 # Push messages only if the queue (all its priority lists) stays within its limit.
 # KEYS: every priority list of the queue, the epoch key, this call's reply key.

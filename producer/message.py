@@ -18,9 +18,9 @@ import msgpack
 import orjson
 import pybase64
 
-from shared import keys
-from shared.errors import InferqError
-from shared.spec import InputSpec
+from inferq.shared import keys
+from inferq.shared.errors import InferqError
+from inferq.shared.spec import InputSpec
 
 ORIGIN = f"gen{os.getpid()}@{socket.gethostname()}"  # what Celery's anon_nodename() gives
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from shared.errors import InvalidInput
-from shared.spec import InputSpec
+from inferq.shared.errors import InvalidInput
+from inferq.shared.spec import InputSpec
 
 ImageLike = Any
 #: Grayscale modes holding up to 16 bits per pixel ("I" is 32-bit signed: PNG and TIFF decode

@@ -8,9 +8,9 @@ from collections.abc import Callable
 
 import redis
 
-from shared import keys
-from shared.errors import ModelUnavailable
-from shared.spec import InputSpec
+from inferq.shared import keys
+from inferq.shared.errors import ModelUnavailable
+from inferq.shared.spec import InputSpec
 
 
 class SpecCache:

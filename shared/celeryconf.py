@@ -10,8 +10,8 @@ from typing import Any
 
 from celery import Celery
 
-from shared import keys
-from shared.settings import Settings, get_settings
+from inferq.shared import keys
+from inferq.shared.settings import Settings, get_settings
 
 ACCEPT_CONTENT = ["msgpack", "json"]
 

@@ -11,7 +11,7 @@ Layout (little endian)::
     data            prod(dims) * itemsize bytes, C order
 
 Decoding checks the header against the payload length and a size limit *before* allocating, and
-every failure raises :class:`shared.errors.InvalidInput` (or ``PayloadTooLarge``) naming what was
+every failure raises :class:`inferq.shared.errors.InvalidInput` (or ``PayloadTooLarge``) naming what was
 expected and what came. No pickle is involved anywhere.
 """
 
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shared.errors import InvalidInput, PayloadTooLarge
+from inferq.shared.errors import InvalidInput, PayloadTooLarge
 
 MAGIC = b"IQT"
 VERSION = 1

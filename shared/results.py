@@ -3,7 +3,7 @@
 A worker stores exactly what Celery's Redis backend would (``celery-task-meta-<id>`` holding
 ``{status, result, traceback, children, date_done, task_id}`` as JSON, published on the same
 channel), so ``AsyncResult.get()`` works from any process. Failures carry ``exc_module =
-"shared.errors"`` and are re-raised as the same typed error; nothing is ever pickled.
+"inferq.shared.errors"`` and are re-raised as the same typed error; nothing is ever pickled.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any, TypedDict
 
 import orjson
 
-from shared.errors import ERROR_TYPES, InferqError
+from inferq.shared.errors import ERROR_TYPES, InferqError
 
 
 class Timing(TypedDict):

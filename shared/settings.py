@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from shared.errors import ConfigError
+from inferq.shared.errors import ConfigError
 
 _URL_SCHEMES = ("redis", "rediss", "unix")
 _LOG_FORMATS = ("json", "console")

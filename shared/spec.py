@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared.errors import ConfigError
+from inferq.shared.errors import ConfigError
 
 RESIZE_MODES = ("crop", "letterbox", "stretch")
 COLOR_MODES = {"RGB": 3, "L": 1}

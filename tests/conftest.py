@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from producer.client import reset_runtime
-from shared.redisconn import make_client
-from shared.settings import Settings, set_settings
-from worker.localredis import LocalRedis
-from worker.procs import WorkerProcess, start_worker
+from inferq.producer.client import reset_runtime
+from inferq.shared.redisconn import make_client
+from inferq.shared.settings import Settings, set_settings
+from inferq.worker.tools.localredis import LocalRedis
+from inferq.worker.tools.procs import WorkerProcess, start_worker
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,7 +27,7 @@ def test_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def shapes_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The real example classifier, trained once per session (~12 s)."""
-    from worker.examples import build_examples
+    from inferq.worker.examples.build import build_examples
 
     root = tmp_path_factory.mktemp("shapes-repo")
     build_examples(root, ["shapes"], log=lambda _: None)

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from worker.repository import record_sha256
+from inferq.worker.repository import record_sha256
 
 SHAPE = (3, 8, 8)
 LABELS = ("a", "b", "c", "d")

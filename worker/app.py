@@ -1,6 +1,6 @@
 """Celery wiring, kept thin: the inferq service runs as a worker bootstep.
 
-    celery -A worker.app worker --pool solo -Q inferq.admin --inferq-model shapes --inferq-device cpu
+    celery -A inferq.worker.app worker --pool solo -Q inferq.admin --inferq-model shapes --inferq-device cpu
 
 (``inferq worker`` runs exactly this under a small supervisor that restarts it after a device
 failure.) The worker stays a Celery worker in every way users see: ``celery inspect ping``,
@@ -18,16 +18,16 @@ from celery import Task, bootsteps
 from celery.worker.control import inspect_command
 from click import Option
 
-from shared import keys
-from shared.celeryconf import make_celery
-from shared.errors import InferqError
-from shared.logs import configure_logging, get_logger
-from shared.settings import get_settings
-from worker.celerystate import ActiveRequestsHook
-from worker.events import EventsHook
-from worker.hooks import Hooks, LogHook, MetricsHook
-from worker.metrics import Metrics
-from worker.tuning import omp_env, tune_allocator
+from inferq.shared import keys
+from inferq.shared.celeryconf import make_celery
+from inferq.shared.errors import InferqError
+from inferq.shared.logs import configure_logging, get_logger
+from inferq.shared.settings import get_settings
+from inferq.worker.celerystate import ActiveRequestsHook
+from inferq.worker.events import EventsHook
+from inferq.worker.hooks import Hooks, LogHook, MetricsHook
+from inferq.worker.metrics import Metrics
+from inferq.worker.tuning import omp_env, tune_allocator
 
 log = get_logger(__name__)
 
@@ -75,7 +75,9 @@ class InferqStep(bootsteps.StartStopStep):
         self.service: Any = None
 
     def start(self, worker: Any) -> None:
-        from worker.service import InferenceService  # torch is imported in the worker process only
+        from inferq.worker.service import (
+            InferenceService,  # torch is imported in the worker process only
+        )
 
         settings = get_settings()
         configure_logging(settings)
@@ -114,6 +116,6 @@ app.user_options["worker"].add(Option(["--inferq-device"], default=None, help="c
 
 @inspect_command()
 def inferq_stats(state: Any) -> dict[str, Any]:
-    """``celery -A worker.app inspect inferq_stats``: per-model in-hand counts, batch cap, warm-up."""
+    """``celery -A inferq.worker.app inspect inferq_stats``: per-model in-hand counts, batch cap, warm-up."""
     service = getattr(state.consumer.controller, "inferq", None)
     return service.stats() if service is not None else {}

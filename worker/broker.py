@@ -30,8 +30,8 @@ import orjson
 import redis
 from redis.exceptions import NoScriptError
 
-from shared import keys
-from shared.lua import LuaScript, execute_with_scripts
+from inferq.shared import keys
+from inferq.shared.lua import LuaScript, execute_with_scripts
 
 DEAD_LETTER = "inferq.deadletter"
 SCHEDULED = "inferq:scheduled"  # messages whose eta is further than ETA_HORIZON_S away

@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Any
 
 from celery.worker import state as worker_state
 
-from shared import keys
-from worker.hooks import Hook
+from inferq.shared import keys
+from inferq.worker.hooks import Hook
 
 if TYPE_CHECKING:
-    from worker.messages import InferenceRequest
-    from worker.runner import Outcome
+    from inferq.worker.messages import InferenceRequest
+    from inferq.worker.runner import Outcome
 
 
 @dataclass(eq=False)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import click
 
-from shared.errors import InferqError
-from shared.logs import configure_logging
-from shared.settings import get_settings
+from inferq.shared.errors import InferqError
+from inferq.shared.logs import configure_logging
+from inferq.shared.settings import get_settings
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -40,8 +40,8 @@ def worker(
     events: bool,
 ) -> None:
     """Run a worker for MODEL on DEVICE (restarted on unrecoverable device errors)."""
-    from worker.supervisor import Supervisor, celery_argv, default_hostname
-    from worker.tuning import worker_env
+    from inferq.worker.supervisor import Supervisor, celery_argv, default_hostname
+    from inferq.worker.tuning import worker_env
 
     settings = get_settings()
     configure_logging(settings)
@@ -71,7 +71,7 @@ def models() -> None:
 @click.option("--only", multiple=True, help="Build only these (shapes, resnet18, resnet50).")
 def init_examples(dest: Path | None, only: tuple[str, ...]) -> None:
     """Write the example models into DEST (default INFERQ_MODEL_REPOSITORY)."""
-    from worker.examples import EXAMPLE_NAMES, build_examples
+    from inferq.worker.examples.build import EXAMPLE_NAMES, build_examples
 
     target = dest or get_settings().model_repository
     build_examples(target, list(only) or list(EXAMPLE_NAMES), log=click.echo)
@@ -81,7 +81,7 @@ def init_examples(dest: Path | None, only: tuple[str, ...]) -> None:
 @click.option("--repo", type=click.Path(path_type=Path), default=None)
 def list_models(repo: Path | None) -> None:
     """List the models and versions in the repository, verifying each file's sha256."""
-    from worker.repository import ModelRepository, verify
+    from inferq.worker.repository import ModelRepository, verify
 
     repository = ModelRepository(repo or get_settings().model_repository)
     for name in repository.models():
@@ -102,7 +102,7 @@ def list_models(repo: Path | None) -> None:
 @click.argument("files", nargs=-1, type=click.Path(exists=True, dir_okay=False))
 def submit(model: str, count: int, synthetic: bool, timeout: float, files: tuple[str, ...]) -> None:
     """Submit images to a running worker and print the results' summary."""
-    from producer.demo import run_submissions
+    from inferq.producer.tools.demo import run_submissions
 
     run_submissions(
         model=model, count=count, files=list(files) if not synthetic else None, timeout=timeout
@@ -114,7 +114,7 @@ def submit(model: str, count: int, synthetic: bool, timeout: float, files: tuple
 @click.option("--model-repository", type=click.Path(path_type=Path), default=None)
 def demo(count: int, model_repository: Path | None) -> None:
     """Everything end to end: Redis (embedded if none answers), example model, worker, producer."""
-    from worker.demo import run_demo
+    from inferq.worker.tools.demo import run_demo
 
     sys.exit(run_demo(count=count, repo=model_repository))
 
@@ -155,12 +155,12 @@ def bench(
     out: Path,
 ) -> None:
     """Raw model speed vs inferq drain, end-to-end and latency, side by side."""
-    from worker.bench import BenchConfig, run_bench
-    from worker.repository import ModelRepository
+    from inferq.worker.repository import ModelRepository
+    from inferq.worker.tools.bench import BenchConfig, run_bench
 
     repo = model_repository or get_settings().model_repository
     if model not in ModelRepository(repo).models():
-        from worker.examples import build_examples
+        from inferq.worker.examples.build import build_examples
 
         build_examples(repo, [model], log=click.echo)
     cfg = BenchConfig(
@@ -184,7 +184,7 @@ def bench(
 @click.option("--model-repository", type=click.Path(path_type=Path), default=None)
 def soak(minutes: float, rate: float, model_repository: Path | None) -> None:
     """Bounded mixed load with injected faults; prints outcomes by type, lost and run twice."""
-    from worker.soak import run_soak
+    from inferq.worker.tools.soak import run_soak
 
     sys.exit(
         run_soak(

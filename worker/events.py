@@ -24,17 +24,17 @@ from urllib.parse import urlsplit
 import orjson
 import pybase64
 
-from shared import keys
-from shared.logs import get_logger
-from shared.redisconn import CONNECTION_ERRORS, make_client
-from worker.hooks import Hook
-from worker.tuning import name_os_thread
+from inferq.shared import keys
+from inferq.shared.logs import get_logger
+from inferq.shared.redisconn import CONNECTION_ERRORS, make_client
+from inferq.worker.hooks import Hook
+from inferq.worker.tuning import name_os_thread
 
 if TYPE_CHECKING:
     from celery import Celery
 
-    from worker.messages import InferenceRequest, Rejection
-    from worker.runner import Outcome
+    from inferq.worker.messages import InferenceRequest, Rejection
+    from inferq.worker.runner import Outcome
 
 log = get_logger(__name__)
 

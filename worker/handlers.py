@@ -12,8 +12,8 @@ from typing import Protocol
 
 import torch
 
-from shared.errors import ConfigError
-from worker.repository import ModelVersion, verify
+from inferq.shared.errors import ConfigError
+from inferq.worker.repository import ModelVersion, verify
 
 
 class ModelHandler(Protocol):

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from shared.logs import get_logger
+from inferq.shared.logs import get_logger
 
 if TYPE_CHECKING:
-    from worker.messages import InferenceRequest, Rejection
-    from worker.metrics import Metrics
-    from worker.runner import Outcome
+    from inferq.worker.messages import InferenceRequest, Rejection
+    from inferq.worker.metrics import Metrics
+    from inferq.worker.runner import Outcome
 
 log = get_logger(__name__)
 

@@ -19,9 +19,9 @@ import numpy as np
 import orjson
 import pybase64
 
-from shared import codec, keys
-from shared.errors import InferqError, InvalidInput, ModelUnavailable
-from shared.spec import InputSpec
+from inferq.shared import codec, keys
+from inferq.shared.errors import InferqError, InvalidInput, ModelUnavailable
+from inferq.shared.spec import InputSpec
 
 _PICKLE = "application/x-python-serialize"
 _MSGPACK = ("application/x-msgpack", "application/msgpack")

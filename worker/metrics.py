@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_serv
 from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
-from shared.logs import get_logger
+from inferq.shared.logs import get_logger
 
 log = get_logger(__name__)
 

@@ -16,8 +16,8 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.errors import IntegrityError, ModelUnavailable
-from shared.spec import ModelConfig
+from inferq.shared.errors import IntegrityError, ModelUnavailable
+from inferq.shared.spec import ModelConfig
 
 MODEL_FILES = {"torchscript": "model.pt", "onnx": "model.onnx"}
 

@@ -16,13 +16,13 @@ from typing import Any
 
 import torch
 
-from shared.errors import DeadlineExceeded, InferqError, ModelError, WorkerCrashed
-from shared.logs import get_logger
-from shared.results import Timing
-from shared.spec import ModelConfig
-from worker.collate import Collator, Staged
-from worker.handlers import ModelHandler
-from worker.messages import InferenceRequest
+from inferq.shared.errors import DeadlineExceeded, InferqError, ModelError, WorkerCrashed
+from inferq.shared.logs import get_logger
+from inferq.shared.results import Timing
+from inferq.shared.spec import ModelConfig
+from inferq.worker.collate import Collator, Staged
+from inferq.worker.handlers import ModelHandler
+from inferq.worker.messages import InferenceRequest
 
 log = get_logger(__name__)
 

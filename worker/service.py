@@ -29,21 +29,28 @@ from typing import Any
 import redis
 import torch
 
-from shared import keys
-from shared.errors import ConfigError, ModelError
-from shared.logs import get_logger
-from shared.redisconn import CONNECTION_ERRORS, make_client
-from shared.results import failure_meta, now_iso, success_meta
-from shared.settings import Settings
-from shared.spec import InputSpec
-from worker.batcher import BatchPolicy, MicroBatcher
-from worker.broker import Broker, Taken, Write
-from worker.handlers import ModelHandler, load_handler
-from worker.hooks import Hooks
-from worker.messages import InferenceRequest, Rejection, decode_message
-from worker.repository import ModelRepository, ModelVersion
-from worker.runner import DeviceFailure, Outcome, PreparedBatch, Runner, is_oom, unrecoverable
-from worker.tuning import name_os_thread, torch_threads, tune_threads
+from inferq.shared import keys
+from inferq.shared.errors import ConfigError, ModelError
+from inferq.shared.logs import get_logger
+from inferq.shared.redisconn import CONNECTION_ERRORS, make_client
+from inferq.shared.results import failure_meta, now_iso, success_meta
+from inferq.shared.settings import Settings
+from inferq.shared.spec import InputSpec
+from inferq.worker.batcher import BatchPolicy, MicroBatcher
+from inferq.worker.broker import Broker, Taken, Write
+from inferq.worker.handlers import ModelHandler, load_handler
+from inferq.worker.hooks import Hooks
+from inferq.worker.messages import InferenceRequest, Rejection, decode_message
+from inferq.worker.repository import ModelRepository, ModelVersion
+from inferq.worker.runner import (
+    DeviceFailure,
+    Outcome,
+    PreparedBatch,
+    Runner,
+    is_oom,
+    unrecoverable,
+)
+from inferq.worker.tuning import name_os_thread, torch_threads, tune_threads
 
 log = get_logger(__name__)
 
@@ -187,7 +194,7 @@ class InferenceService:
         models = [repo.resolve(name) for name in self.model_names]
         instances = check_instances(self.device, models)
         self._compute_slots = threading.Semaphore(max(m.config.instances for m in models))
-        # malloc is tuned earlier, before any thread exists (worker.app, or the child's env).
+        # malloc is tuned earlier, before any thread exists (inferq.worker.app, or the child's env).
         tune_threads(torch_threads(self.settings.torch_threads, self.device.type, instances))
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)  # CUDA is first touched here, after the fork

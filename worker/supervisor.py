@@ -17,8 +17,8 @@ import time
 from collections.abc import Mapping, Sequence
 from types import FrameType
 
-from shared import keys
-from shared.logs import get_logger
+from inferq.shared import keys
+from inferq.shared.logs import get_logger
 
 log = get_logger(__name__)
 
@@ -33,7 +33,7 @@ def celery_argv(
         "-m",
         "celery",
         "-A",
-        "worker.app",
+        "inferq.worker.app",
         "worker",
         "--pool",
         "solo",

@@ -13,7 +13,7 @@ model's raw speed, so both sides of its ratios run alike.
 
 The settings take full effect when they are in place before the process's threads start:
 ``inferq worker`` passes them to its Celery child in glibc's environment variables, and
-``worker.app`` sets them with ``mallopt`` when the Celery app is imported.
+``inferq.worker.app`` sets them with ``mallopt`` when the Celery app is imported.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from shared.logs import get_logger
+from inferq.shared.logs import get_logger
 
 if TYPE_CHECKING:
-    from shared.settings import Settings
+    from inferq.shared.settings import Settings
 
 log = get_logger(__name__)
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from inferq.worker.tools.localredis import free_port
 from tests.conftest import ROOT
-from worker.localredis import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -22,7 +22,7 @@ def inferq(
     *args: str, env: dict[str, str] | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "worker.cli", *args],
+        [sys.executable, "-m", "inferq.worker.cli", *args],
         cwd=ROOT,
         env={**os.environ, **(env or {})},
         capture_output=True,
@@ -70,7 +70,7 @@ def test_models_list_verifies_sha256(shapes_repo: Path, tmp_path: Path) -> None:
 
 
 def test_worker_refuses_a_tampered_model(shapes_repo: Path, tmp_path: Path) -> None:
-    from worker.localredis import LocalRedis
+    from inferq.worker.tools.localredis import LocalRedis
 
     repo = tmp_path / "repo"
     shutil.copytree(shapes_repo, repo)
@@ -113,7 +113,7 @@ def test_soak_loses_nothing(shapes_repo: Path) -> None:
 
 def test_stage_profile_times_every_stage(shapes_repo: Path) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "worker.stages", "--model-repository", str(shapes_repo)],
+        [sys.executable, "-m", "inferq.worker.tools.stage_profile", "--model-repository", str(shapes_repo)],
         capture_output=True,
         text=True,
         timeout=300,

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from shared.spec import parse_config
+from inferq.shared.spec import parse_config
+from inferq.worker.handlers import ModuleHandler
+from inferq.worker.messages import InferenceRequest
+from inferq.worker.runner import Runner
 from tests.conftest import ROOT
 from tests.models import Tiny
-from worker.handlers import ModuleHandler
-from worker.messages import InferenceRequest
-from worker.runner import Runner
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 CUDA = torch.device("cuda:0")
@@ -100,8 +100,8 @@ def test_device_side_assert_becomes_device_failure() -> None:
         from tests.conftest import ROOT  # noqa: F401
         from tests.models import Tiny
         from tests.gpu.test_cuda import _config, _requests, CUDA
-        from worker.handlers import ModuleHandler
-        from worker.runner import DeviceFailure, Runner
+        from inferq.worker.handlers import ModuleHandler
+        from inferq.worker.runner import DeviceFailure, Runner
 
         class Asserting(Tiny):
             def forward(self, x):

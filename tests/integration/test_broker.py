@@ -10,8 +10,8 @@ import orjson
 import pytest
 import redis
 
-from shared import keys
-from worker.broker import DEAD_LETTER, Broker
+from inferq.shared import keys
+from inferq.worker.broker import DEAD_LETTER, Broker
 
 pytestmark = pytest.mark.integration
 

@@ -19,9 +19,9 @@ import psutil
 import pytest
 from celery import Celery
 
-from producer import gather, submit_job, submit_many
-from shared import codec, keys
-from shared.errors import (
+from inferq.producer import gather, submit_job, submit_many
+from inferq.shared import codec, keys
+from inferq.shared.errors import (
     DeadlineExceeded,
     InvalidInput,
     ModelError,
@@ -29,8 +29,8 @@ from shared.errors import (
     QueueFull,
     WorkerCrashed,
 )
-from worker.events import events_in
-from worker.procs import WorkerProcess
+from inferq.worker.events import events_in
+from inferq.worker.tools.procs import WorkerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -125,8 +125,8 @@ def test_a_fetch_cut_short_between_its_round_trips_is_served_after_the_timeout(
 ) -> None:
     """A worker that died after taking messages into a hold, before recording them as unacked:
     another worker's sweeper puts them back and they are served, each once."""
-    from worker.broker import Broker
-    from worker.repository import ModelRepository
+    from inferq.worker.broker import Broker
+    from inferq.worker.repository import ModelRepository
 
     stack = stack_factory(test_repo, visibility_timeout_s=4.0, restore_interval_s=0.5)
     mv = ModelRepository(test_repo).resolve("tiny")  # its spec, as a worker would publish it
@@ -418,7 +418,7 @@ def test_countdown_beyond_the_visibility_timeout_runs_once(stack_factory, test_r
 
 
 def test_a_push_sent_again_after_a_lost_reply_pushes_once(stack_factory, test_repo: Path) -> None:
-    from producer.client import PUSH
+    from inferq.producer.client import PUSH
 
     stack = stack_factory(test_repo)
     queue = keys.queue_name("tiny")
@@ -448,8 +448,8 @@ def test_results_wait_while_redis_refuses_writes(stack_factory, test_repo: Path)
 def test_gather_reads_a_separate_result_backend(stack_factory, test_repo: Path) -> None:
     stack = stack_factory(test_repo)
     backend = stack.redis.url.replace("/0", "/1")
-    from producer.client import reset_runtime
-    from shared.settings import set_settings
+    from inferq.producer.client import reset_runtime
+    from inferq.shared.settings import set_settings
 
     stack.settings = stack.settings.replace(result_backend=backend)
     set_settings(stack.settings)

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from celery import Celery
 
-from producer import gather, submit_job, submit_many
-from shared import codec, keys
-from shared.errors import InvalidInput, ModelUnavailable
-from shared.results import Timing
+from inferq.producer import gather, submit_job, submit_many
+from inferq.shared import codec, keys
+from inferq.shared.errors import InvalidInput, ModelUnavailable
+from inferq.shared.results import Timing
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
@@ -205,8 +205,8 @@ def test_burst_from_a_script_that_only_imports_producer(
 BURST = """
 import json, sys
 import numpy as np
-from producer import submit_job
-from producer.synth import CLASSES, make_images
+from inferq.producer import submit_job
+from inferq.producer.tools.synth import CLASSES, make_images
 
 images, labels = make_images(500, seed=4242, size=(80, 64))
 pending = [submit_job.delay(img, model="shapes") for img in images]

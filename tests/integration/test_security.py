@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from producer import submit_job
-from shared.errors import InvalidInput
+from inferq.producer import submit_job
+from inferq.shared.errors import InvalidInput
+from inferq.worker.tools.localredis import LocalRedis, self_signed_tls
 from tests.conftest import Stack
-from worker.localredis import LocalRedis, self_signed_tls
 
 pytestmark = pytest.mark.integration
 
@@ -32,9 +32,9 @@ def _serve_and_check(stack: Stack) -> None:
 
 def _restart_with(stack: Stack, redis: LocalRedis) -> None:
     """Swap the stack's Redis for ``redis`` (already started) and point everything at it."""
-    from producer.client import reset_runtime
-    from shared.redisconn import make_client
-    from shared.settings import set_settings
+    from inferq.producer.client import reset_runtime
+    from inferq.shared.redisconn import make_client
+    from inferq.shared.settings import set_settings
 
     stack.redis.stop()
     stack.redis = redis

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from worker.batcher import BatchPolicy, MicroBatcher
+from inferq.worker.batcher import BatchPolicy, MicroBatcher
 
 _ids = itertools.count()
 W = 0.25  # max_wait_s in the fake-clock tests: a binary fraction, so clock sums are exact

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from shared import codec
-from shared.errors import InvalidInput, PayloadTooLarge
+from inferq.shared import codec
+from inferq.shared.errors import InvalidInput, PayloadTooLarge
 
 WIRE_DTYPES = [np.uint8, np.float16, np.float32]
 SHAPES = [(1,), (7,), (3, 4), (3, 32, 32), (2, 3, 4, 5), (1,) * 8, (0,), (4, 0)]

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from shared import keys
+from inferq.shared import keys
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -48,7 +48,7 @@ METRICS = {
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
 # Environment variables the deployment files may set: the documented contract,
-# plus every field of shared.settings.Settings (INFERQ_<FIELD>) when importable,
+# plus every field of inferq.shared.settings.Settings (INFERQ_<FIELD>) when importable,
 # so new settings do not need to be listed twice.
 ENV_VARS = {
     "INFERQ_BROKER_URL",
@@ -61,7 +61,7 @@ ENV_VARS = {
     "INFERQ_PREFETCH_BATCHES",
 }
 try:
-    from shared.settings import Settings
+    from inferq.shared.settings import Settings
 except ImportError:  # the deploy checks must not depend on the package importing
     pass
 else:

@@ -8,16 +8,16 @@ import json
 import numpy as np
 from celery import Celery
 
-from shared.errors import InvalidInput
-from worker.events import (
+from inferq.shared.errors import InvalidInput
+from inferq.worker.events import (
     GROUP_ROUTING_KEY,
     EnvelopeMaker,
     EventsHook,
     events_in,
     fanout_topic,
 )
-from worker.messages import InferenceRequest, Rejection
-from worker.runner import Outcome
+from inferq.worker.messages import InferenceRequest, Rejection
+from inferq.worker.runner import Outcome
 
 
 def test_envelopes_parse_and_carry_the_events() -> None:

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from producer.synth import CLASSES, draw_shape, make_images
-from worker.examples import (
+from inferq.producer.tools.synth import CLASSES, draw_shape, make_images
+from inferq.worker.examples.build import (
     EXAMPLE_NAMES,
     HELDOUT_SEED,
     SPECS,
@@ -22,7 +22,7 @@ from worker.examples import (
     preprocess_for_training,
     write_model,
 )
-from worker.nets import ShapesNet, resnet18, resnet50
+from inferq.worker.examples.nets import ShapesNet, resnet18, resnet50
 
 FRESH_SEED = 4242  # neither a training seed nor the held-out seed used while training
 

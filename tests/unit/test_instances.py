@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from shared.errors import ConfigError
-from shared.spec import parse_config
-from worker.repository import ModelVersion
-from worker.service import check_instances
+from inferq.shared.errors import ConfigError
+from inferq.shared.spec import parse_config
+from inferq.worker.repository import ModelVersion
+from inferq.worker.service import check_instances
 
 
 def _model(name: str, instances: int) -> ModelVersion:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from worker.metrics import BatchHistogram, Metrics
+from inferq.worker.metrics import BatchHistogram, Metrics
 
 BUCKETS = (0.001, 0.01, 0.1, 1.0)
 

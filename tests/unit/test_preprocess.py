@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from producer.preprocess import fit, to_tensor
-from shared.errors import InvalidInput
-from shared.spec import InputSpec
+from inferq.producer.preprocess import fit, to_tensor
+from inferq.shared.errors import InvalidInput
+from inferq.shared.spec import InputSpec
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC = InputSpec(model="m", version=1, shape=(3, 32, 32))
@@ -572,7 +572,7 @@ def test_fit_always_produces_the_target_size(mode: str, size: tuple[int, int]) -
 
 def test_producer_never_imports_torch() -> None:
     code = (
-        "import sys, producer, producer.preprocess, producer.client; "
+        "import sys, producer, inferq.producer.preprocess, inferq.producer.client; "
         "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)"
     )
     done = subprocess.run(

@@ -12,17 +12,17 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from shared import errors
-from shared.celeryconf import make_celery
-from shared.errors import ERROR_TYPES, InferqError, InvalidInput, ModelError, QueueFull
-from shared.results import (
+from inferq.shared import errors
+from inferq.shared.celeryconf import make_celery
+from inferq.shared.errors import ERROR_TYPES, InferqError, InvalidInput, ModelError, QueueFull
+from inferq.shared.results import (
     Timing,
     error_from_meta,
     failure_meta,
     success_meta,
     value_from_meta,
 )
-from shared.settings import Settings
+from inferq.shared.settings import Settings
 
 META_KEYS = {"status", "result", "traceback", "children", "date_done", "task_id"}
 RESULT = {
@@ -84,7 +84,7 @@ def test_failure_meta_shape(cls: type[InferqError]) -> None:
     assert meta["result"] == {
         "exc_type": cls.__name__,
         "exc_message": ["what was expected, got what came"],
-        "exc_module": "shared.errors",
+        "exc_module": "inferq.shared.errors",
     }
     assert meta["traceback"] is None
     assert meta["task_id"] == "task-2"
@@ -170,9 +170,9 @@ def test_error_from_meta_edge_cases() -> None:
 
 
 def test_shared_errors_do_not_resolve_to_non_error_names() -> None:
-    # exc_type is looked up in ERROR_TYPES only: other names in shared.errors stay generic
+    # exc_type is looked up in ERROR_TYPES only: other names in inferq.shared.errors stay generic
     err = error_from_meta(
-        {"exc_type": "annotations", "exc_message": ["x"], "exc_module": "shared.errors"}
+        {"exc_type": "annotations", "exc_message": ["x"], "exc_module": "inferq.shared.errors"}
     )
     assert type(err) is InferqError
 
@@ -225,7 +225,7 @@ def test_error_types_registry_is_complete_and_consistent() -> None:
     assert set(ERROR_TYPES) == defined
     for name, cls in ERROR_TYPES.items():
         assert cls.__name__ == name
-        assert cls.__module__ == "shared.errors"
+        assert cls.__module__ == "inferq.shared.errors"
     reasons = [cls.reason for cls in ERROR_TYPES.values()]
     assert len(set(reasons)) == len(reasons)
 

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from shared.errors import DeadlineExceeded, IntegrityError, ModelError
-from shared.results import Timing
-from shared.spec import ModelConfig, parse_config
-from worker.handlers import ModuleHandler, load_handler
-from worker.messages import InferenceRequest
-from worker.repository import ModelVersion, record_sha256
-from worker.runner import BatchCap, DeviceFailure, Runner, is_fatal_device_error, is_oom
+from inferq.shared.errors import DeadlineExceeded, IntegrityError, ModelError
+from inferq.shared.results import Timing
+from inferq.shared.spec import ModelConfig, parse_config
+from inferq.worker.handlers import ModuleHandler, load_handler
+from inferq.worker.messages import InferenceRequest
+from inferq.worker.repository import ModelVersion, record_sha256
+from inferq.worker.runner import BatchCap, DeviceFailure, Runner, is_fatal_device_error, is_oom
 
 # torch 2.13 deprecates torch.jit, but TorchScript is the repository's serving format.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

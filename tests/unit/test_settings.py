@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from shared import settings as settings_mod
-from shared.errors import ConfigError
-from shared.settings import Settings, get_settings, redact_url, set_settings
+from inferq.shared import settings as settings_mod
+from inferq.shared.errors import ConfigError
+from inferq.shared.settings import Settings, get_settings, redact_url, set_settings
 
 PASSWORD = "s3cret"
 SECRET_URLS = [

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from shared.errors import ConfigError
-from shared.spec import InputSpec, ModelConfig, parse_config
+from inferq.shared.errors import ConfigError
+from inferq.shared.spec import InputSpec, ModelConfig, parse_config
 
 FULL = """
 platform = "torchscript"

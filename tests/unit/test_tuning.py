@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from worker.tuning import allocator_env, name_os_thread, torch_threads, tune_allocator
+from inferq.worker.tuning import allocator_env, name_os_thread, torch_threads, tune_allocator
 
 GLIBC = platform.libc_ver()[0] == "glibc"
 
@@ -35,7 +35,7 @@ def test_tuned_child_reuses_heap_for_large_thread_allocations() -> None:
     freed over and over is mapped anew each time without it, and kept on the heap with it."""
     probe = """
 import resource, sys, threading, numpy as np
-from worker.tuning import tune_allocator
+from inferq.worker.tuning import tune_allocator
 tune_allocator(int(sys.argv[1]))
 faults = []
 def work():
@@ -82,7 +82,7 @@ def test_os_thread_names_show_in_proc() -> None:
 
 
 def test_omp_env_follows_the_setting_unless_the_operator_chose() -> None:
-    from worker.tuning import omp_env
+    from inferq.worker.tuning import omp_env
 
     assert omp_env("", {}) == {}
     assert omp_env("passive", {}) == {"OMP_WAIT_POLICY": "PASSIVE"}
@@ -90,7 +90,7 @@ def test_omp_env_follows_the_setting_unless_the_operator_chose() -> None:
 
 
 def test_importing_the_worker_app_sets_omp_before_torch_loads() -> None:
-    probe = "import os, sys, worker.app; print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)"
+    probe = "import os, sys, inferq.worker.app; print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)"
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     env["INFERQ_OMP_WAIT_POLICY"] = "passive"
     out = subprocess.run(

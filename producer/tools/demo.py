@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from producer.client import gather, submit_many
-from producer.synth import CLASSES, make_images
+from inferq.producer.client import gather, submit_many
+from inferq.producer.tools.synth import CLASSES, make_images
 
 
 @dataclass(frozen=True)

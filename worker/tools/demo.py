@@ -7,11 +7,11 @@ from pathlib import Path
 
 import click
 
-from shared.redisconn import make_client
-from shared.settings import get_settings, set_settings
-from worker.localredis import LocalRedis, answers
-from worker.procs import start_worker
-from worker.repository import ModelRepository
+from inferq.shared.redisconn import make_client
+from inferq.shared.settings import get_settings, set_settings
+from inferq.worker.repository import ModelRepository
+from inferq.worker.tools.localredis import LocalRedis, answers
+from inferq.worker.tools.procs import start_worker
 
 DEMO_MODEL = "shapes"
 
@@ -34,12 +34,12 @@ def run_demo(count: int, repo: Path | None) -> int:
 
 
 def _run(repo: Path, count: int, local: LocalRedis | None) -> int:
-    from producer.client import reset_runtime
-    from producer.demo import run_submissions
+    from inferq.producer.client import reset_runtime
+    from inferq.producer.tools.demo import run_submissions
 
     settings = get_settings()
     if DEMO_MODEL not in ModelRepository(repo).models():
-        from worker.examples import build_examples
+        from inferq.worker.examples.build import build_examples
 
         click.echo(f"building the example model {DEMO_MODEL!r} in {repo} (trains in a few seconds)")
         build_examples(repo, [DEMO_MODEL], log=click.echo)

@@ -29,13 +29,13 @@ from typing import Any
 
 import numpy as np
 
-from shared import keys
-from shared.redisconn import make_client
-from shared.settings import Settings, get_settings, set_settings
-from worker.localredis import LocalRedis
-from worker.procs import WorkerProcess, start_worker
-from worker.repository import ModelRepository, record_sha256
-from worker.tuning import torch_threads, tune_allocator, tune_threads
+from inferq.shared import keys
+from inferq.shared.redisconn import make_client
+from inferq.shared.settings import Settings, get_settings, set_settings
+from inferq.worker.repository import ModelRepository, record_sha256
+from inferq.worker.tools.localredis import LocalRedis
+from inferq.worker.tools.procs import WorkerProcess, start_worker
+from inferq.worker.tuning import torch_threads, tune_allocator, tune_threads
 
 
 @dataclass
@@ -136,8 +136,8 @@ def raw_throughput(
     a loop, on ``instances`` threads at once, with nothing else in the process."""
     import torch
 
-    from worker.handlers import load_handler
-    from worker.runner import Runner
+    from inferq.worker.handlers import load_handler
+    from inferq.worker.runner import Runner
 
     mv = ModelRepository(repo).resolve(model)
     dev = torch.device(device)
@@ -209,7 +209,7 @@ class _RawMeter:
 
 def _loadgen(env: dict[str, str], *args: str) -> dict[str, Any]:
     out = subprocess.run(
-        [sys.executable, "-m", "producer.loadgen", *args],
+        [sys.executable, "-m", "inferq.producer.tools.loadgen", *args],
         env={**os.environ, **env},
         capture_output=True,
         text=True,
@@ -221,7 +221,7 @@ def _loadgen(env: dict[str, str], *args: str) -> dict[str, Any]:
 def _drain(
     cfg: BenchConfig, redis_url: str, env: dict[str, str], log: Path
 ) -> tuple[dict[str, Any], WorkerProcess]:
-    from producer.client import reset_runtime, submit_many
+    from inferq.producer.client import reset_runtime, submit_many
 
     client = make_client(redis_url)
     mv = ModelRepository(Path(env["INFERQ_MODEL_REPOSITORY"])).resolve(cfg.model)

@@ -1,4 +1,4 @@
-"""Per-message Python cost of each worker stage, in-process: ``python -m worker.stages``.
+"""Per-message Python cost of each worker stage, in-process: ``python -m inferq.worker.tools.stage_profile``.
 
 What ``inferq bench`` cannot separate: how many microseconds of the worker's GIL-bound Python a
 request costs in each stage, with the model call replaced by its precomputed output so that only
@@ -18,15 +18,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from producer.message import task_envelope
-from shared import codec
-from worker.celerystate import ActiveRequestsHook
-from worker.handlers import load_handler
-from worker.hooks import MetricsHook
-from worker.messages import InferenceRequest, decode_message
-from worker.metrics import Metrics
-from worker.repository import ModelRepository
-from worker.runner import Runner
+from inferq.producer.message import task_envelope
+from inferq.shared import codec
+from inferq.worker.celerystate import ActiveRequestsHook
+from inferq.worker.handlers import load_handler
+from inferq.worker.hooks import MetricsHook
+from inferq.worker.messages import InferenceRequest, decode_message
+from inferq.worker.metrics import Metrics
+from inferq.worker.repository import ModelRepository
+from inferq.worker.runner import Runner
 
 
 def _per_message_us(fn: Callable[[], Any], batch: int, reps: int) -> float:
@@ -47,8 +47,8 @@ def _active_round(
 def measure(repo: Path, model: str, batch: int, reps: int = 200) -> dict[str, float]:
     from celery import Celery
 
-    from worker.events import EventsHook
-    from worker.service import WriteJob
+    from inferq.worker.events import EventsHook
+    from inferq.worker.service import WriteJob
 
     mv = ModelRepository(repo).resolve(model)
     spec = mv.config.input_spec(mv.version)

@@ -15,9 +15,9 @@ from typing import IO
 
 import redis
 
-from shared import keys
-from shared.settings import Settings
-from worker.tuning import worker_env
+from inferq.shared import keys
+from inferq.shared.settings import Settings
+from inferq.worker.tuning import worker_env
 
 
 @dataclass
@@ -75,7 +75,7 @@ def start_worker(
         argv = [
             sys.executable,
             "-m",
-            "worker.cli",
+            "inferq.worker.cli",
             "worker",
             "--device",
             device,
@@ -85,7 +85,7 @@ def start_worker(
         for m in models:
             argv += ["--model", m]
     else:
-        from worker.supervisor import celery_argv
+        from inferq.worker.supervisor import celery_argv
 
         argv = celery_argv(models, device, hostname, "INFO", events=True)
     out: IO[bytes] | int = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115

@@ -1,7 +1,7 @@
 """Load generators for ``inferq bench`` and ``inferq soak``, run as their own process. Torch-free.
 
-    python -m producer.loadgen burst  --model shapes --count 5000
-    python -m producer.loadgen steady --model shapes --rate 2000 --seconds 10
+    python -m inferq.producer.tools.loadgen burst  --model shapes --count 5000
+    python -m inferq.producer.tools.loadgen steady --model shapes --rate 2000 --seconds 10
 
 Inputs are random uint8 tensors already in the model's shape, so what is measured is inferq's
 submit/serve/collect path, not image decoding. Each prints one JSON line.
@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from producer.client import gather, runtime, submit_many
-from shared import keys
+from inferq.producer.client import gather, runtime, submit_many
+from inferq.shared import keys
 
 
 def _inputs(model: str, count: int, seed: int = 0) -> list[np.ndarray]:
@@ -119,7 +119,7 @@ def _poll(sent: dict[str, float], lock: threading.Lock, count: int, timeout: flo
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m producer.loadgen")
+    parser = argparse.ArgumentParser(prog="python -m inferq.producer.tools.loadgen")
     parser.add_argument("mode", choices=("burst", "steady"))
     parser.add_argument("--model", required=True)
     parser.add_argument("--count", type=int, default=1000)

@@ -6,7 +6,7 @@ Layout per model::
     <dest>/<name>/1/model.pt          TorchScript, takes normalised float NCHW
     <dest>/<name>/1/model.pt.sha256   "<hex>  model.pt\\n" (sha256sum format)
 
-``shapes`` is a tiny CNN trained here on ``producer.synth`` images; ``resnet18`` and
+``shapes`` is a tiny CNN trained here on ``inferq.producer.tools.synth`` images; ``resnet18`` and
 ``resnet50`` have fixed-seed random weights and exist to exercise realistic sizes.
 """
 
@@ -29,8 +29,8 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from producer.synth import CLASSES, make_images
-from worker.nets import ShapesNet, resnet18, resnet50
+from inferq.producer.tools.synth import CLASSES, make_images
+from inferq.worker.examples.nets import ShapesNet, resnet18, resnet50
 
 EXAMPLE_NAMES: tuple[str, ...] = ("shapes", "resnet18", "resnet50")
 
@@ -94,7 +94,7 @@ _RESNET = ModelSpec(
 
 SPECS: dict[str, ModelSpec] = {
     "shapes": ModelSpec(
-        description="Tiny CNN classifying synthetic shapes (producer.synth), trained in-project",
+        description="Tiny CNN classifying synthetic shapes (inferq.producer.tools.synth), trained in-project",
         shape=(3, SHAPES_SIZE, SHAPES_SIZE),
         mean=SHAPES_MEAN,
         std=SHAPES_STD,

@@ -26,13 +26,13 @@ import numpy as np
 import psutil
 from celery import Celery
 
-from shared import codec, keys
-from shared.errors import InferqError
-from shared.redisconn import make_client
-from shared.settings import Settings, get_settings, set_settings
-from worker.events import events_in
-from worker.localredis import LocalRedis
-from worker.procs import WorkerProcess, start_worker
+from inferq.shared import codec, keys
+from inferq.shared.errors import InferqError
+from inferq.shared.redisconn import make_client
+from inferq.shared.settings import Settings, get_settings, set_settings
+from inferq.worker.events import events_in
+from inferq.worker.tools.localredis import LocalRedis
+from inferq.worker.tools.procs import WorkerProcess, start_worker
 
 MODEL = "shapes"
 
@@ -119,7 +119,7 @@ class Soak:
         set_settings(
             Settings(broker_url=self.redis.url, model_repository=self.repo, metrics_port=0)
         )
-        from producer.client import reset_runtime
+        from inferq.producer.client import reset_runtime
 
         reset_runtime()
         events = SucceededEvents(self.redis.url)
@@ -147,7 +147,7 @@ class Soak:
     # -- load --------------------------------------------------------------------------------
 
     def _load_with_faults(self, echo: Any) -> None:
-        from producer.synth import make_images
+        from inferq.producer.tools.synth import make_images
 
         images, _ = make_images(200, seed=7, size=(80, 64))
         plain = Celery(broker=self.redis.url)  # results are collected by id with gather
@@ -169,7 +169,7 @@ class Soak:
         return sorted([(d * 0.2, "kill"), (d * 0.45, "redis"), (d * 0.7, "kill")])
 
     def _submit_one(self, images: list[Any], plain: Celery) -> None:
-        from producer import submit_job
+        from inferq.producer import submit_job
 
         self.report.submitted += 1
         roll = self.rng.random()
@@ -214,7 +214,7 @@ class Soak:
     # -- count -------------------------------------------------------------------------------
 
     def _settle(self, echo: Any) -> None:
-        from producer.client import gather
+        from inferq.producer.client import gather
 
         echo(f"soak: collecting {len(self.pending)} results ...")
         try:
@@ -231,7 +231,7 @@ class Soak:
 
     def _value(self, result: Any) -> Any:
         """After gather gave up: what is stored for ``result``, if anything."""
-        from shared.results import value_from_meta
+        from inferq.shared.results import value_from_meta
 
         task_id = result if isinstance(result, str) else result.id
         raw = make_client(self.redis.url).get(keys.result_key(task_id))
@@ -244,10 +244,10 @@ class Soak:
 
 
 def run_soak(repo: Path, minutes: float, rate: float, echo: Any = print) -> int:
-    from worker.repository import ModelRepository
+    from inferq.worker.repository import ModelRepository
 
     if MODEL not in ModelRepository(repo).models():
-        from worker.examples import build_examples
+        from inferq.worker.examples.build import build_examples
 
         build_examples(repo, [MODEL], log=echo)
     report = Soak(repo, minutes, rate).run(echo)
