@@ -24,7 +24,7 @@ import redis
 from celery import Celery, Task
 from celery.result import AsyncResult
 
-from inferq.producer.message import task_envelope
+from inferq.producer.envelope import task_envelope
 from inferq.producer.preprocess import ImageLike, to_tensor
 from inferq.producer.spec_cache import SpecCache
 from inferq.shared import codec, keys

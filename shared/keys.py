@@ -16,12 +16,24 @@ ADMIN_QUEUE = "inferq.admin"
 PRIORITY_SEP = "\x06\x16"
 UNACKED = "unacked"
 UNACKED_INDEX = "unacked_index"
+# kombu's exchange bindings: a set per exchange of ``<routing key><SEP><pattern><SEP><queue>``.
+KOMBU_BINDING_PREFIX = "_kombu.binding."
+
+# Messages that are not kombu envelopes, set aside (newest first, at most DEAD_LETTER_MAX) instead
+# of being retried forever.
+DEAD_LETTER = "inferq.deadletter"
+DEAD_LETTER_MAX = 10_000
+
+# Fetched messages whose eta is still far away, parked until it comes: a sorted set scored by eta,
+# each member ``[list key, message]`` as JSON.
+SCHEDULED = "inferq:scheduled"
 
 # A fetch's messages between leaving their queue and being recorded in UNACKED: hold lists
 # ``<HOLD_PREFIX><fetcher>:<n>:<list>``, each hold registered in HOLDING as ``<hold>#<queue>``,
 # scored by when it was taken.
 HOLD_PREFIX = "inferq:hold:"
 HOLDING = "inferq:holding"
+_HOLDING_SEP = "#"
 
 # Celery's Redis result backend key prefix; results are also PUBLISHed on the same name.
 RESULT_PREFIX = "celery-task-meta-"
@@ -33,9 +45,14 @@ EPOCH = "inferq:epoch"
 MODEL_SPEC_PREFIX = "inferq:model:"
 MODEL_WORKERS_PREFIX = "inferq:workers:"
 
+PUSH_REPLY_PREFIX = "inferq:push:"
+
 # Celery on Redis: 0 is the highest priority. inferq publishes at DEFAULT_PRIORITY unless told
 # otherwise, so urgent requests (0..4) overtake a backlog and bulk work (6..9) yields to it.
+# A message's priority outside the range is clamped into it, as kombu does.
 PRIORITIES = tuple(range(10))
+HIGHEST_PRIORITY = PRIORITIES[0]
+LOWEST_PRIORITY = PRIORITIES[-1]
 DEFAULT_PRIORITY = 5
 
 
@@ -43,14 +60,51 @@ def queue_name(model: str) -> str:
     return f"{QUEUE_PREFIX}{model}"
 
 
+def clamp_priority(priority: int) -> int:
+    """``priority`` within PRIORITIES (kombu's ``priority()`` clamp)."""
+    if priority > LOWEST_PRIORITY:
+        return LOWEST_PRIORITY
+    return HIGHEST_PRIORITY if priority < HIGHEST_PRIORITY else priority
+
+
 def priority_queue_key(queue: str, priority: int) -> str:
     """The list a message of ``priority`` lives in (kombu's ``_q_for_pri`` with steps 0..9)."""
     return f"{queue}{PRIORITY_SEP}{priority}" if priority else queue
 
 
+def priority_list_index(priority: int) -> int:
+    """Where the list of ``priority`` stands in :func:`queue_keys`."""
+    return PRIORITIES.index(priority)
+
+
 def queue_keys(queue: str) -> list[str]:
     """All lists of ``queue``, highest priority first."""
     return [priority_queue_key(queue, p) for p in PRIORITIES]
+
+
+def hold_key(fetcher: str, n: int) -> str:
+    """The ``n``-th hold of a fetcher (a name unique to one broker client)."""
+    return f"{HOLD_PREFIX}{fetcher}:{n}"
+
+
+def hold_lists(hold: str) -> list[str]:
+    """A hold's lists, one per list of its queue, in :func:`queue_keys` order."""
+    return [f"{hold}:{i}" for i in range(1, len(PRIORITIES) + 1)]
+
+
+def holding_member(hold: str, queue: str) -> str:
+    """How a hold is registered in HOLDING: it names the queue its messages go back to."""
+    return f"{hold}{_HOLDING_SEP}{queue}"
+
+
+def parse_holding_member(member: str) -> tuple[str, str]:
+    """The hold and the queue of a HOLDING member."""
+    hold, _, queue = member.partition(_HOLDING_SEP)
+    return hold, queue
+
+
+def binding_key(exchange: str) -> str:
+    return f"{KOMBU_BINDING_PREFIX}{exchange}"
 
 
 def result_key(task_id: str) -> str:
@@ -59,7 +113,7 @@ def result_key(task_id: str) -> str:
 
 def push_reply_key(call_id: str) -> str:
     """Where a producer's push call leaves its reply for a retry of the same call to find."""
-    return f"inferq:push:{call_id}"
+    return f"{PUSH_REPLY_PREFIX}{call_id}"
 
 
 def model_spec_key(model: str) -> str:

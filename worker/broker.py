@@ -19,8 +19,6 @@ this sweeper or by any kombu consumer after the visibility timeout.
 from __future__ import annotations
 
 import itertools
-import json
-import re
 import time
 import uuid
 from collections.abc import Sequence
@@ -32,26 +30,25 @@ from redis.exceptions import NoScriptError
 
 from inferq.shared import keys
 from inferq.shared.lua import LuaScript, execute_with_scripts
+from inferq.worker.intake import read_redelivery, sniff_delivery
 
-DEAD_LETTER = "inferq.deadletter"
-SCHEDULED = "inferq:scheduled"  # messages whose eta is further than ETA_HORIZON_S away
-DEAD_LETTER_MAX = 10_000
-_DEFAULT_LIST = keys.PRIORITIES.index(keys.DEFAULT_PRIORITY)  # its place in queue_keys()
+_DEFAULT_LIST = keys.priority_list_index(keys.DEFAULT_PRIORITY)
 
-# Take up to N messages, highest priority list first, into hold lists (``<hold>:<i>`` for the
-# queue's i-th list) and register the hold in ``inferq:holding``, scored by time: one atomic step
+# Take up to N messages, highest priority list first, into hold lists (one for each of the
+# queue's lists) and register the hold in the holding index, scored by time: one atomic step
 # in which the messages never pass through Lua. A list taken whole is renamed; otherwise
 # ``SORT .. BY nosort LIMIT .. STORE`` copies its oldest elements in C. (A script that pops
 # messages into Lua values costs Redis about 8 us per 5 KB message before it does anything with
 # them: 24 us per message for the pop-and-record script this replaced, 1.1 ms for a 200 KB
 # ResNet input; with this script and the follow-up transaction, 9 us and 0.26 ms.)
-# KEYS: the queue's lists, holding index. ARGV: max messages, now, hold key, queue name.
-# Returns the number taken from each list. The hold lists' names derive from ARGV rather than
-# being declared in KEYS: standalone Redis only, as kombu's Redis transport itself.
+# KEYS: the queue's lists, the hold's lists (as many), holding index.
+# ARGV: max messages, now, the hold's holding member.
+# Returns the number taken from each list. The hold lists share no hash slot with the queue:
+# standalone Redis only, as kombu's Redis transport itself.
 HOLD = LuaScript(
     """
-local nq = #KEYS - 1
-local want, hold = tonumber(ARGV[1]), ARGV[3]
+local nq = (#KEYS - 1) / 2
+local want = tonumber(ARGV[1])
 local taken, counts = 0, {}
 for i = 1, nq do
   local n = 0
@@ -60,9 +57,9 @@ for i = 1, nq do
     n = math.min(len, want - taken)
     if n > 0 then
       if n == len then  -- the whole list: moved as it is, whatever its size
-        redis.call('RENAME', KEYS[i], hold .. ':' .. i)
+        redis.call('RENAME', KEYS[i], KEYS[nq + i])
       else  -- kombu pushes on the left and pops on the right: the oldest n are the last n
-        redis.call('SORT', KEYS[i], 'BY', 'nosort', 'LIMIT', len - n, n, 'STORE', hold .. ':' .. i)
+        redis.call('SORT', KEYS[i], 'BY', 'nosort', 'LIMIT', len - n, n, 'STORE', KEYS[nq + i])
         redis.call('LTRIM', KEYS[i], 0, len - n - 1)
       end
       taken = taken + n
@@ -71,20 +68,21 @@ for i = 1, nq do
   counts[i] = n
 end
 if taken > 0 then
-  redis.call('ZADD', KEYS[nq + 1], ARGV[2], hold .. '#' .. ARGV[4])
+  redis.call('ZADD', KEYS[2 * nq + 1], ARGV[2], ARGV[3])
 end
 return counts
 """
 )
 # Put a hold that was never recorded as unacked (its worker died in between) back on its lists,
 # oldest message last on the right, where the next pop takes it; once only, by whoever ZREMs.
-# KEYS: holding index, then the queue's lists. ARGV: the holding member, hold key.
+# KEYS: holding index, the queue's lists, the hold's lists (as many). ARGV: the holding member.
 RETURN_HOLD = LuaScript(
     """
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+local nq = (#KEYS - 1) / 2
 local moved = 0
-for i = 2, #KEYS do
-  local key = ARGV[2] .. ':' .. (i - 1)
+for i = 2, nq + 1 do
+  local key = KEYS[nq + i]
   for _, raw in ipairs(redis.call('LRANGE', key, 0, -1)) do
     redis.call('RPUSH', KEYS[i], raw)
     moved = moved + 1
@@ -203,7 +201,8 @@ class Broker:
         self.fetch_client = fetch_client or client
         self.result_ttl_s = result_ttl_s
         self._same = result_client is client
-        self._holds = (f"{keys.HOLD_PREFIX}{uuid.uuid4().hex}:{n}" for n in itertools.count())
+        fetcher = uuid.uuid4().hex
+        self._holds = (keys.hold_key(fetcher, n) for n in itertools.count())
 
     def fetch(self, queue: str, count: int) -> list[Fetched]:
         """``take`` then ``record``: messages taken and recorded as unacked."""
@@ -236,10 +235,11 @@ class Broker:
                 keys.UNACKED_INDEX, dict.fromkeys((f.tag for f in taken.fetched), time.time())
             )
         if taken.dead:  # not kombu envelopes: set aside, never retried forever
-            pipe.lpush(DEAD_LETTER, *taken.dead)
-            pipe.ltrim(DEAD_LETTER, 0, DEAD_LETTER_MAX - 1)
-        pipe.delete(*(f"{taken.hold}:{i + 1}" for i, n in enumerate(taken.counts) if n))
-        pipe.zrem(keys.HOLDING, f"{taken.hold}#{taken.queue}")
+            pipe.lpush(keys.DEAD_LETTER, *taken.dead)
+            pipe.ltrim(keys.DEAD_LETTER, 0, keys.DEAD_LETTER_MAX - 1)
+        held = keys.hold_lists(taken.hold)
+        pipe.delete(*(held[i] for i, n in enumerate(taken.counts) if n))
+        pipe.zrem(keys.HOLDING, keys.holding_member(taken.hold, taken.queue))
         pipe.execute()
 
     def _hold(
@@ -247,11 +247,12 @@ class Broker:
     ) -> tuple[list[int], list[list[bytes]]]:
         """The hold script and a read of the default-priority list's hold, pipelined: one round
         trip, and a second only when other priorities had messages too."""
-        args = [count, repr(time.time()), hold, queue]
+        held = keys.hold_lists(hold)
+        args = [count, repr(time.time()), keys.holding_member(hold, queue)]
         for attempt in (1, 2):
             pipe = self.fetch_client.pipeline(transaction=False)
-            HOLD.queue(pipe, [*lists, keys.HOLDING], args)
-            pipe.lrange(f"{hold}:{_DEFAULT_LIST + 1}", 0, -1)
+            HOLD.queue(pipe, [*lists, *held, keys.HOLDING], args)
+            pipe.lrange(held[_DEFAULT_LIST], 0, -1)
             counts, default = pipe.execute(raise_on_error=False)
             if isinstance(counts, NoScriptError) and attempt == 1:
                 # A restarted Redis lost its scripts; the script did not run, nothing was taken.
@@ -270,9 +271,10 @@ class Broker:
         others = [i for i, n in enumerate(counts) if n and i != _DEFAULT_LIST]
         read: dict[int, list[bytes]] = {_DEFAULT_LIST: default}
         if others:
+            held = keys.hold_lists(hold)
             pipe = self.fetch_client.pipeline(transaction=False)
             for i in others:
-                pipe.lrange(f"{hold}:{i + 1}", 0, -1)
+                pipe.lrange(held[i], 0, -1)
             read.update(zip(others, pipe.execute(), strict=True))
         return [read.get(i, []) for i in range(len(counts))]
 
@@ -311,13 +313,15 @@ class Broker:
         member = orjson.dumps([keys.priority_queue_key(queue, priority), raw.decode()])
         return bool(
             SCHEDULE(
-                self.client, [keys.UNACKED, keys.UNACKED_INDEX, SCHEDULED], [tag, repr(eta), member]
+                self.client,
+                [keys.UNACKED, keys.UNACKED_INDEX, keys.SCHEDULED],
+                [tag, repr(eta), member],
             )
         )
 
     def promote_due(self, limit: int = 1000) -> int:
         """Put scheduled messages whose eta has come back on their queues."""
-        return int(PROMOTE(self.client, [SCHEDULED], [repr(time.time()), limit]))
+        return int(PROMOTE(self.client, [keys.SCHEDULED], [repr(time.time()), limit]))
 
     def restore(self, tags: Sequence[str]) -> int:
         """Put these unacked messages back on their queues now (warm shutdown, device failure)."""
@@ -348,58 +352,40 @@ class Broker:
         members: list[bytes] = self.client.zrangebyscore(keys.HOLDING, "-inf", ceiling, 0, limit)  # type: ignore[assignment]
         moved = 0
         for member in members:
-            hold, _, queue = _text(member).partition("#")
-            moved += int(
-                RETURN_HOLD(self.client, [keys.HOLDING, *keys.queue_keys(queue)], [member, hold])
-            )
+            hold, queue = keys.parse_holding_member(_text(member))
+            lists = [keys.HOLDING, *keys.queue_keys(queue), *keys.hold_lists(hold)]
+            moved += int(RETURN_HOLD(self.client, lists, [member]))
         return moved
 
     def _restore_pairs(self, pairs: Sequence[tuple[str, bytes]]) -> int:
         pipe = self.client.pipeline(transaction=False)
         for tag, payload in pairs:
             try:
-                target, message = self._restore_target(payload)
+                back = read_redelivery(payload)
             except (ValueError, TypeError, KeyError, AttributeError):
                 # not kombu's [message, exchange, routing_key]: set aside, never retried forever
-                pipe.lpush(DEAD_LETTER, payload)
+                pipe.lpush(keys.DEAD_LETTER, payload)
                 pipe.hdel(keys.UNACKED, tag)
                 pipe.zrem(keys.UNACKED_INDEX, tag)
                 continue
-            RESTORE.queue(pipe, [keys.UNACKED, keys.UNACKED_INDEX, target], [tag, message, payload])
+            target = keys.priority_queue_key(
+                self._lookup(back.exchange, back.routing_key), back.priority
+            )
+            RESTORE.queue(
+                pipe, [keys.UNACKED, keys.UNACKED_INDEX, target], [tag, back.message, payload]
+            )
         replies = execute_with_scripts(pipe, self.client, [RESTORE])
         return sum(int(r) for r in replies if isinstance(r, int)) if pairs else 0
-
-    def _restore_target(self, payload: bytes) -> tuple[str, str]:
-        """The list a stored ``[message, exchange, routing_key]`` goes back to, and the message
-        marked redelivered (as kombu marks it)."""
-        message, exchange, routing_key = json.loads(payload)
-        headers = message.get("headers")
-        if isinstance(headers, dict):
-            headers["redelivered"] = True
-        props = message.setdefault("properties", {})
-        info = props.get("delivery_info")
-        if isinstance(info, dict):
-            info["redelivered"] = True
-        queue = self._lookup(exchange, routing_key)
-        priority = min(9, max(0, int(props.get("priority") or 0)))
-        return keys.priority_queue_key(queue, priority), json.dumps(message, separators=(",", ":"))
 
     def _lookup(self, exchange: str, routing_key: str) -> str:
         """kombu's direct-exchange lookup: the default exchange routes by queue name."""
         if not exchange:
             return routing_key
-        for member in self.client.smembers(f"_kombu.binding.{exchange}"):
+        for member in self.client.smembers(keys.binding_key(exchange)):
             parts = _text(member).split(keys.PRIORITY_SEP)  # routing key, pattern, queue
             if len(parts) == 3 and parts[0] == routing_key:
                 return parts[2]
         return routing_key
-
-
-# The three fields kombu's bookkeeping needs, found in the envelope's trailing "properties"
-# (kombu writes it last); a full parse only where the pattern does not find them.
-_TAG = re.compile(rb'"delivery_tag"\s*:\s*"([^"\\]+)"')
-_EXCHANGE = re.compile(rb'"exchange"\s*:\s*"([^"\\]*)"')
-_ROUTING_KEY = re.compile(rb'"routing_key"\s*:\s*"([^"\\]*)"')
 
 
 def _sort_out(held: Sequence[Sequence[bytes]], queue: str) -> tuple[list[Fetched], list[bytes]]:
@@ -408,43 +394,12 @@ def _sort_out(held: Sequence[Sequence[bytes]], queue: str) -> tuple[list[Fetched
     dead: list[bytes] = []
     for part in held:
         for raw in reversed(part):  # the oldest message of each list is the rightmost
-            record = _by_pattern(raw, queue) or _by_parsing(raw, queue)
-            if record is None:
+            delivery = sniff_delivery(raw, queue)
+            if delivery is None:
                 dead.append(raw)
             else:
-                fetched.append(Fetched(record[0], raw, record[1]))
+                fetched.append(Fetched(delivery.tag, raw, delivery.unacked))
     return fetched, dead
-
-
-def _by_pattern(raw: bytes, queue: str) -> tuple[str, bytes] | None:
-    """Delivery tag and unacked entry from the envelope's trailing "properties" (kombu writes
-    it last), without parsing the body before it."""
-    at = raw.rfind(b'"properties"')
-    tag = _TAG.search(raw, at) if raw[:1] == b"{" and at > 0 else None
-    if tag is None:
-        return None
-    ex = _EXCHANGE.search(raw, at)
-    rk = _ROUTING_KEY.search(raw, at)
-    # What the patterns capture holds no quote or backslash: valid JSON string content as it is.
-    exchange = b'"%s"' % ex.group(1) if ex else b'""'
-    routing_key = b'"%s"' % rk.group(1) if rk else orjson.dumps(queue)
-    return tag.group(1).decode(), b"[%s,%s,%s]" % (raw, exchange, routing_key)
-
-
-def _by_parsing(raw: bytes, queue: str) -> tuple[str, bytes] | None:
-    """The same from a full parse; None for anything that is not a kombu envelope with a tag."""
-    try:
-        props = orjson.loads(raw).get("properties")
-    except (orjson.JSONDecodeError, AttributeError):
-        return None
-    tag = props.get("delivery_tag") if isinstance(props, dict) else None
-    if not isinstance(tag, str) or not tag:
-        return None
-    info = props.get("delivery_info")
-    info = info if isinstance(info, dict) else {}
-    exchange = info.get("exchange") if isinstance(info.get("exchange"), str) else ""
-    routing_key = info.get("routing_key") if isinstance(info.get("routing_key"), str) else queue
-    return tag, b"[%s,%s,%s]" % (raw, orjson.dumps(exchange), orjson.dumps(routing_key))
 
 
 def _text(value: bytes | str) -> str:

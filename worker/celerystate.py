@@ -14,7 +14,7 @@ from inferq.shared import keys
 from inferq.worker.hooks import Hook
 
 if TYPE_CHECKING:
-    from inferq.worker.messages import InferenceRequest
+    from inferq.worker.intake import InferenceRequest
     from inferq.worker.runner import Outcome
 
 

@@ -33,7 +33,7 @@ from inferq.worker.tuning import name_os_thread
 if TYPE_CHECKING:
     from celery import Celery
 
-    from inferq.worker.messages import InferenceRequest, Rejection
+    from inferq.worker.intake import InferenceRequest, Rejection
     from inferq.worker.runner import Outcome
 
 log = get_logger(__name__)

@@ -15,7 +15,7 @@ import numpy as np
 from inferq.shared.logs import get_logger
 
 if TYPE_CHECKING:
-    from inferq.worker.messages import InferenceRequest, Rejection
+    from inferq.worker.intake import InferenceRequest, Rejection
     from inferq.worker.metrics import Metrics
     from inferq.worker.runner import Outcome
 

@@ -22,7 +22,7 @@ from inferq.shared.results import Timing
 from inferq.shared.spec import ModelConfig
 from inferq.worker.collate import Collator, Staged
 from inferq.worker.handlers import ModelHandler
-from inferq.worker.messages import InferenceRequest
+from inferq.worker.intake import InferenceRequest
 
 log = get_logger(__name__)
 

@@ -40,7 +40,7 @@ from inferq.worker.batcher import BatchPolicy, MicroBatcher
 from inferq.worker.broker import Broker, Taken, Write
 from inferq.worker.handlers import ModelHandler, load_handler
 from inferq.worker.hooks import Hooks
-from inferq.worker.messages import InferenceRequest, Rejection, decode_message
+from inferq.worker.intake import InferenceRequest, Rejection, decode_message
 from inferq.worker.repository import ModelRepository, ModelVersion
 from inferq.worker.runner import (
     DeviceFailure,

@@ -16,7 +16,7 @@ import torch
 
 from inferq.shared.spec import parse_config
 from inferq.worker.handlers import ModuleHandler
-from inferq.worker.messages import InferenceRequest
+from inferq.worker.intake import InferenceRequest
 from inferq.worker.runner import Runner
 from tests.conftest import ROOT
 from tests.models import Tiny

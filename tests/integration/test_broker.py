@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from inferq.shared import keys
-from inferq.worker.broker import DEAD_LETTER, Broker
+from inferq.worker.broker import Broker
 
 pytestmark = pytest.mark.integration
 
@@ -72,7 +72,7 @@ def test_messages_without_a_delivery_tag_go_to_the_dead_letter_list(broker: Brok
     no_tag = orjson.dumps({"body": "e30=", "properties": {"priority": 0}})
     push(broker.client, b"\x00garbage", no_tag, envelope(3))
     assert [f.tag for f in broker.fetch(QUEUE, 10)] == ["tag-3"]
-    assert broker.client.lrange(DEAD_LETTER, 0, -1) == [no_tag, b"\x00garbage"]
+    assert broker.client.lrange(keys.DEAD_LETTER, 0, -1) == [no_tag, b"\x00garbage"]
     assert broker.client.hlen(keys.UNACKED) == 1
 
 

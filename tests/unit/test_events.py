@@ -16,7 +16,7 @@ from inferq.worker.events import (
     events_in,
     fanout_topic,
 )
-from inferq.worker.messages import InferenceRequest, Rejection
+from inferq.worker.intake import InferenceRequest, Rejection
 from inferq.worker.runner import Outcome
 
 

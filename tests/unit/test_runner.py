@@ -16,7 +16,7 @@ from inferq.shared.errors import DeadlineExceeded, IntegrityError, ModelError
 from inferq.shared.results import Timing
 from inferq.shared.spec import ModelConfig, parse_config
 from inferq.worker.handlers import ModuleHandler, load_handler
-from inferq.worker.messages import InferenceRequest
+from inferq.worker.intake import InferenceRequest
 from inferq.worker.repository import ModelVersion, record_sha256
 from inferq.worker.runner import BatchCap, DeviceFailure, Runner, is_fatal_device_error, is_oom
 

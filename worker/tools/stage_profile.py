@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from inferq.producer.message import task_envelope
+from inferq.producer.envelope import task_envelope
 from inferq.shared import codec
 from inferq.worker.celerystate import ActiveRequestsHook
 from inferq.worker.handlers import load_handler
 from inferq.worker.hooks import MetricsHook
-from inferq.worker.messages import InferenceRequest, decode_message
+from inferq.worker.intake import InferenceRequest, decode_message
 from inferq.worker.metrics import Metrics
 from inferq.worker.repository import ModelRepository
 from inferq.worker.runner import Runner

@@ -1,4 +1,4 @@
-"""worker/messages.py: kombu envelopes from the real producer path -> requests or rejections."""
+"""worker/intake.py: kombu envelopes from the real producer path -> requests or rejections."""
 
 from __future__ import annotations
 
@@ -18,13 +18,13 @@ from hypothesis import strategies as st
 from kombu.exceptions import EncodeError
 from kombu.serialization import dumps as kombu_dumps
 
-from inferq.producer.message import task_envelope
+from inferq.producer.envelope import task_envelope
 from inferq.shared import codec, keys
 from inferq.shared.celeryconf import make_celery
 from inferq.shared.errors import InvalidInput, ModelUnavailable, PayloadTooLarge
 from inferq.shared.settings import Settings
 from inferq.shared.spec import InputSpec
-from inferq.worker.messages import InferenceRequest, Rejection, decode_message
+from inferq.worker.intake import InferenceRequest, Rejection, decode_message
 
 SPEC = InputSpec(model="m", version=2, shape=(3, 4, 4))
 F32 = InputSpec(model="m", version=2, shape=(3, 4, 4), dtype="float32")
@@ -68,7 +68,7 @@ def _produce(
     expires: Any = None,
     **options: Any,
 ) -> bytes:
-    """An envelope built by the producer's own code path (inferq.producer.message.task_envelope)."""
+    """An envelope built by the producer's own code path (inferq.producer.envelope.task_envelope)."""
     return task_envelope(task_id, payload, kwargs or _kwargs(), spec, priority, expires, options)
 
 
