@@ -1,21 +1,20 @@
-"""``submit_job`` / ``submit_many`` / ``gather``: the producer's whole API.
+"""``submit_job`` / ``submit_many``: the producer's way in.
 
 ``submit_job`` is a real Celery task object (name ``inferq.infer``): ``.delay`` and
 ``.apply_async`` take Celery's usual options (``priority``, ``expires``, ``countdown``, ``eta``,
 ``task_id``) and return a standard ``AsyncResult``. What it does differently from a plain Celery
 task is on the way out: the image is preprocessed to the model's spec here, and the message is
 pushed by a Redis script that refuses it at once (``QueueFull``) when the model's queue is at its
-limit, in the same round trip as the push. ``submit_many`` pushes many messages per round trip, and
-``gather`` collects many results per round trip.
+limit, in the same round trip as the push. ``submit_many`` pushes many messages per round trip; ``gather`` (in
+``producer/gather.py``) collects many results per round trip.
 """
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,10 +28,9 @@ from inferq.producer.preprocess import ImageLike, to_tensor
 from inferq.producer.spec_cache import SpecCache
 from inferq.shared import codec, keys
 from inferq.shared.celeryconf import make_celery
-from inferq.shared.errors import BrokerUnavailable, InferqError, QueueFull, RequestLost
+from inferq.shared.errors import BrokerUnavailable, InferqError, QueueFull
 from inferq.shared.lua import LuaScript, execute_with_scripts
-from inferq.shared.redisconn import CONNECTION_ERRORS, make_client
-from inferq.shared.results import value_from_meta
+from inferq.shared.redisconn import CONNECTION_ERRORS, as_text, make_client
 from inferq.shared.settings import Settings, get_settings, redact_url
 
 # Push messages only if the queue (all its priority lists) stays within its limit.
@@ -191,8 +189,11 @@ def prepare(img: ImageLike, call: dict[str, Any], options: dict[str, Any]) -> Pr
 def _priority(value: Any) -> int:
     if value is None:
         return keys.DEFAULT_PRIORITY
-    if not isinstance(value, int) or not 0 <= value <= 9:
-        raise InferqError(f"priority must be an int 0..9 (0 is highest on Redis), got {value!r}")
+    if not isinstance(value, int) or value not in keys.PRIORITIES:
+        raise InferqError(
+            f"priority must be an int {keys.HIGHEST_PRIORITY}..{keys.LOWEST_PRIORITY} "
+            f"({keys.HIGHEST_PRIORITY} is highest on Redis), got {value!r}"
+        )
     return value
 
 
@@ -221,17 +222,14 @@ def push(client: redis.Redis, prepared: Sequence[Prepared]) -> str:
     if refused:
         accepted = [p.task_id for g, d in zip(groups, depths, strict=True) if d >= 0 for p in g]
         group, depth = refused[0]
-        error = QueueFull(
-            f"queue {group[0].queue} must stay within its limit of {group[0].limit} waiting "
-            f"requests, got {-depth - 1} waiting and {len(group)} more submitted"
+        raise QueueFull(
+            queue=group[0].queue,
+            limit=group[0].limit,
+            waiting=-depth - 1,
+            submitted=len(group),
+            accepted=accepted,
         )
-        error.accepted = accepted  # type: ignore[attr-defined]
-        raise error
-    return _text(replies[-1][1])
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+    return as_text(replies[-1][1])
 
 
 def _result(task_id: str, epoch: str) -> Any:
@@ -279,174 +277,11 @@ def _push_chunk(batch: list[Prepared], done: list[AsyncResult]) -> list[AsyncRes
     try:
         epoch = push(runtime().client, batch)
     except QueueFull as exc:
-        accepted = set(exc.accepted)  # type: ignore[attr-defined]
-        exc.accepted = [r.id for r in done] + [p.task_id for p in batch if p.task_id in accepted]  # type: ignore[attr-defined]
+        # The call's earlier chunks went in too: the caller learns every id that will complete.
+        accepted = set(exc.accepted)
+        exc.accepted = (*(r.id for r in done), *(p.task_id for p in batch if p.task_id in accepted))
         raise
     return [_result(p.task_id, epoch) for p in batch]
-
-
-def gather(
-    results: Sequence[AsyncResult | str],
-    timeout: float | None = None,
-    *,
-    return_exceptions: bool = False,
-    poll_s: float = 1.0,
-    on_result: Callable[[int], None] | None = None,
-) -> list[Any]:
-    """Wait for many results: subscribe to all, then one MGET, then read publications as they come.
-
-    Returns result dicts in order. A failed request raises its typed error, or, with
-    ``return_exceptions=True``, stands in the list as the error. Raises ``TimeoutError`` naming how
-    many are still pending when ``timeout`` passes. ``on_result(i)`` is called as result i arrives.
-    """
-    ids = [r if isinstance(r, str) else r.id for r in results]
-    epochs = [None if isinstance(r, str) else getattr(r, "inferq_epoch", None) for r in results]
-    rt = runtime()
-    grace = max(LOST_GRACE_S, rt.settings.visibility_timeout_s)
-    collector = _Collector(rt.client, rt.results, ids, epochs, on_result, grace)
-    collector.run(timeout, poll_s)
-    out = [collector.values[i] for i in range(len(ids))]
-    if not return_exceptions:
-        for value in out:
-            if isinstance(value, Exception):
-                raise value
-    return out
-
-
-# After Redis comes back empty, requests still held by workers finish within the visibility timeout
-# (workers refuse settings that could hold one longer); whatever is neither stored nor queued
-# after that long, and at least this long, was lost with the restart.
-LOST_GRACE_S = 10.0
-
-
-class _Collector:
-    def __init__(
-        self,
-        broker: redis.Redis,
-        results: redis.Redis,
-        ids: list[str],
-        epochs: list[str | None],
-        on_result: Callable[[int], None] | None,
-        grace_s: float,
-    ) -> None:
-        self.client = broker
-        self.results = results
-        self.grace_s = grace_s
-        self.on_result = on_result
-        self.epochs = {keys.result_key(i): e for i, e in zip(ids, epochs, strict=True) if e}
-        self.restart_seen_at: float | None = None
-        self.keys = [keys.result_key(i) for i in ids]
-        self.index: dict[str, list[int]] = {}
-        for i, k in enumerate(self.keys):
-            self.index.setdefault(k, []).append(i)
-        self.values: dict[int, Any] = {}
-        self.waiting: set[str] = set(self.index)
-
-    def pending(self) -> list[str]:
-        return list(self.waiting)
-
-    def run(self, timeout: float | None, poll_s: float) -> None:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        pubsub = self.results.pubsub(ignore_subscribe_messages=True)
-        try:
-            for i in range(0, len(self.keys), 1000):
-                pubsub.subscribe(*self.keys[i : i + 1000])
-            self._sweep()
-            while self.waiting:
-                self._listen(pubsub, deadline, poll_s)
-        finally:
-            pubsub.close()
-
-    def _listen(self, pubsub: Any, deadline: float | None, poll_s: float) -> None:
-        until = time.monotonic() + poll_s
-        while self.waiting and time.monotonic() < until:
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(
-                    f"gather: {len(self.waiting)} of {len(self.keys)} results still pending"
-                )
-            try:
-                msg = pubsub.get_message(timeout=min(0.2, poll_s))
-            except (redis.ConnectionError, redis.TimeoutError, OSError):
-                time.sleep(0.2)  # Redis restarting: the subscription is renewed on reconnect
-                return
-            if msg is not None and msg.get("type") == "message":
-                self._record(msg["channel"].decode(), msg["data"])
-        self._sweep()  # covers publications missed while (re)subscribing
-
-    def _orphans(self) -> list[str]:
-        """Pending results whose request was submitted under an epoch Redis no longer has."""
-        if not self.epochs:
-            return []
-        current = self.client.get(keys.EPOCH)
-        now = _text(current) if current is not None else None
-        return [k for k in self.pending() if self.epochs.get(k, now) != now]
-
-    def _check_restart(self) -> None:
-        """Fail, with RequestLost, what a Redis restart took away instead of waiting forever."""
-        try:
-            orphans = self._orphans()
-        except CONNECTION_ERRORS:
-            return
-        if not orphans:
-            self.restart_seen_at = None
-            return
-        now = time.monotonic()
-        if self.restart_seen_at is None:
-            self.restart_seen_at = now
-        if now - self.restart_seen_at < self.grace_s:
-            return
-        held = self._queued_blob()
-        for key in self.pending():
-            task_id = key[len(keys.RESULT_PREFIX) :]
-            if key in orphans and task_id.encode() not in held:
-                error = RequestLost(
-                    f"request {task_id} must still be queued, held or stored to complete, got "
-                    "none of these after Redis restarted (run_id changed) without it; submit it again"
-                )
-                self._set(key, error)
-        self.restart_seen_at = None
-
-    def _queued_blob(self) -> bytes:
-        """Every message now in an inferq queue or held unacknowledged, as one searchable blob."""
-        parts: list[bytes] = list(self.client.hvals(keys.UNACKED))  # type: ignore[arg-type]
-        for key in self.client.scan_iter(match=f"{keys.QUEUE_PREFIX}*", count=1000, _type="list"):
-            parts.extend(self.client.lrange(key, 0, -1))  # type: ignore[arg-type]
-        return b"\n".join(parts)
-
-    def _sweep(self) -> None:
-        self._fetch_stored()
-        self._check_restart()
-
-    def _fetch_stored(self) -> None:
-        pending = self.pending()
-        for i in range(0, len(pending), 1000):
-            chunk = pending[i : i + 1000]
-            try:
-                values = self.results.mget(chunk)
-            except (redis.ConnectionError, redis.TimeoutError, OSError):
-                return
-            for key, raw in zip(chunk, values, strict=True):
-                if raw is not None:
-                    self._record(key, raw)
-
-    def _record(self, key: str, raw: bytes | str) -> None:
-        if key not in self.index:
-            return
-        meta = json.loads(raw)
-        if meta.get("status") not in ("SUCCESS", "FAILURE"):
-            return
-        try:
-            value: Any = value_from_meta(raw)
-        except InferqError as exc:
-            value = exc
-        self._set(key, value)
-
-    def _set(self, key: str, value: Any) -> None:
-        self.waiting.discard(key)
-        for i in self.index[key]:
-            if i not in self.values and self.on_result is not None:
-                self.on_result(i)
-            self.values[i] = value
 
 
 def make_producer_app() -> Celery:

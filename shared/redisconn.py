@@ -27,3 +27,8 @@ def make_client(url: str, *, retries: int = 6, socket_timeout: float | None = 30
         socket_connect_timeout=5,
         socket_timeout=socket_timeout,
     )
+
+
+def as_text(value: bytes | str) -> str:
+    """A reply from a client that does not decode responses, as text."""
+    return value.decode() if isinstance(value, bytes) else value

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any, TypedDict
+from typing import Any, TypedDict, cast
 
 import orjson
 
@@ -37,12 +37,26 @@ class Timing(TypedDict):
     device: str
 
 
+class InferenceResult(TypedDict):
+    """One request's result, as stored and as ``AsyncResult.get()`` and ``gather`` return it: a
+    plain JSON dict, so any Celery client reads it.
+
+    ``outputs`` is what the model's ``[output]`` post-processing gives: for ``topk``, a list of
+    ``{index, label, score}`` best first; for ``raw``, the model's output row as nested lists.
+    """
+
+    model: str
+    version: int
+    outputs: Any
+    timing: Timing
+
+
 def now_iso() -> str:
     """Celery's ``date_done`` form; a writer computes it once per batch of metas."""
     return datetime.now(UTC).isoformat()
 
 
-def success_meta(task_id: str, result: dict[str, Any], date_done: str | None = None) -> bytes:
+def success_meta(task_id: str, result: InferenceResult, date_done: str | None = None) -> bytes:
     return _meta(task_id, "SUCCESS", result, date_done)
 
 
@@ -79,9 +93,9 @@ def error_from_meta(result: Any) -> InferqError:
     return cls(str(text))
 
 
-def value_from_meta(raw: bytes | str) -> dict[str, Any]:
-    """The result dict of a stored meta, or raise its typed error."""
+def value_from_meta(raw: bytes | str) -> InferenceResult:
+    """The result of a stored meta, or raise its typed error."""
     meta = json.loads(raw)
     if meta.get("status") == "SUCCESS":
-        return dict(meta["result"])
+        return cast(InferenceResult, dict(meta["result"]))
     raise error_from_meta(meta.get("result"))

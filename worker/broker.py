@@ -30,6 +30,7 @@ from redis.exceptions import NoScriptError
 
 from inferq.shared import keys
 from inferq.shared.lua import LuaScript, execute_with_scripts
+from inferq.shared.redisconn import as_text
 from inferq.worker.intake import read_redelivery, sniff_delivery
 
 _DEFAULT_LIST = keys.priority_list_index(keys.DEFAULT_PRIORITY)
@@ -336,7 +337,7 @@ class Broker:
         found: list[bytes] = self.client.zrangebyscore(
             keys.UNACKED_INDEX, "-inf", ceiling, 0, limit
         )  # type: ignore[assignment]
-        tags = [_text(t) for t in found]
+        tags = [as_text(t) for t in found]
         if not tags:
             return 0
         payloads: list[bytes | None] = self.client.hmget(keys.UNACKED, tags)  # type: ignore[assignment]
@@ -352,7 +353,7 @@ class Broker:
         members: list[bytes] = self.client.zrangebyscore(keys.HOLDING, "-inf", ceiling, 0, limit)  # type: ignore[assignment]
         moved = 0
         for member in members:
-            hold, queue = keys.parse_holding_member(_text(member))
+            hold, queue = keys.parse_holding_member(as_text(member))
             lists = [keys.HOLDING, *keys.queue_keys(queue), *keys.hold_lists(hold)]
             moved += int(RETURN_HOLD(self.client, lists, [member]))
         return moved
@@ -382,7 +383,7 @@ class Broker:
         if not exchange:
             return routing_key
         for member in self.client.smembers(keys.binding_key(exchange)):
-            parts = _text(member).split(keys.PRIORITY_SEP)  # routing key, pattern, queue
+            parts = as_text(member).split(keys.PRIORITY_SEP)  # routing key, pattern, queue
             if len(parts) == 3 and parts[0] == routing_key:
                 return parts[2]
         return routing_key
@@ -400,7 +401,3 @@ def _sort_out(held: Sequence[Sequence[bytes]], queue: str) -> tuple[list[Fetched
             else:
                 fetched.append(Fetched(delivery.tag, raw, delivery.unacked))
     return fetched, dead
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -17,7 +17,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -83,7 +83,7 @@ def _final_fields(o: Outcome) -> dict[str, Any]:
     """What task-succeeded or task-failed says of one outcome (Celery's field names)."""
     if o.error is not None:
         return {"exception": repr(o.error), "traceback": None, "type": "task-failed"}
-    timing = (o.value or {}).get("timing", {})
+    timing: Mapping[str, Any] = o.value["timing"] if o.value is not None else {}
     runtime = timing.get("collate_ms", 0) + timing.get("infer_ms", 0) + timing.get("post_ms", 0)
     return {"result": "<outputs>", "runtime": runtime / 1e3, "type": "task-succeeded"}
 

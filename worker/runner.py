@@ -18,7 +18,7 @@ import torch
 
 from inferq.shared.errors import DeadlineExceeded, InferqError, ModelError, WorkerCrashed
 from inferq.shared.logs import get_logger
-from inferq.shared.results import Timing
+from inferq.shared.results import InferenceResult, Timing
 from inferq.shared.spec import ModelConfig
 from inferq.worker.collate import Collator, Staged
 from inferq.worker.handlers import ModelHandler
@@ -32,10 +32,10 @@ _TORCH_DTYPES = {"uint8": torch.uint8, "float16": torch.float16, "float32": torc
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """Exactly one per request: ``value`` (the result dict) or ``error``."""
+    """Exactly one per request: ``value`` (the result) or ``error``."""
 
     request: InferenceRequest
-    value: dict[str, Any] | None = None
+    value: InferenceResult | None = None
     error: InferqError | None = None
 
 
@@ -344,7 +344,7 @@ class Runner:
                 "worker": worker,
                 "device": device,
             }
-            result = {"model": name, "version": version, "outputs": value, "timing": timing}
+            result = InferenceResult(model=name, version=version, outputs=value, timing=timing)
             out[id(r)] = Outcome(r, value=result)
         return out
 

@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from inferq.producer.client import gather, submit_many
+from inferq.producer.client import submit_many
+from inferq.producer.gather import gather
 from inferq.producer.tools.synth import CLASSES, make_images
 
 

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from inferq.producer.client import gather, runtime, submit_many
+from inferq.producer.client import runtime, submit_many
+from inferq.producer.gather import gather
 from inferq.shared import keys
 
 

@@ -24,7 +24,16 @@ from inferq.shared.celeryconf import make_celery
 from inferq.shared.errors import InvalidInput, ModelUnavailable, PayloadTooLarge
 from inferq.shared.settings import Settings
 from inferq.shared.spec import InputSpec
-from inferq.worker.intake import InferenceRequest, Rejection, decode_message
+from inferq.worker.intake import (
+    Delivery,
+    InferenceRequest,
+    Rejection,
+    _by_parsing,
+    _by_pattern,
+    decode_message,
+    read_redelivery,
+    sniff_delivery,
+)
 
 SPEC = InputSpec(model="m", version=2, shape=(3, 4, 4))
 F32 = InputSpec(model="m", version=2, shape=(3, 4, 4), dtype="float32")
@@ -495,3 +504,77 @@ _ENVELOPE_KEYS = ["body", "headers", "properties", "content-type", "content-enco
 def test_fuzz_json_envelopes_never_raise(envelope: dict[str, Any]) -> None:
     result = _decode(json.dumps(envelope).encode())
     assert isinstance(result, (InferenceRequest, Rejection))
+
+
+# -- deliveries: what the broker's bookkeeping reads of an envelope ----------------------------
+
+
+def _unacked(delivery: Delivery) -> list[Any]:
+    return json.loads(delivery.unacked)
+
+
+def test_a_delivery_is_sniffed_from_the_producers_envelope(app: Celery) -> None:
+    raw = _produce(app, codec.encode(_array()))
+    delivery = sniff_delivery(raw, "inferq.m")
+    assert delivery is not None
+    assert delivery.tag == json.loads(raw)["properties"]["delivery_tag"]
+    assert _unacked(delivery) == [json.loads(raw), "", "inferq.m"]
+    assert delivery.unacked.startswith(b"[" + raw + b",")  # the message kept byte for byte
+
+
+def test_the_pattern_and_the_full_parse_agree(app: Celery) -> None:
+    raw = _produce(app, codec.encode(_array()))
+    spaced = json.dumps(json.loads(raw)).encode()  # kombu's json: ", " and ": " separators
+    for message in (raw, spaced):
+        by_parsing = _by_parsing(message, "inferq.m")
+        assert by_parsing is not None
+        assert _by_pattern(message, "inferq.m") == by_parsing
+        assert _unacked(by_parsing)[1:] == ["", "inferq.m"]
+
+
+def test_a_tag_the_pattern_cannot_read_is_found_by_parsing(app: Celery) -> None:
+    envelope = json.loads(_produce(app, codec.encode(_array())))
+    envelope["properties"]["delivery_tag"] = 'odd"tag'
+    raw = json.dumps(envelope).encode()
+    assert _by_pattern(raw, "inferq.m") is None
+    delivery = sniff_delivery(raw, "inferq.m")
+    assert delivery is not None and delivery.tag == 'odd"tag'
+
+
+def test_a_missing_routing_key_is_the_queue_it_came_from(app: Celery) -> None:
+    envelope = json.loads(_produce(app, codec.encode(_array())))
+    del envelope["properties"]["delivery_info"]
+    raw = json.dumps(envelope).encode()
+    for found in (_by_pattern(raw, "inferq.m"), _by_parsing(raw, "inferq.m")):
+        assert found is not None and _unacked(found)[1:] == ["", "inferq.m"]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"\x00garbage", b"[1, 2]", b'{"body": "x"}', b'{"properties": {"delivery_tag": ""}}'],
+    ids=["bytes", "list", "no-properties", "empty-tag"],
+)
+def test_what_is_not_a_tagged_envelope_has_no_delivery(raw: bytes) -> None:
+    assert sniff_delivery(raw, "inferq.m") is None
+
+
+def test_a_redelivery_is_marked_and_its_priority_clamped(app: Celery) -> None:
+    envelope = json.loads(_produce(app, codec.encode(_array()), priority=3))
+    envelope["properties"]["priority"] = 42
+    entry = json.dumps([envelope, "ex", "rk"]).encode()
+    back = read_redelivery(entry)
+    assert (back.exchange, back.routing_key, back.priority) == ("ex", "rk", keys.LOWEST_PRIORITY)
+    message = json.loads(back.message)
+    assert message["headers"]["redelivered"] is True
+    assert message["properties"]["delivery_info"]["redelivered"] is True
+    assert message["body"] == envelope["body"]
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [b"nope", b"[1, 2]", b'[{"properties": {}}, null, "rk"]', b'["text", "", "rk"]'],
+    ids=["not-json", "two-fields", "exchange-not-a-string", "message-not-an-object"],
+)
+def test_a_malformed_unacked_entry_is_refused(entry: bytes) -> None:
+    with pytest.raises((ValueError, TypeError, KeyError, AttributeError)):
+        read_redelivery(entry)

@@ -16,6 +16,7 @@ from inferq.shared import errors
 from inferq.shared.celeryconf import make_celery
 from inferq.shared.errors import ERROR_TYPES, InferqError, InvalidInput, ModelError, QueueFull
 from inferq.shared.results import (
+    InferenceResult,
     Timing,
     error_from_meta,
     failure_meta,
@@ -237,6 +238,11 @@ def test_errors_survive_copying_with_their_class_and_message(cls: type[InferqErr
     assert type(clone) is cls and clone.message == error.message
 
 
+def test_a_result_declares_exactly_its_documented_fields() -> None:
+    assert set(typing.get_type_hints(InferenceResult)) == {"model", "version", "outputs", "timing"}
+    assert set(typing.get_type_hints(InferenceResult)) == set(RESULT)
+
+
 def test_timing_declares_exactly_the_documented_fields() -> None:
     assert set(typing.get_type_hints(Timing)) == {
         "preprocess_ms",
@@ -250,3 +256,52 @@ def test_timing_declares_exactly_the_documented_fields() -> None:
         "worker",
         "device",
     }
+
+
+# -- errors with typed fields ------------------------------------------------------------------
+
+
+def test_queue_full_is_built_from_its_fields_and_says_them() -> None:
+    error = QueueFull(queue="inferq.m", limit=20, waiting=19, submitted=3, accepted=["a", "b"])
+    assert str(error) == (
+        "queue inferq.m must stay within its limit of 20 waiting requests, "
+        "got 19 waiting and 3 more submitted"
+    )
+    assert (error.queue, error.limit, error.waiting, error.submitted) == ("inferq.m", 20, 19, 3)
+    assert error.accepted == ("a", "b")
+
+
+def test_queue_full_rebuilt_from_the_backend_reads_its_fields_back(app: Celery) -> None:
+    error = QueueFull(queue="inferq.m", limit=20, waiting=19, submitted=3, accepted=["a"])
+    stored = json.loads(failure_meta("t", error))["result"]
+    for rebuilt in (error_from_meta(stored), app.backend.exception_to_python(stored)):
+        assert type(rebuilt) is QueueFull
+        assert str(rebuilt) == str(error)
+        assert (rebuilt.queue, rebuilt.limit, rebuilt.waiting, rebuilt.submitted) == (
+            "inferq.m",
+            20,
+            19,
+            3,
+        )
+        assert rebuilt.accepted == ()  # the producer's own, never stored
+
+
+def test_queue_full_from_a_foreign_message_has_no_fields() -> None:
+    error = QueueFull("the queue is full")
+    assert str(error) == "the queue is full"
+    assert (error.queue, error.limit, error.waiting, error.submitted) == (None, None, None, None)
+
+
+def test_copies_keep_the_fields_that_are_not_stored() -> None:
+    error = QueueFull(queue="inferq.m", limit=1, waiting=1, submitted=1, accepted=["a"])
+    assert copy.deepcopy(error).accepted == ("a",)
+
+
+def test_request_lost_names_its_task_and_reads_it_back(app: Celery) -> None:
+    error = errors.RequestLost(task_id="t-42")
+    assert str(error).startswith("request t-42 must still be queued, held or stored")
+    stored = json.loads(failure_meta("t-42", error))["result"]
+    for rebuilt in (error_from_meta(stored), app.backend.exception_to_python(stored)):
+        assert type(rebuilt) is errors.RequestLost
+        assert rebuilt.task_id == "t-42" and str(rebuilt) == str(error)
+    assert errors.RequestLost("gone").task_id is None

@@ -214,7 +214,7 @@ class Soak:
     # -- count -------------------------------------------------------------------------------
 
     def _settle(self, echo: Any) -> None:
-        from inferq.producer.client import gather
+        from inferq.producer.gather import gather
 
         echo(f"soak: collecting {len(self.pending)} results ...")
         try:
