@@ -83,7 +83,7 @@ def _final_fields(o: Outcome) -> dict[str, Any]:
     """What task-succeeded or task-failed says of one outcome (Celery's field names)."""
     if o.error is not None:
         return {"exception": repr(o.error), "traceback": None, "type": "task-failed"}
-    timing: Mapping[str, Any] = o.value["timing"] if o.value is not None else {}
+    timing: Mapping[str, Any] = o.value.get("timing", {}) if o.value else {}
     runtime = timing.get("collate_ms", 0) + timing.get("infer_ms", 0) + timing.get("post_ms", 0)
     return {"result": "<outputs>", "runtime": runtime / 1e3, "type": "task-succeeded"}
 
