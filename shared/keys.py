@@ -1,4 +1,4 @@
-"""Every Redis key, queue and task name inferq uses, in one place.
+"""Every Redis key, channel, queue and task name inferq uses, and its priority rules, in one place.
 
 Queue keys follow kombu's Redis transport so that any Celery client can publish to them and any
 kombu consumer can restore unacknowledged messages: a queue is a list named after it, priority
@@ -41,6 +41,9 @@ RESULT_PREFIX = "celery-task-meta-"
 # A token that changes whenever Redis comes back without its data: producers record it with each
 # request, so a request whose epoch is gone is known to have been lost with a restart.
 EPOCH = "inferq:epoch"
+
+# Celery's task events: kombu's Redis fanout PUBLISHes them on ``/<db>.<exchange>/<routing key>``.
+EVENT_EXCHANGE = "celeryev"
 
 MODEL_SPEC_PREFIX = "inferq:model:"
 MODEL_WORKERS_PREFIX = "inferq:workers:"
@@ -114,6 +117,12 @@ def result_key(task_id: str) -> str:
 def push_reply_key(call_id: str) -> str:
     """Where a producer's push call leaves its reply for a retry of the same call to find."""
     return f"{PUSH_REPLY_PREFIX}{call_id}"
+
+
+def event_channel(db: int | str, routing_key: str) -> str:
+    """The channel task events of Redis database ``db`` are published on (``db`` and
+    ``routing_key`` may be glob patterns, for PSUBSCRIBE)."""
+    return f"/{db}.{EVENT_EXCHANGE}/{routing_key}"
 
 
 def model_spec_key(model: str) -> str:

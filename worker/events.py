@@ -45,7 +45,7 @@ _GROUP_MAX = 1024  # events per published message at most
 def fanout_topic(broker_url: str, routing_key: str) -> str:
     path = urlsplit(broker_url).path.strip("/")
     db = int(path) if path.isdigit() else 0
-    return f"/{db}.celeryev/{routing_key}"
+    return keys.event_channel(db, routing_key)
 
 
 class EnvelopeMaker:
@@ -62,7 +62,7 @@ class EnvelopeMaker:
         self._tail = orjson.dumps(
             {
                 "delivery_mode": 1,
-                "delivery_info": {"exchange": "celeryev", "routing_key": routing_key},
+                "delivery_info": {"exchange": keys.EVENT_EXCHANGE, "routing_key": routing_key},
                 "priority": 0,
                 "body_encoding": "base64",
                 "delivery_tag": "",

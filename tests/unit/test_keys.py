@@ -33,6 +33,7 @@ def test_inferq_names_stay_as_they_are() -> None:
     assert keys.push_reply_key("c") == "inferq:push:c"
     assert keys.model_spec_key("m") == "inferq:model:m"
     assert keys.model_workers_key("m") == "inferq:workers:m"
+    assert keys.event_channel(0, "task.multi") == "/0.celeryev/task.multi"
 
 
 def test_priority_lists_follow_kombus_q_for_pri() -> None:

@@ -76,7 +76,7 @@ class SucceededEvents:
         while not self._stop.is_set():
             try:
                 pubsub = make_client(self._url).pubsub(ignore_subscribe_messages=True)
-                pubsub.psubscribe("/*.celeryev/task.*")
+                pubsub.psubscribe(keys.event_channel("*", "task.*"))
                 while not self._stop.is_set():
                     msg = pubsub.get_message(timeout=0.2)
                     if msg and msg["type"] == "pmessage":
