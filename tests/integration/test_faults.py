@@ -108,7 +108,9 @@ def held_messages(client: Any) -> list[Held]:
     ]
 
 
-QUIET_S = 0.5  # events of one batch are published together: half a second sees them all
+# After the expected events, how long to keep watching for extra ones (a second run, a run that
+# must not happen). Not a wait for anything: the verdict is what arrives in this window.
+QUIET_S = 0.5
 
 
 class EventLog:
