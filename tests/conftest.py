@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -24,14 +26,36 @@ def test_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_test_repo(tmp_path_factory.mktemp("repo"))
 
 
+@dataclass(frozen=True)
+class ShapesBuild:
+    """The example classifier as ``build_examples`` left it: what it wrote and what it logged."""
+
+    repo: Path
+    written: tuple[Path, ...]
+    log: tuple[str, ...]
+
+
 @pytest.fixture(scope="session")
-def shapes_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The real example classifier, trained once per session (~12 s)."""
+def shapes_build(tmp_path_factory: pytest.TempPathFactory) -> ShapesBuild:
+    """The real example classifier, trained once per session (~12 s) for every test that needs
+    it. Shared: a test that changes the repository works on its own copy (``shapes_repo_copy``)."""
     from inferq.worker.examples.build import build_examples
 
     root = tmp_path_factory.mktemp("shapes-repo")
-    build_examples(root, ["shapes"], log=lambda _: None)
-    return root
+    lines: list[str] = []
+    written = build_examples(root, ["shapes"], log=lines.append, seed=0)
+    return ShapesBuild(root, tuple(written), tuple(lines))
+
+
+@pytest.fixture(scope="session")
+def shapes_repo(shapes_build: ShapesBuild) -> Path:
+    return shapes_build.repo
+
+
+@pytest.fixture
+def shapes_repo_copy(shapes_repo: Path, tmp_path: Path) -> Path:
+    """This test's own copy of the trained repository, free to tamper with."""
+    return Path(shutil.copytree(shapes_repo, tmp_path / "shapes-repo"))
 
 
 class Stack:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -58,9 +57,8 @@ def test_demo_starts_an_embedded_redis_and_classifies_fresh_images(shapes_repo: 
     assert "succeeded 150, failed 0" in out.stdout
 
 
-def test_models_list_verifies_sha256(shapes_repo: Path, tmp_path: Path) -> None:
-    repo = tmp_path / "repo"
-    shutil.copytree(shapes_repo, repo)
+def test_models_list_verifies_sha256(shapes_repo_copy: Path) -> None:
+    repo = shapes_repo_copy
     ok = inferq("models", "list", "--repo", str(repo))
     assert ok.returncode == 0 and re.search(r"shapes\tversions=\[1\]\tok", ok.stdout), ok.stdout
     with (repo / "shapes" / "1" / "model.pt").open("ab") as fh:
@@ -69,11 +67,10 @@ def test_models_list_verifies_sha256(shapes_repo: Path, tmp_path: Path) -> None:
     assert "ERROR" in bad.stdout and "sha256" in bad.stdout
 
 
-def test_worker_refuses_a_tampered_model(shapes_repo: Path, tmp_path: Path) -> None:
+def test_worker_refuses_a_tampered_model(shapes_repo_copy: Path) -> None:
     from inferq.worker.tools.localredis import LocalRedis
 
-    repo = tmp_path / "repo"
-    shutil.copytree(shapes_repo, repo)
+    repo = shapes_repo_copy
     with (repo / "shapes" / "1" / "model.pt").open("r+b") as fh:
         fh.seek(100)
         fh.write(b"\x00\x01\x02")
@@ -113,7 +110,13 @@ def test_soak_loses_nothing(shapes_repo: Path) -> None:
 
 def test_stage_profile_times_every_stage(shapes_repo: Path) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "inferq.worker.tools.stage_profile", "--model-repository", str(shapes_repo)],
+        [
+            sys.executable,
+            "-m",
+            "inferq.worker.tools.stage_profile",
+            "--model-repository",
+            str(shapes_repo),
+        ],
         capture_output=True,
         text=True,
         timeout=300,

@@ -19,6 +19,7 @@ from inferq.shared import codec, keys
 from inferq.shared.errors import InvalidInput, ModelUnavailable
 from inferq.shared.results import Timing
 from tests.conftest import ROOT
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -242,17 +243,23 @@ def test_task_events_reach_a_celery_event_receiver(stack_factory, test_repo: Pat
             pass
 
     threading.Thread(target=consume, daemon=True).start()
-    ready.wait(10)
-    time.sleep(1.0)
+    assert ready.wait(10), "the event receiver did not start"
+    # A heartbeat seen means the receiver is subscribed, so the task's events cannot slip past.
+    wait_until(
+        lambda: any(e["type"] == "worker-heartbeat" for e in list(seen)),
+        30,
+        "a worker heartbeat at the event receiver",
+    )
     r = submit_job.delay(_img(5), model="tiny")
     r.get(timeout=30)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        mine = {e["type"] for e in seen if e.get("uuid") == r.id}
-        beats = [e for e in seen if e["type"] == "worker-heartbeat"]
-        if {"task-received", "task-succeeded"} <= mine and beats:
-            break
-        time.sleep(0.1)
+    wait_until(
+        lambda: (
+            {"task-received", "task-succeeded"}
+            <= {e["type"] for e in list(seen) if e.get("uuid") == r.id}
+        ),
+        15,
+        "the task's received and succeeded events",
+    )
     received = next(e for e in seen if e.get("uuid") == r.id and e["type"] == "task-received")
     assert received["name"] == keys.TASK_NAME and received["hostname"] == w.hostname
     assert any(e["type"] == "task-succeeded" and e.get("uuid") == r.id for e in seen)

@@ -23,6 +23,7 @@ from inferq.worker.examples.build import (
     write_model,
 )
 from inferq.worker.examples.nets import ShapesNet, resnet18, resnet50
+from tests.conftest import ShapesBuild
 
 FRESH_SEED = 4242  # neither a training seed nor the held-out seed used while training
 
@@ -125,19 +126,19 @@ def test_unknown_example_is_rejected(tmp_path: pathlib.Path) -> None:
         build_examples(tmp_path, ["nope"], log=lambda _: None)
 
 
-@pytest.fixture(scope="module")
-def shapes_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[pathlib.Path, list[str]]:
-    """Train and export ``shapes`` once for all tests below (~10 s on 2 CPU cores)."""
-    dest = tmp_path_factory.mktemp("models")
-    lines: list[str] = []
-    written = build_examples(dest, ["shapes"], log=lines.append, seed=0)
-    assert written == [dest / "shapes"]
-    return dest / "shapes", lines
+# The trained model comes from the session's one build (``shapes_build`` in tests/conftest.py),
+# which the integration and e2e tests share: training it is the expensive part.
 
 
 @pytest.fixture(scope="module")
-def shapes_config(shapes_repo: tuple[pathlib.Path, list[str]]) -> dict[str, Any]:
-    return tomllib.loads((shapes_repo[0] / "config.toml").read_text())
+def shapes_config(shapes_build: ShapesBuild) -> dict[str, Any]:
+    return tomllib.loads((shapes_build.repo / "shapes" / "config.toml").read_text())
+
+
+@pytest.mark.slow
+def test_build_writes_only_what_was_asked(shapes_build: ShapesBuild) -> None:
+    assert shapes_build.written == (shapes_build.repo / "shapes",)
+    assert sorted(p.name for p in shapes_build.repo.iterdir()) == ["shapes"]
 
 
 @pytest.mark.slow
@@ -159,23 +160,23 @@ def test_shapes_config(shapes_config: dict[str, Any]) -> None:
 
 
 @pytest.mark.slow
-def test_shapes_checksum_sidecar(shapes_repo: tuple[pathlib.Path, list[str]]) -> None:
-    assert _sidecar_matches(shapes_repo[0])
+def test_shapes_checksum_sidecar(shapes_build: ShapesBuild) -> None:
+    assert _sidecar_matches(shapes_build.repo / "shapes")
 
 
 @pytest.mark.slow
-def test_shapes_training_logged(shapes_repo: tuple[pathlib.Path, list[str]]) -> None:
-    lines = shapes_repo[1]
+def test_shapes_training_logged(shapes_build: ShapesBuild) -> None:
+    lines = shapes_build.log
     assert any("epoch 1/" in line and "loss" in line for line in lines)
     assert any("held-out accuracy" in line for line in lines)
 
 
 @pytest.mark.slow
 def test_shapes_model_accuracy_on_fresh_images(
-    shapes_repo: tuple[pathlib.Path, list[str]], shapes_config: dict[str, Any]
+    shapes_build: ShapesBuild, shapes_config: dict[str, Any]
 ) -> None:
     assert FRESH_SEED != HELDOUT_SEED and FRESH_SEED not in {s for s, _ in TRAIN_SETS}
-    model = _load(shapes_repo[0])
+    model = _load(shapes_build.repo / "shapes")
     images, labels = make_images(300, seed=FRESH_SEED, size=(80, 64))
     batch = np.stack([preprocess_for_training(im) for im in images])
     x = normalise(batch, shapes_config["preprocess"]["mean"], shapes_config["preprocess"]["std"])
