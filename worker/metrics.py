@@ -258,6 +258,10 @@ class Metrics:
     def set_model_info(self, model: str, version: str, platform: str, precision: str) -> None:
         """Label ``model``'s serving version; a hot reload replaces the previous version's series."""
         labels = (version, platform, precision)
+        # The model's counters start at 0, so increase() sees their first event (a series that
+        # appears at 1 has no earlier sample to grow from, and an alert on it would never fire).
+        self.redeliveries.labels(model)
+        self.dead_letters.labels(model)
         with self._lock:
             previous = self._info.get(model)
             if previous is not None and previous != labels:
