@@ -31,6 +31,7 @@ CONSTRAINTS = ROOT / "constraints.txt"
 PYPROJECT = ROOT / "pyproject.toml"
 RULES_FILE = DEPLOY / "prometheus" / "rules.yml"
 PROMETHEUS_FILE = DEPLOY / "prometheus" / "prometheus.yml"
+ALERTMANAGER_FILE = DEPLOY / "alertmanager" / "alertmanager.yml"
 DASHBOARD_FILE = DEPLOY / "grafana" / "dashboards" / "inferq.json"
 GRAFANA_PROVISIONING = DEPLOY / "grafana" / "provisioning"
 
@@ -51,6 +52,7 @@ REQUIRED_SERVICES = {
     "prometheus",
     "grafana",
     "flower",
+    "alertmanager",
 }
 EXPECTED_K8S_KINDS = {
     "worker-deployment.yaml": "Deployment",

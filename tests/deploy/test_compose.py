@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
+from pathlib import Path
 from typing import Any
 
+import pytest
+import yaml
+
 from tests.deploy.manifests import (
+    ALERTMANAGER_FILE,
     COMPOSE_FILE,
     DEPENDS_ON_CONDITIONS,
     ENV_VARS,
@@ -14,6 +21,7 @@ from tests.deploy.manifests import (
     PROMETHEUS_FILE,
     REQUIRED_SERVICES,
     ROOT,
+    RULES_FILE,
     Stage,
     as_argv,
     depends_on,
@@ -148,10 +156,97 @@ def test_compose_worker_shutdown_metrics_and_gpu_variant(
     assert int(env.get("INFERQ_METRICS_PORT", METRICS_PORT)) == METRICS_PORT
     exposed = [str(p) for p in worker.get("expose", []) + worker.get("ports", [])]
     assert any(p.split(":")[-1].split("/")[0] == str(METRICS_PORT) for p in exposed)
-    # The GPU variant is documented as a commented block on the worker.
+
+
+def _gpu_workers(services: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {n: s for n, s in services.items() if "gpu" in s.get("profiles", [])}
+
+
+def test_compose_gpu_recipe_is_one_worker_per_device(
+    services: dict[str, Any], dockerfile: tuple[dict[str, str], list[Stage]]
+) -> None:
+    gpu = _gpu_workers(services)
+    assert sorted(gpu) == ["worker-gpu0", "worker-gpu1"]
+    taken: list[str] = []
+    for name, service in gpu.items():
+        (device,) = service["deploy"]["resources"]["reservations"]["devices"]
+        assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+        assert "count" not in device, f"{name}: one named device, not a count"
+        taken += device["device_ids"]
+        # The container sees its one GPU as cuda:0, whatever the host's index.
+        argv = effective_argv(service, dockerfile)
+        assert argv[argv.index("--device") + 1] == "cuda:0", name
+        assert "worker" in service["networks"]["default"]["aliases"], (
+            "outside Prometheus's discovery"
+        )
+        assert "whl/cu" in service["build"]["args"]["TORCH_INDEX_URL"], name
+        # Everything else is the CPU worker's: env, probes, shutdown, start order.
+        for key in ("environment", "healthcheck", "stop_grace_period", "depends_on", "volumes"):
+            assert service[key] == services["worker"][key], f"{name}: {key}"
+    assert sorted(taken) == ["0", "1"]
+    assert "profiles" not in services["worker"]
+
+
+def test_compose_redis_persists_with_aof_and_refuses_writes_when_full(
+    compose: dict[str, Any], services: dict[str, Any]
+) -> None:
+    redis = services["redis"]
+    argv = " ".join(as_argv(redis["command"]))
+    assert "--appendonly yes" in argv and "--appendfsync everysec" in argv
+    assert "--maxmemory-policy noeviction" in argv
+    assert re.search(r"--maxmemory \S+", argv)
+    # The trade-off against `always` is written down where the choice is made.
     text = COMPOSE_FILE.read_text(encoding="utf-8")
-    for needle in ("driver: nvidia", "count: 1", "capabilities: [gpu]"):
-        assert re.search(rf"^\s*#.*{re.escape(needle)}", text, re.M), needle
+    assert re.search(r"^\s*#.*`always`", text, re.M)
+    data = dict(mounts(redis))
+    assert data.get("redis-data") == "/data" and "redis-data" in compose["volumes"]
+
+
+def test_compose_prometheus_sends_alerts_to_alertmanager(services: dict[str, Any]) -> None:
+    alerting = load_yaml(PROMETHEUS_FILE)["alerting"]["alertmanagers"]
+    targets = [t for am in alerting for c in am["static_configs"] for t in c["targets"]]
+    assert targets == ["alertmanager:9093"]
+    assert "alertmanager" in depends_on(services["prometheus"])
+    config_mounts = dict(mounts(services["alertmanager"]))
+    config = config_mounts["./deploy/alertmanager/alertmanager.yml"]
+    assert config == "/etc/alertmanager/alertmanager.yml"
+    alertmanager = load_yaml(ALERTMANAGER_FILE)
+    receivers = {r["name"] for r in alertmanager["receivers"]}
+    routes = [alertmanager["route"], *alertmanager["route"].get("routes", [])]
+    assert all(r["receiver"] in receivers for r in routes)
+    assert "model" in alertmanager["route"]["group_by"]
+
+
+@pytest.mark.skipif(
+    shutil.which("amtool") is None,
+    reason="amtool not installed (apt-get install prometheus-alertmanager); parsed above",
+)
+def test_amtool_accepts_the_alertmanager_config() -> None:
+    done = subprocess.run(
+        ["amtool", "check-config", str(ALERTMANAGER_FILE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.skipif(
+    shutil.which("promtool") is None,
+    reason="promtool not installed (apt-get install prometheus); parsed above",
+)
+def test_promtool_accepts_the_prometheus_config(tmp_path: Path) -> None:
+    # The config names the rules by their path in the container; point it at the repository's.
+    config = load_yaml(PROMETHEUS_FILE)
+    config["rule_files"] = [str(RULES_FILE)]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    done = subprocess.run(
+        ["promtool", "check", "config", str(tmp_path / "prometheus.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_compose_env_uses_known_names_and_no_inline_passwords(
