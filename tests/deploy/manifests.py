@@ -61,6 +61,8 @@ EXPECTED_K8S_KINDS = {
     "keda-scaledobject.yaml": "ScaledObject",
     "trigger-auth.yaml": "TriggerAuthentication",
     "service.yaml": "Service",
+    "pdb.yaml": "PodDisruptionBudget",
+    "servicemonitor.yaml": "ServiceMonitor",
     "kustomization.yaml": "Kustomization",
 }
 DEPENDS_ON_CONDITIONS = {

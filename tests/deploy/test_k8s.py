@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -178,3 +179,48 @@ def test_metrics_service_is_headless_and_selects_workers() -> None:
     for port in service["spec"]["ports"]:
         assert port["port"] == METRICS_PORT
         assert port["targetPort"] in port_names | {METRICS_PORT}
+
+
+def _pod() -> dict[str, Any]:
+    return single_doc("worker-deployment.yaml")["spec"]["template"]
+
+
+def test_pods_run_confined_with_a_read_only_root() -> None:
+    pod = _pod()["spec"]
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for container in pod.get("initContainers", []) + pod["containers"]:
+        context = container["securityContext"]
+        assert context["readOnlyRootFilesystem"] is True, container["name"]
+        assert context["allowPrivilegeEscalation"] is False, container["name"]
+        tmp = [m for m in container["volumeMounts"] if m["mountPath"] == "/tmp"]
+        assert len(tmp) == 1, f"{container['name']}: no writable /tmp"
+        assert "emptyDir" in volumes[tmp[0]["name"]]
+
+
+def test_disruption_budget_lets_drains_take_one_worker_at_a_time() -> None:
+    pdb = single_doc("pdb.yaml")
+    assert pdb["apiVersion"] == "policy/v1"
+    # minAvailable would block draining the node of the one replica KEDA keeps.
+    assert pdb["spec"] == {
+        "maxUnavailable": 1,
+        "selector": {
+            "matchLabels": single_doc("worker-deployment.yaml")["spec"]["selector"]["matchLabels"]
+        },
+    }
+
+
+def test_service_monitor_scrapes_the_metrics_service_port() -> None:
+    monitor = single_doc("servicemonitor.yaml")
+    service = single_doc("service.yaml")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
+    port_names = {p["name"] for p in service["spec"]["ports"]}
+    for endpoint in monitor["spec"]["endpoints"]:
+        assert endpoint["port"] in port_names
+        assert endpoint["path"] == "/metrics"
+    # InferqWorkerDown matches up{job=~"inferq-worker.*"}; the operator names the job after the Service.
+    assert re.fullmatch(r"inferq-worker.*", service["metadata"]["name"])
