@@ -6,15 +6,22 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint typecheck unit integration e2e bench soak clean
+.PHONY: install constraints demo test lint typecheck unit deploy-check integration e2e bench soak clean
 
-$(STAMP): pyproject.toml
+# constraints.txt pins what CI and the images install (see that file).
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Pins the versions now in .venv, keeping the file's header; local labels (+cpu) dropped.
+constraints: install
+	{ grep '^#' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | grep -v '^#' \
+		| sed -E 's/\+[A-Za-z0-9.]+$$//'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 demo: install
 	$(BIN)/inferq demo
@@ -27,6 +34,9 @@ typecheck: install
 
 unit: install
 	$(BIN)/pytest -q tests/unit
+
+deploy-check: install
+	$(BIN)/pytest -q tests/deploy
 
 integration: install
 	$(BIN)/pytest -q tests/integration

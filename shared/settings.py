@@ -111,6 +111,9 @@ class Settings:
     models: str = ""
     #: The worker's device: ``cpu`` or ``cuda:N``.
     device: str = "cpu"
+    #: ``inferq worker`` restarts its Celery worker after a device failure (1), or runs it in its
+    #: own place (0) so that the failure ends the container and its orchestrator restarts it.
+    supervise: bool = True
 
     def __post_init__(self) -> None:
         if not self.result_backend:
@@ -196,6 +199,7 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
 
+_BOOLEANS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 _ENV_NAMES = {"result_backend": "INFERQ_RESULT_BACKEND", "broker_url": "INFERQ_BROKER_URL"}
 
 
@@ -217,6 +221,12 @@ def _parse(name: str, type_: Any, raw: str) -> Any:
             return float(raw)
         if kind == "Path":
             return Path(raw)
+        if kind == "bool":
+            return _BOOLEANS[raw.strip().lower()]
+    except KeyError:
+        raise ConfigError(
+            f"{_env_name(name)} must be 1 or 0 (true or false), got {raw!r}"
+        ) from None
     except ValueError:
         raise ConfigError(f"{_env_name(name)} must be a {kind}, got {raw!r}") from None
     if name == "log_level":

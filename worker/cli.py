@@ -40,7 +40,7 @@ def worker(
     events: bool,
 ) -> None:
     """Run a worker for MODEL on DEVICE (restarted on unrecoverable device errors)."""
-    from inferq.worker.supervisor import Supervisor, celery_argv, default_hostname
+    from inferq.worker.supervisor import celery_argv, default_hostname, run_worker
     from inferq.worker.tuning import worker_env
 
     settings = get_settings()
@@ -58,7 +58,7 @@ def worker(
     )
     # glibc reads these at the child's first allocation, before any of its threads exist.
     env = {**os.environ, **worker_env(settings)}
-    sys.exit(Supervisor(argv, env=env).run())
+    sys.exit(run_worker(argv, env, settings.supervise))
 
 
 @main.group()

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from inferq.shared.logs import get_logger
+from inferq.worker.metrics import DeviceMemory
 
 if TYPE_CHECKING:
     from inferq.worker.intake import InferenceRequest, Rejection
@@ -117,15 +118,19 @@ class MetricsHook(Hook):
             self.m.queue_wait.observe_many((model,), np.array(queue_wait) / 1e3)
         for outcome, n in counts.items():
             self._child(self.m.requests, model, outcome).inc(n)
+        if redelivered := sum(o.request.redelivered for o in outcomes):
+            self._child(self.m.redeliveries, model).inc(redelivered)
 
     def on_batch_cap(self, model: str, cap: int) -> None:
         self._child(self.m.batch_cap, model).set(cap)
 
     def on_queue_depth(self, model: str, depth: int) -> None:
-        self._child(self.m.queue_depth, model).set(depth)
+        self.m.set_queue_depth(model, depth)
 
     def on_device_stats(self, device: str, memory_bytes: int, utilization: float | None) -> None:
-        self._child(self.m.gpu_memory, device).set(memory_bytes)
+        memory = DeviceMemory.read(device)  # memory_bytes is its allocated part only
+        if memory is not None:
+            self.m.set_device_memory(device, memory)
         if utilization is not None:
             self._child(self.m.gpu_util, device).set(utilization)
 

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import threading
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
+from inferq.shared.errors import DeadlineExceeded, InvalidInput, PayloadTooLarge, QueueFull
 from inferq.shared.logs import get_logger
 
 log = get_logger(__name__)
@@ -88,13 +91,63 @@ class BatchHistogram:
         yield family
 
 
+#: Failures the caller caused: the server-error alert leaves them out, so that a client sending
+#: bad inputs or short deadlines, or a full queue refusing work, does not page the operator.
+CLIENT_ERROR_REASONS = frozenset(
+    e.reason for e in (InvalidInput, PayloadTooLarge, DeadlineExceeded, QueueFull)
+)
+
+
+@dataclass(frozen=True)
+class DeviceMemory:
+    """One reading of an accelerator's memory, in bytes."""
+
+    total: int  # the device's capacity (cudaMemGetInfo)
+    reserved: int  # held by torch's caching allocator, in use or cached
+    allocated: int  # in live tensors
+
+    @classmethod
+    def read(cls, device: str) -> DeviceMemory | None:
+        """The reading for a ``cuda:N`` device whose context this process already holds, else None.
+
+        Never initialises CUDA: a process that has not touched the device (the supervisor, a CPU
+        worker) must not create a context just to be measured.
+        """
+        torch = sys.modules.get("torch")
+        if torch is None or not device.startswith("cuda") or not torch.cuda.is_initialized():
+            return None
+        _free, total = torch.cuda.mem_get_info(device)
+        return cls(
+            total=int(total),
+            reserved=int(torch.cuda.memory_reserved(device)),
+            allocated=int(torch.cuda.memory_allocated(device)),
+        )
+
+
 class Metrics:
+    """Every metric a worker exports: the names deploy/prometheus/rules.yml and the dashboard use."""
+
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
-        r = self.registry
+        self._requests(self.registry)
+        self._queues(self.registry)
+        self._device(self.registry)
+        self.model_info = Gauge(
+            "inferq_model_info",
+            "1 for the version of each model this worker serves",
+            ["model", "version", "platform", "precision"],
+            registry=self.registry,
+        )
+        self.up = Gauge("inferq_worker_up", "1 while the worker serves", registry=self.registry)
+        self._lock = threading.Lock()
+        self._depth: dict[str, int] = {}
+        self._held: dict[str, int] = {}
+        self._info: dict[str, tuple[str, str, str]] = {}
+
+    def _requests(self, r: CollectorRegistry) -> None:
         self.requests = Counter(
             "inferq_requests",
-            "Requests that reached a final state",
+            "Requests that reached a final state, by outcome (success or the error's reason)",
             ["model", "outcome"],
             registry=r,
         )
@@ -114,19 +167,107 @@ class Metrics:
         self.inference = BatchHistogram(
             "inferq_inference_seconds", "Device time per batch", ["model"], _LATENCY_BUCKETS, r
         )
+        self.redeliveries = Counter(
+            "inferq_redeliveries",
+            "Messages that reached a final state here after an earlier delivery (a worker died, "
+            "a batch outlived the visibility timeout, or a shutdown gave them back)",
+            ["model"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "inferq_dead_letters",
+            "Messages on a model's queue that were not inferq requests, set aside unread in "
+            "inferq.deadletter",
+            ["model"],
+            registry=r,
+        )
+
+    def _queues(self, r: CollectorRegistry) -> None:
         self.queue_depth = Gauge(
-            "inferq_queue_depth", "Messages waiting in Redis", ["model"], registry=r
+            "inferq_queue_depth", "Messages waiting in Redis, every priority", ["model"], registry=r
+        )
+        self.in_hand = Gauge(
+            "inferq_in_hand",
+            "Messages this worker holds: fetched, not yet acknowledged or given back",
+            ["model"],
+            registry=r,
+        )
+        self.backlog = Gauge(
+            "inferq_backlog",
+            "Work waiting for the model as this worker sees it: queue depth plus messages in hand",
+            ["model"],
+            registry=r,
         )
         self.batch_cap = Gauge(
             "inferq_effective_max_batch_size", "Batch cap after OOM back-off", ["model"], registry=r
         )
-        self.gpu_memory = Gauge(
-            "inferq_gpu_memory_used_bytes", "Device memory allocated", ["device"], registry=r
+
+    def _device(self, r: CollectorRegistry) -> None:
+        self.memory_total = Gauge(
+            "inferq_device_memory_total_bytes",
+            "The device's memory capacity",
+            ["device"],
+            registry=r,
+        )
+        self.memory_reserved = Gauge(
+            "inferq_device_memory_reserved_bytes",
+            "Device memory held by torch's caching allocator (in use or cached)",
+            ["device"],
+            registry=r,
+        )
+        self.memory_allocated = Gauge(
+            "inferq_device_memory_allocated_bytes",
+            "Device memory in live tensors",
+            ["device"],
+            registry=r,
         )
         self.gpu_util = Gauge(
-            "inferq_gpu_utilization_ratio", "Device utilisation (0..1)", ["device"], registry=r
+            "inferq_gpu_utilization_ratio",
+            "Share of the last sample period the device was busy (0..1; needs nvidia-ml-py)",
+            ["device"],
+            registry=r,
         )
-        self.up = Gauge("inferq_worker_up", "1 while the worker serves", registry=r)
+
+    def exported(self) -> dict[str, str]:
+        """Each exported metric as PromQL names it (counters with ``_total``), with its type."""
+        return {
+            family.name + ("_total" if family.type == "counter" else ""): family.type
+            for family in self.registry.collect()
+        }
+
+    def set_device_memory(self, device: str, memory: DeviceMemory) -> None:
+        self.memory_total.labels(device).set(memory.total)
+        self.memory_reserved.labels(device).set(memory.reserved)
+        self.memory_allocated.labels(device).set(memory.allocated)
+
+    def set_queue_depth(self, model: str, depth: int) -> None:
+        with self._lock:
+            self._depth[model] = depth
+            self._set_backlog(model)
+        self.queue_depth.labels(model).set(depth)
+
+    def set_in_hand(self, model: str, count: int) -> None:
+        with self._lock:
+            self._held[model] = count
+            self._set_backlog(model)
+        self.in_hand.labels(model).set(count)
+
+    def _set_backlog(self, model: str) -> None:
+        self.backlog.labels(model).set(self._depth.get(model, 0) + self._held.get(model, 0))
+
+    def set_model_info(self, model: str, version: str, platform: str, precision: str) -> None:
+        """Label ``model``'s serving version; a hot reload replaces the previous version's series."""
+        labels = (version, platform, precision)
+        # The model's counters start at 0, so increase() sees their first event (a series that
+        # appears at 1 has no earlier sample to grow from, and an alert on it would never fire).
+        self.redeliveries.labels(model)
+        self.dead_letters.labels(model)
+        with self._lock:
+            previous = self._info.get(model)
+            if previous is not None and previous != labels:
+                self.model_info.remove(model, *previous)
+            self._info[model] = labels
+            self.model_info.labels(model, *labels).set(1)
 
     def serve(self, port: int, attempts: int = 16) -> int | None:
         """Start the endpoint on ``port`` or the next free one (several workers per host)."""

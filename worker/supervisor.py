@@ -62,6 +62,14 @@ def default_hostname(models: Sequence[str], device: str) -> str:
     return f"inferq-{tag}-{device.replace(':', '')}-{os.getpid()}@{socket.gethostname()}"
 
 
+def run_worker(argv: list[str], env: Mapping[str, str], supervise: bool) -> int:
+    """Run the Celery worker under a :class:`Supervisor`, or (``supervise`` false) in this
+    process's place, so that its exit code, a device failure's included, is the process's own."""
+    if supervise:
+        return Supervisor(argv, env=env).run()
+    os.execve(argv[0], argv, env)  # no return: signals reach Celery directly
+
+
 class Supervisor:
     def __init__(
         self,

@@ -363,3 +363,19 @@ def test_every_field_has_its_own_env_var() -> None:
 def test_worker_tuning_settings_are_checked(name: str, raw: str, expected: str) -> None:
     with pytest.raises(ConfigError, match=rf"{name} {expected}"):
         Settings.from_env({name: raw})
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("1", True), ("true", True), ("Yes", True), ("0", False), ("false", False)],
+)
+def test_supervise_reads_one_or_zero(raw: str, expected: bool) -> None:
+    assert Settings().supervise is True
+    assert Settings.from_env({"INFERQ_SUPERVISE": raw}).supervise is expected
+
+
+def test_supervise_refuses_anything_else_naming_the_env_var() -> None:
+    with pytest.raises(
+        ConfigError, match=r"INFERQ_SUPERVISE must be 1 or 0 \(true or false\), got 'maybe'"
+    ):
+        Settings.from_env({"INFERQ_SUPERVISE": "maybe"})
