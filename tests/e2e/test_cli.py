@@ -113,7 +113,13 @@ def test_soak_loses_nothing(shapes_repo: Path) -> None:
 
 def test_stage_profile_times_every_stage(shapes_repo: Path) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "inferq.worker.tools.stage_profile", "--model-repository", str(shapes_repo)],
+        [
+            sys.executable,
+            "-m",
+            "inferq.worker.tools.stage_profile",
+            "--model-repository",
+            str(shapes_repo),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
