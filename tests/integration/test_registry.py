@@ -169,3 +169,28 @@ def test_cli_mistakes_end_in_one_error_line_and_exit_code_2(
     assert code == 2, (out, err)
     assert err.startswith("error: ") and err.count("\n") == 1, err
     assert expected in err
+
+
+def test_backlog_counts_scheduled_and_in_hand_and_is_exported(
+    stack_factory, versioned_repo: Path
+) -> None:
+    from inferq.worker.backlog_exporter import BacklogCollector
+    from inferq.worker.broker import SCHEDULED
+
+    stack = stack_factory(versioned_repo)
+    _publish(versioned_repo, Registry(stack.client), "tiny")
+    submit_job.delay(_img(1), model="tiny")
+    list_key = keys.priority_queue_key(keys.version_queue_name("tiny", 2), 5)
+    stack.client.zadd(SCHEDULED, {json.dumps([list_key, "{}"]): 1.0})
+    stack.client.zadd(SCHEDULED, {json.dumps(["inferq.other", "{}"]): 1.0})
+    stack.client.hset(keys.UNACKED, "tag1", json.dumps([{"body": "x"}, "", "inferq.tiny"]))
+    stack.client.hset(keys.UNACKED, "tag2", json.dumps([{"body": "x"}, "", "inferq.tinyx"]))
+
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for metric in BacklogCollector(stack.client).collect()
+        for s in metric.samples
+    }
+    assert samples[("inferq_backlog", (("model", "tiny"),))] == 3
+    for part, value in (("waiting", 1), ("scheduled", 1), ("in_hand", 1)):
+        assert samples[("inferq_backlog_part", (("model", "tiny"), ("part", part)))] == value
