@@ -74,6 +74,9 @@ class Prepared:
     priority: int
     limit: int
     envelope: bytes
+    #: The queues whose lists count against ``limit``, ``queue`` first (a version's queue also
+    #: counts the model's unversioned one, which workers of the serving version drain too).
+    counted: tuple[str, ...] = ()
 
 
 class Runtime:
@@ -166,14 +169,15 @@ def prepare(img: ImageLike, call: dict[str, Any], options: dict[str, Any]) -> Pr
     """Preprocess ``img`` for ``call['model']`` and build its Celery message (protocol 2)."""
     rt = runtime()
     model = str(call["model"])
-    spec = rt.specs.get(model)
+    route = rt.specs.route(model, call.get("version"))
+    spec = route.spec
     started = time.perf_counter()
     tensor = to_tensor(img, spec, rt.settings.max_image_pixels)
     payload = rt.tensor_header(spec.shape, spec.dtype) + tensor.tobytes()
     preprocess_ms = (time.perf_counter() - started) * 1000.0
     kwargs = {
         "model": model,
-        "version": call.get("version"),
+        "version": route.version,
         "preprocess_ms": preprocess_ms,
         "submitted_at": time.time(),
     }
@@ -183,7 +187,7 @@ def prepare(img: ImageLike, call: dict[str, Any], options: dict[str, Any]) -> Pr
     if expires is None and spec.default_deadline_ms > 0:
         expires = spec.default_deadline_ms / 1000.0
     envelope = task_envelope(task_id, payload, kwargs, spec, priority, expires, options)
-    return Prepared(task_id, keys.queue_name(model), priority, spec.queue_limit, envelope)
+    return Prepared(task_id, route.queue, priority, spec.queue_limit, envelope, route.counted)
 
 
 def _priority(value: Any) -> int:
@@ -207,7 +211,7 @@ def push(client: redis.Redis, prepared: Sequence[Prepared]) -> str:
         first = group[0]
         PUSH.queue(
             pipe,
-            [*keys.queue_keys(first.queue), keys.EPOCH, keys.push_reply_key(uuid.uuid4().hex)],
+            [*_counted_lists(first), keys.EPOCH, keys.push_reply_key(uuid.uuid4().hex)],
             [first.limit, first.priority + 1, token, *(p.envelope for p in group)],
         )
     try:
@@ -230,6 +234,11 @@ def push(client: redis.Redis, prepared: Sequence[Prepared]) -> str:
             accepted=accepted,
         )
     return as_text(replies[-1][1])
+
+
+def _counted_lists(p: Prepared) -> list[str]:
+    """Every list counted against the limit; the first ten are the target queue's (PUSH's index)."""
+    return [key for queue in p.counted or (p.queue,) for key in keys.queue_keys(queue)]
 
 
 def _result(task_id: str, epoch: str) -> Any:

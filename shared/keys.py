@@ -8,6 +8,8 @@ sub-queues are ``<queue><SEP><priority>``, and unacked deliveries live in the ``
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 TASK_NAME = "inferq.infer"
 QUEUE_PREFIX = "inferq."
 ADMIN_QUEUE = "inferq.admin"
@@ -131,3 +133,32 @@ def model_spec_key(model: str) -> str:
 
 def model_workers_key(model: str) -> str:
     return f"{MODEL_WORKERS_PREFIX}{model}"
+
+
+# -- registry and versioned queues ------------------------------------------------------------
+# What is published lives without expiry, independent of workers: one JSON document per model
+# (shared/registry.py) and the set of published model names. Each published version has its own
+# queue, so that a request preprocessed for version N is only ever fetched by a worker holding N;
+# the unversioned queue stays for foreign Celery clients and the serving version.
+
+REGISTRY_PREFIX = "inferq:registry:"
+REGISTRY_MODELS = "inferq:registry:models"
+VERSION_SEP = "@"
+
+
+def registry_key(model: str) -> str:
+    return f"{REGISTRY_PREFIX}{model}"
+
+
+def version_queue_name(model: str, version: int) -> str:
+    return f"{queue_name(model)}{VERSION_SEP}{version}"
+
+
+def model_queues(model: str, versions: Iterable[int]) -> list[str]:
+    """The model's unversioned queue, then one queue per version (in the order given)."""
+    return [queue_name(model), *(version_queue_name(model, v) for v in versions)]
+
+
+def backlog_keys(model: str, versions: Iterable[int]) -> list[str]:
+    """Every list of the model's backlog: each priority of the base queue and of each version's."""
+    return [key for queue in model_queues(model, versions) for key in queue_keys(queue)]

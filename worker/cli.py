@@ -11,6 +11,7 @@ import click
 from inferq.shared.errors import InferqError
 from inferq.shared.logs import configure_logging
 from inferq.shared.settings import get_settings
+from inferq.worker.models_cli import register as register_fleet_commands
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -191,6 +192,10 @@ def soak(minutes: float, rate: float, model_repository: Path | None) -> None:
             model_repository or get_settings().model_repository, minutes, rate, echo=click.echo
         )
     )
+
+
+# Registry, fleet status and deployment commands live in their own module.
+register_fleet_commands(main, models)
 
 
 def _entry() -> None:

@@ -13,10 +13,12 @@ recorded sha256 before it is loaded; a missing or wrong digest refuses the load.
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from inferq.shared.errors import IntegrityError, ModelUnavailable
+from inferq.shared.policy import VersionRecord
 from inferq.shared.spec import ModelConfig
 
 MODEL_FILES = {"torchscript": "model.pt", "onnx": "model.onnx"}
@@ -36,6 +38,19 @@ def sha256_of(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def published_version(mv: ModelVersion, now: float | None = None) -> VersionRecord:
+    """What the registry records of ``mv``, once its model file matches its recorded sha256."""
+    config = mv.path.parent.parent / "config.toml"
+    return VersionRecord(
+        version=mv.version,
+        spec=mv.config.input_spec(mv.version),
+        config_sha256=hashlib.sha256(config.read_bytes()).hexdigest(),
+        model_sha256=verify(mv.path),
+        platform=mv.config.platform,
+        published_at=time.time() if now is None else now,
+    )
 
 
 def record_sha256(path: Path) -> str:

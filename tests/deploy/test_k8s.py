@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from inferq.shared import keys
 from tests.deploy.manifests import (
     DEPLOY,
     ENV_VARS,
@@ -115,47 +114,37 @@ def test_deployment_gpu_shutdown_probes_and_scrape_annotations() -> None:
     assert annotations["prometheus.io/path"] == "/metrics"
 
 
-def test_scaledobject_targets_deployment_queue() -> None:
+def test_scaledobject_targets_deployment_backlog() -> None:
+    from inferq.worker.keda import KedaOptions, scaled_object
+
     deployment = single_doc("worker-deployment.yaml")
     scaled = single_doc("keda-scaledobject.yaml")
-    auth = single_doc("trigger-auth.yaml")
-    secret = single_doc("secret.example.yaml")
-
     spec = scaled["spec"]
     target = spec["scaleTargetRef"]
     assert target["name"] == deployment["metadata"]["name"]
     assert target.get("kind", "Deployment") == "Deployment"
-    assert spec["minReplicaCount"] == 1
+    assert spec["minReplicaCount"] == 0  # published models take requests with no worker
     assert spec["maxReplicaCount"] == 16
     assert isinstance(spec["cooldownPeriod"], int)
+    assert spec["fallback"]["replicas"] >= 1
 
     worker = deployment["spec"]["template"]["spec"]["containers"][0]
     args = worker["args"]
     served = {args[i + 1] for i, a in enumerate(args) if a == "--model"}
-    triggers = spec["triggers"]
-    assert triggers
-    for trigger in triggers:
-        assert trigger["type"] == "redis"
-        metadata = trigger["metadata"]
-        # KEDA trigger metadata is map[string]string.
-        assert all(isinstance(v, str) for v in metadata.values()), metadata
-        queue = metadata["listName"].split(keys.PRIORITY_SEP)[0]
-        assert queue.removeprefix("inferq.") in served
-        assert queue.startswith("inferq.")
-        assert "address" not in metadata and "password" not in metadata
-        assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
-    # the list inferq's producers fill by default, and the main (priority 0) list
-    watched = [t["metadata"]["listName"] for t in triggers]
-    shapes = keys.queue_name("shapes")
-    assert watched == [keys.priority_queue_key(shapes, keys.DEFAULT_PRIORITY), shapes]
-    assert triggers[0]["metadata"]["listLength"] == "64"
-
-    secret_keys = set(secret.get("stringData", {})) | set(secret.get("data", {}))
-    refs = auth["spec"]["secretTargetRef"]
-    assert {r["parameter"] for r in refs} >= {"address", "password"}
-    for ref in refs:
-        assert ref["name"] == secret["metadata"]["name"]
-        assert ref["key"] in secret_keys
+    [trigger] = spec["triggers"]
+    assert trigger["type"] == "prometheus"
+    metadata = trigger["metadata"]
+    # KEDA trigger metadata is map[string]string.
+    assert all(isinstance(v, str) for v in metadata.values()), metadata
+    model = re.fullmatch(r'max\(inferq_backlog\{model="(\w+)"\}\)', metadata["query"])
+    assert model and model.group(1) in served
+    assert metadata["threshold"] == "64" and metadata["activationThreshold"] == "0"
+    # The file is the generator's output for the example model, with a header saying so.
+    generated = scaled_object(KedaOptions("shapes", 0, 16, 64))
+    text = (K8S / "keda-scaledobject.yaml").read_text(encoding="utf-8")
+    assert text.endswith(generated) and "inferq deploy keda" in text
+    rolling = deployment["spec"]["strategy"]["rollingUpdate"]
+    assert rolling["maxUnavailable"] == 0 and rolling["maxSurge"] >= 1
 
 
 def test_secret_example_holds_placeholders_only() -> None:
