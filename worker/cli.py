@@ -11,6 +11,7 @@ import click
 from inferq.shared.errors import InferqError
 from inferq.shared.logs import configure_logging
 from inferq.shared.settings import get_settings
+from inferq.worker.optimize.cli import optimize_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -64,6 +65,9 @@ def worker(
 @main.group()
 def models() -> None:
     """Model repository commands."""
+
+
+models.add_command(optimize_command)  # inferq models optimize (worker/optimize/cli.py)
 
 
 @models.command("init-examples")
