@@ -12,6 +12,7 @@ on static buffers and replays it.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -63,7 +64,8 @@ def apply_optimize(handler: Any, config: ModelConfig, device: torch.device) -> A
     if o.cuda_graphs:
         forward = CudaGraphs(forward, config, device, o.batch_buckets)
     bucketed = BucketedHandler(forward, o.batch_buckets)
-    bucketed.warm(config, device)
+    if o.compile != "none" and not o.cuda_graphs:  # captured graphs were warmed to capture them
+        bucketed.warm(config, device)
     return bucketed
 
 
@@ -95,10 +97,19 @@ class BucketedHandler:
     def warm(self, config: ModelConfig, device: torch.device) -> None:
         """One pass per bucket, under the autocast the runner will use, so that every graph is
         compiled (or captured) before the first request."""
+        from inferq.worker.runner import is_oom
+
         for size in self.buckets:
             x = _example(config, device, size)
-            with torch.inference_mode(), autocast_for(config, device):
-                self.forward(x)
+            try:
+                with torch.inference_mode(), autocast_for(config, device):
+                    self.forward(x)
+            except Exception as exc:
+                if not is_oom(exc):
+                    raise
+                # Larger buckets compile when first used; the runner lowers its cap on OOM.
+                log.warning("bucket does not fit on the device", bucket=size, model=config.name)
+                break
 
 
 def pad_rows(batch: torch.Tensor, size: int) -> torch.Tensor:
@@ -159,11 +170,25 @@ def eager_module(handler: Any, config: ModelConfig, device: torch.device) -> Any
         return handler.predict
     if not isinstance(module, torch.jit.ScriptModule):
         return module
-    # Private in torch 2.13, but the one converter from TorchScript to an exported program.
-    from torch._export.converter import TS2EPConverter
+    largest = max((*config.optimize.batch_buckets, config.batching.max_batch_size))
+    return export_program(module, _example(config, device, 2), largest).module()
 
-    example = _example(config, device, 1)
-    return TS2EPConverter(module, (example,)).convert().module()
+
+def export_program(
+    source: torch.nn.Module, example: torch.Tensor, largest: int
+) -> torch.export.ExportedProgram:
+    """A ``torch.export`` program of ``source`` (TorchScript or eager) with a dynamic batch
+    dimension (``example`` must have 2 rows or more: export specialises a batch of 1)."""
+    module: torch.nn.Module = source
+    if isinstance(source, torch.jit.ScriptModule):
+        # Private in torch 2.13, but the one converter from TorchScript to an exported program.
+        from torch._export.converter import TS2EPConverter
+
+        module = TS2EPConverter(source, (example,)).convert().module()
+    batch = torch.export.Dim("batch", min=1, max=max(2, largest))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        return torch.export.export(module, (example,), dynamic_shapes=({0: batch},), strict=False)
 
 
 # -- CUDA graphs ----------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from inferq.shared.logs import get_logger
 from inferq.shared.spec import ModelConfig
 from inferq.worker.optimize.cli import TARGETS
 from inferq.worker.repository import MODEL_FILES
+from inferq.worker.variants import export_program
 
 log = get_logger(__name__)
 
@@ -158,21 +159,6 @@ def to_aoti(
         torch._inductor.aoti_compile_and_package(program, package_path=str(path))
     method = f"AOTInductor package for {device.type}, batch 1..{largest}"
     return Converted("aoti", path, method)
-
-
-def export_program(
-    source: torch.nn.Module, example: torch.Tensor, largest: int
-) -> torch.export.ExportedProgram:
-    """A ``torch.export`` program of ``source`` (TorchScript or eager) with a dynamic batch."""
-    module: torch.nn.Module = source
-    if isinstance(source, torch.jit.ScriptModule):
-        # Private in torch 2.13, but the one converter from TorchScript to an exported program.
-        from torch._export.converter import TS2EPConverter
-
-        module = TS2EPConverter(source, (example,)).convert().module()
-    batch = torch.export.Dim("batch", min=1, max=max(2, largest))
-    with _quiet():
-        return torch.export.export(module, (example,), dynamic_shapes=({0: batch},), strict=False)
 
 
 def _save_script(module: torch.jit.ScriptModule, dest: Path) -> Path:
