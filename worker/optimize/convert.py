@@ -24,7 +24,6 @@ from inferq.worker.variants import export_program
 log = get_logger(__name__)
 
 
-
 @dataclass(frozen=True)
 class Converted:
     """What a conversion wrote: the platform it runs on, its file, and how it was made."""
