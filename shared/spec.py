@@ -21,7 +21,8 @@ COLOR_MODES = {"RGB": 3, "L": 1}
 WIRE_DTYPES = ("uint8", "float16", "float32")
 POSTPROCESS = ("topk", "raw")
 PRECISIONS = ("fp32", "fp16", "bf16")
-PLATFORMS = ("torchscript", "onnx")
+PLATFORMS = ("torchscript", "onnx", "exported", "aoti")
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,23 @@ class Precision:
 
 
 @dataclass(frozen=True)
+class Optimize:
+    """Runtime options ([optimize]); ``worker/variants.py`` applies them around the handler."""
+
+    #: A batch is padded up to the next of these, so compiled and captured graphs see fixed shapes.
+    batch_buckets: tuple[int, ...] = ()
+    compile: str = "none"
+    #: Inductor's FX graph cache: a restart reuses what an earlier start compiled ("": torch's own).
+    compile_cache_dir: str = ""
+    cuda_graphs: bool = False
+    cudnn_benchmark: bool = False
+
+    @property
+    def active(self) -> bool:
+        return self != Optimize()
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     name: str
     platform: str
@@ -95,6 +113,7 @@ class ModelConfig:
     output: Output = field(default_factory=Output)
     batching: Batching = field(default_factory=Batching)
     precision: Precision = field(default_factory=Precision)
+    optimize: Optimize = field(default_factory=Optimize)
     # Run threads computing this model's batches side by side (Triton's instance_group count).
     instances: int = 1
 
@@ -111,12 +130,12 @@ class ModelConfig:
         )
 
     @classmethod
-    def load(cls, path: Path) -> ModelConfig:
+    def load(cls, path: Path, name: str | None = None) -> ModelConfig:
         try:
             data = tomllib.loads(path.read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read model config {path}: {exc}") from exc
-        return parse_config(path.parent.name, data, where=str(path))
+        return parse_config(name or path.parent.name, data, where=str(path))
 
 
 #: The keys each table may hold ("" is the top level): anything else is a typo, refused.
@@ -130,6 +149,7 @@ KNOWN_KEYS: dict[str, tuple[str, ...]] = {
         "batching",
         "precision",
         "instances",
+        "optimize",
     ),
     "input": ("shape", "dtype", "color"),
     "preprocess": ("resize", "mean", "std", "scale"),
@@ -143,6 +163,7 @@ KNOWN_KEYS: dict[str, tuple[str, ...]] = {
     ),
     "precision": ("mode", "channels_last"),
     "instances": ("count",),
+    "optimize": ("batch_buckets", "compile", "compile_cache_dir", "cuda_graphs", "cudnn_benchmark"),
 }
 
 
@@ -156,12 +177,12 @@ def parse_config(name: str, data: dict[str, Any], where: str = "config") -> Mode
 
 def _parse(name: str, data: dict[str, Any]) -> ModelConfig:
     _check_keys(data, "")
-    inp, pre, out, bat, prec, inst = (
+    inp, pre, out, bat, prec, inst, opt = (
         _section(data, s)
-        for s in ("input", "preprocess", "output", "batching", "precision", "instances")
+        for s in ("input", "preprocess", "output", "batching", "precision", "instances", "optimize")
     )
     shape, color = _input(inp)
-    return ModelConfig(
+    config = ModelConfig(
         name=name,
         platform=_choice(data.get("platform", "torchscript"), PLATFORMS, "platform"),
         shape=shape,
@@ -174,7 +195,10 @@ def _parse(name: str, data: dict[str, Any]) -> ModelConfig:
         batching=_batching(bat),
         precision=_precision(prec),
         instances=_instances(inst),
+        optimize=_optimize(opt),
     )
+    _check_modes(config)
+    return config
 
 
 def _section(data: dict[str, Any], name: str) -> dict[str, Any]:
@@ -281,6 +305,48 @@ def _precision(prec: dict[str, Any]) -> Precision:
         mode=_choice(prec.get("mode", "fp32"), PRECISIONS, "precision.mode"),
         channels_last=_bool(prec.get("channels_last", True), "precision.channels_last"),
     )
+
+
+def _optimize(opt: dict[str, Any]) -> Optimize:
+    buckets = _ints(opt.get("batch_buckets", []), "optimize.batch_buckets")
+    if any(b < 1 for b in buckets) or len(set(buckets)) != len(buckets):
+        raise ConfigError(f"optimize.batch_buckets must be distinct sizes >= 1, got {list(buckets)}")
+    return Optimize(
+        batch_buckets=tuple(sorted(buckets)),
+        compile=_choice(opt.get("compile", "none"), COMPILE_MODES, "optimize.compile"),
+        compile_cache_dir=_str(opt.get("compile_cache_dir", ""), "optimize.compile_cache_dir"),
+        cuda_graphs=_bool(opt.get("cuda_graphs", False), "optimize.cuda_graphs"),
+        cudnn_benchmark=_bool(opt.get("cudnn_benchmark", False), "optimize.cudnn_benchmark"),
+    )
+
+
+def _check_modes(c: ModelConfig) -> None:
+    """Refuse the combinations that cannot work (the device-dependent ones are refused at load,
+    in ``worker/variants.py``)."""
+    o, max_batch = c.optimize, c.batching.max_batch_size
+    if o.batch_buckets and o.batch_buckets[-1] < max_batch:
+        raise ConfigError(
+            f"optimize.batch_buckets must reach batching.max_batch_size ({max_batch}) so every "
+            f"batch has a bucket, got largest {o.batch_buckets[-1]}"
+        )
+    graphs = o.compile != "none" or o.cuda_graphs
+    if c.platform == "onnx" and (graphs or c.precision.mode != "fp32"):
+        raise ConfigError(
+            "platform 'onnx' runs in onnxruntime: optimize.compile, optimize.cuda_graphs and "
+            f"precision.mode must stay none/false/fp32, got {o.compile!r}, {o.cuda_graphs}, "
+            f"{c.precision.mode!r}"
+        )
+    if c.platform == "aoti" and o.compile != "none":
+        raise ConfigError("platform 'aoti' is compiled already: optimize.compile must be 'none'")
+    if o.cuda_graphs and o.compile == "reduce-overhead":
+        raise ConfigError(
+            "optimize.compile 'reduce-overhead' captures CUDA graphs itself: "
+            "set optimize.cuda_graphs = false or another compile mode"
+        )
+    if o.cuda_graphs and not o.batch_buckets:
+        raise ConfigError(
+            "optimize.cuda_graphs needs optimize.batch_buckets: a graph is captured per bucket"
+        )
 
 
 # -- typed values: TOML already typed them, so a wrong type is refused, never converted ----------

@@ -12,6 +12,7 @@ from inferq.shared.errors import InferqError
 from inferq.shared.logs import configure_logging
 from inferq.shared.settings import get_settings
 from inferq.worker.models_cli import register as register_fleet_commands
+from inferq.worker.optimize.cli import optimize_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -65,6 +66,9 @@ def worker(
 @main.group()
 def models() -> None:
     """Model repository commands."""
+
+
+models.add_command(optimize_command)  # inferq models optimize (worker/optimize/cli.py)
 
 
 @models.command("init-examples")

@@ -1,4 +1,5 @@
-"""The model-handler contract and its TorchScript, ONNX and eager implementations.
+"""The model-handler contract and its TorchScript, ONNX, torch.export, AOTInductor and eager
+implementations.
 
 A handler is loaded in the process that owns the device (never before a fork): ``setup(device)``
 loads and places the model, ``predict(batch)`` maps a normalised float NCHW batch to one output row
@@ -7,8 +8,9 @@ per input row. Anything that can do that plugs in the same way.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -47,6 +49,36 @@ class TorchScriptHandler(ModuleHandler):
         super().setup(device, channels_last)
 
 
+class ExportedHandler(ModuleHandler):
+    """A ``torch.export`` program (``torch.export.save``); runs as the module it unflattens to."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def setup(self, device: torch.device, channels_last: bool) -> None:
+        program = torch.export.load(str(self.path))
+        # An exported module ignores .eval(); its graph was captured in the mode it was saved in.
+        self.module = program.module().to(device)
+
+
+class AotiHandler:
+    """An AOTInductor package: compiled ahead of time for one device type, loaded as-is."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def setup(self, device: torch.device, channels_last: bool) -> None:
+        from torch._inductor import aoti_load_package
+
+        index = device.index if device.type == "cuda" else -1
+        self.runner: Any = aoti_load_package(str(self.path), device_index=index or 0)
+        self.device = device
+
+    def predict(self, batch: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.runner(batch)
+        return out
+
+
 class OnnxHandler:
     """onnxruntime session; inputs go through host memory unless the CUDA provider is present."""
 
@@ -71,15 +103,25 @@ class OnnxHandler:
         return torch.from_numpy(out).to(self.device)
 
 
+HANDLERS: dict[str, Callable[[Path], ModelHandler]] = {
+    "torchscript": TorchScriptHandler,
+    "onnx": OnnxHandler,
+    "exported": ExportedHandler,
+    "aoti": AotiHandler,
+}
+
+
 def load_handler(model: ModelVersion, device: torch.device) -> ModelHandler:
-    """Verify the model file's sha256, then load it on ``device``."""
+    """Verify the model file's sha256, load it on ``device``, then apply the ``[optimize]``
+    runtime options (padding to buckets, torch.compile, CUDA graphs) around it."""
+    from inferq.worker.variants import apply_optimize, check_device
+
+    config = model.config
+    check_device(config, device)
     verify(model.path)
-    handler: ModelHandler
-    if model.config.platform == "torchscript":
-        handler = TorchScriptHandler(model.path)
-    elif model.config.platform == "onnx":
-        handler = OnnxHandler(model.path)
-    else:  # parse_config already refuses others; kept for a clear message if that changes
-        raise ConfigError(f"platform must be torchscript or onnx, got {model.config.platform!r}")
-    handler.setup(device, model.config.precision.channels_last)
-    return handler
+    make = HANDLERS.get(config.platform)
+    if make is None:  # parse_config already refuses others; kept for a clear message
+        raise ConfigError(f"platform must be one of {tuple(HANDLERS)}, got {config.platform!r}")
+    handler = make(model.path)
+    handler.setup(device, config.precision.channels_last)
+    return apply_optimize(handler, config, device)

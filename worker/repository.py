@@ -5,6 +5,10 @@
     <repo>/<model>/config.toml
     <repo>/<model>/<version>/model.pt          (TorchScript)  or  model.onnx
     <repo>/<model>/<version>/model.pt.sha256   ("<hex>  model.pt", as sha256sum writes it)
+    <repo>/<model>/<version>/config.toml       (optional: this version's own, e.g. an optimised one)
+
+Model files: ``model.pt`` (TorchScript), ``model.onnx`` (onnxruntime), ``model.pt2`` (a
+``torch.export`` program) and ``model.aoti.pt2`` (an AOTInductor package).
 
 The highest version is served unless one is asked for. Every model file is checked against its
 recorded sha256 before it is loaded; a missing or wrong digest refuses the load.
@@ -21,7 +25,12 @@ from inferq.shared.errors import IntegrityError, ModelUnavailable
 from inferq.shared.policy import VersionRecord
 from inferq.shared.spec import ModelConfig
 
-MODEL_FILES = {"torchscript": "model.pt", "onnx": "model.onnx"}
+MODEL_FILES = {
+    "torchscript": "model.pt",
+    "onnx": "model.onnx",
+    "exported": "model.pt2",
+    "aoti": "model.aoti.pt2",
+}
 
 
 @dataclass(frozen=True)
@@ -92,7 +101,12 @@ class ModelRepository:
             return []
         return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
 
-    def config(self, name: str) -> ModelConfig:
+    def config(self, name: str, version: int | None = None) -> ModelConfig:
+        """The model's config; a version's own config.toml (an optimised version's platform and
+        precision differ from its source's) replaces the model's for that version."""
+        own = self.root / name / str(version) / "config.toml"
+        if version is not None and own.is_file():
+            return ModelConfig.load(own, name=name)
         path = self.root / name / "config.toml"
         if not path.is_file():
             raise ModelUnavailable(
@@ -101,7 +115,7 @@ class ModelRepository:
         return ModelConfig.load(path)
 
     def resolve(self, name: str, version: int | None = None) -> ModelVersion:
-        config = self.config(name)
+        self.config(name)  # names the known models when this one is missing
         versions = self.versions(name)
         if not versions or (version is not None and version not in versions):
             wanted = "any version" if version is None else f"version {version}"
@@ -109,6 +123,7 @@ class ModelRepository:
                 f"model {name!r} must have {wanted} in {self.root / name}, got {versions}"
             )
         chosen = versions[-1] if version is None else version
+        config = self.config(name, chosen)
         path = self.root / name / str(chosen) / MODEL_FILES[config.platform]
         if not path.is_file():
             raise ModelUnavailable(

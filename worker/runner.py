@@ -148,12 +148,8 @@ class Runner:
         self._a = (1.0 / (config.preprocess.scale * std)).view(1, channels, 1, 1).to(device)
         self._b = (-mean / std).view(1, channels, 1, 1).to(device)
         self._wire_dtype = _TORCH_DTYPES[config.dtype]
-        # Autocast stays a Python context around the unfused path.
-        self._fused = (
-            fuse(handler, self._a, self._b, config.precision.channels_last)
-            if self._autocast is None
-            else None
-        )
+        # Under AMP the fused call runs inside the same autocast context as the unfused path.
+        self._fused = fuse(handler, self._a, self._b, config.precision.channels_last)
         # One slot per instance computing, one waiting, one being staged.
         self.collator = Collator(
             config.shape,
@@ -265,7 +261,7 @@ class Runner:
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._fused is not None:
-            with torch.inference_mode():
+            with torch.inference_mode(), self._autocast_ctx():
                 out = self._fused(x)
         else:
             out = self._unfused(x)

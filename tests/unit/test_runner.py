@@ -701,12 +701,27 @@ def test_a_fused_batch_that_raises_is_bisected_to_the_guilty_row(tmp_path: Path)
         )
 
 
-def test_autocast_and_eager_models_keep_the_unfused_path(tmp_path: Path) -> None:
-    version = _write_torchscript(tmp_path, ScriptableMeans())
-    bf16 = dataclasses.replace(
-        version.config, precision=dataclasses.replace(version.config.precision, mode="bf16")
-    )
-    assert Runner(load_handler(version, CPU), bf16, 1, CPU, "w")._fused is None
+class ReportsDtype(torch.nn.Module):
+    """1.0 per row where its matmul ran in bfloat16 (autocast reached it), 0.0 where not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.fc(x.mean(dim=(2, 3)))
+        return torch.zeros(x.shape[0], 1) + (1.0 if y.dtype == torch.bfloat16 else 0.0)
+
+
+def test_autocast_applies_to_the_fused_call_and_eager_models_run_unfused(tmp_path: Path) -> None:
+    version = _write_torchscript(tmp_path, ReportsDtype())
+    for mode, flag in (("bf16", 1.0), ("fp32", 0.0)):
+        config = dataclasses.replace(
+            version.config, precision=dataclasses.replace(version.config.precision, mode=mode)
+        )
+        runner = Runner(load_handler(version, CPU), config, 1, CPU, "w")
+        assert runner._fused is not None
+        assert runner._forward(torch.zeros((2, *SHAPE), dtype=torch.uint8)).tolist() == [[flag]] * 2
     assert _runner(ChannelMeans())._fused is None
 
 
