@@ -99,16 +99,27 @@ def fuse(handler: ModelHandler, a: torch.Tensor, b: torch.Tensor, channels_last:
 
 
 class BatchCap:
-    """The effective max batch size: halved on OOM, doubled back after a run of clean batches."""
+    """The effective max batch size: halved on OOM, doubled back after a run of clean batches.
 
-    def __init__(self, maximum: int, recover_after: int = 50) -> None:
+    ``on_change`` hears the starting value and every change after it (the batch-cap gauge and
+    log), from whichever thread made the change."""
+
+    def __init__(
+        self,
+        maximum: int,
+        recover_after: int = 50,
+        on_change: Callable[[int], None] | None = None,
+    ) -> None:
         self.maximum = maximum
         self.value = maximum
         self.recover_after = recover_after
         self._clean = 0
+        self._on_change = on_change
+        if on_change is not None:
+            on_change(maximum)
 
     def shrink(self, failed_size: int) -> None:
-        self.value = max(1, min(self.value, failed_size // 2))
+        self._set(max(1, min(self.value, failed_size // 2)))
         self._clean = 0
 
     def ok(self) -> None:
@@ -116,8 +127,14 @@ class BatchCap:
             return
         self._clean += 1
         if self._clean >= self.recover_after:
-            self.value = min(self.maximum, self.value * 2)
+            self._set(min(self.maximum, self.value * 2))
             self._clean = 0
+
+    def _set(self, value: int) -> None:
+        changed = value != self.value
+        self.value = value
+        if changed and self._on_change is not None:
+            self._on_change(value)
 
 
 class Runner:
@@ -131,13 +148,14 @@ class Runner:
         *,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        on_cap_change: Callable[[int], None] | None = None,
     ) -> None:
         self.handler = handler
         self.config = config
         self.version = version
         self.device = device
         self.worker = worker
-        self.cap = BatchCap(config.batching.max_batch_size)
+        self.cap = BatchCap(config.batching.max_batch_size, on_change=on_cap_change)
         self._clock = clock
         self._wall = wall
         self._autocast = _AUTOCAST.get(config.precision.mode)
@@ -186,6 +204,21 @@ class Runner:
             raise
         collate_ms = (self._clock() - closed_at) * 1e3
         return PreparedBatch(list(batch), live, expired, staged, closed_at, collate_ms)
+
+    def stage(self, batch: list[InferenceRequest]) -> PreparedBatch | Deferred | StagingFailed:
+        """``prepare``, with the runner's answer to a batch it cannot stage: out of device
+        memory, a smaller cap and the same requests back to the batcher (``Deferred``); any
+        other failure, every request answered (``StagingFailed``). Raises ``DeviceFailure``."""
+        try:
+            return self.prepare(batch)
+        except DeviceFailure:
+            raise
+        except Exception as exc:
+            if is_oom(exc) and len(batch) > 1:  # no room to stage it: smaller batches
+                self.cap.shrink(len(batch))
+                return Deferred(batch)
+            log.exception("could not stage a batch", model=self.config.name)
+            return StagingFailed(unrecoverable(batch, exc))
 
     def execute(self, prepared: PreparedBatch) -> list[Outcome]:
         """Compute a prepared batch; one outcome per request, in order."""
@@ -367,6 +400,21 @@ class PreparedBatch:
     staged: Staged | None
     closed_at: float
     collate_ms: float
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """A batch with no room on the device to stage: the cap is lowered, and its requests go
+    back to the batcher ahead of the rest, to run in smaller batches."""
+
+    requests: list[InferenceRequest]
+
+
+@dataclass(frozen=True)
+class StagingFailed:
+    """A batch that could not be staged for another reason: every request answered."""
+
+    outcomes: list[Outcome]
 
 
 def _late(r: InferenceRequest, now: float) -> bool:
