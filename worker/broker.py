@@ -14,24 +14,31 @@ this sweeper or by any kombu consumer after the visibility timeout.
 * ``store_and_ack``: results (SET + PUBLISH, as Celery's Redis backend does), then the acks, in
   one pipelined round trip. Results are written before acks: a crash in between means the
   request is computed again and the same result written again (at-least-once, idempotent).
+* ``until_redis_takes``: the retry policy for the calls that must not give up (recording a
+  fetch, storing results): back off while Redis refuses writes or cannot be reached.
 """
 
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 import redis
 from redis.exceptions import NoScriptError
 
 from inferq.shared import keys
+from inferq.shared.logs import get_logger
 from inferq.shared.lua import LuaScript, execute_with_scripts
 from inferq.shared.redisconn import as_text
 from inferq.worker.intake import read_redelivery, sniff_delivery
+
+log = get_logger(__name__)
 
 _DEFAULT_LIST = keys.priority_list_index(keys.DEFAULT_PRIORITY)
 
@@ -387,6 +394,35 @@ class Broker:
             if len(parts) == 3 and parts[0] == routing_key:
                 return parts[2]
         return routing_key
+
+
+def until_redis_takes(
+    action: Callable[[], object],
+    what: str,
+    *,
+    stop: threading.Event | None = None,
+    **fields: Any,
+) -> bool:
+    """Run ``action`` (a broker call safe to repeat) until Redis takes it, backing off from
+    50 ms to 2 s while Redis refuses (out of memory, loading) or is unreachable; False if
+    ``stop`` is set first. Without ``stop`` it never gives up: what it carries has nowhere
+    else to wait."""
+    delay = 0.05
+    while True:
+        try:
+            action()
+            return True
+        except (redis.RedisError, OSError) as exc:
+            if stop is not None and stop.is_set():
+                return False
+            log.warning(
+                f"redis refused or unreachable while {what}; retrying", error=str(exc), **fields
+            )
+            if stop is not None:
+                stop.wait(delay)
+            else:
+                time.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
 
 def _sort_out(held: Sequence[Sequence[bytes]], queue: str) -> tuple[list[Fetched], list[bytes]]:

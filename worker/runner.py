@@ -4,7 +4,9 @@ It collates uint8 tensors (into pinned memory, copied without blocking on CUDA),
 on the device, runs the model under ``inference_mode`` and autocast, and post-processes per
 request. Failures stay with the requests that caused them: expired requests are answered before
 compute, a batch whose forward raises is bisected until only the guilty requests fail, and an
-out-of-memory error splits the batch and lowers the batch cap instead of failing anyone.
+out-of-memory error splits the batch and lowers the batch cap instead of failing anyone; a batch
+with no room to be staged goes back to the batcher under the lower cap (``stage``). The cap
+reports each change (``on_cap_change``), so nothing outside has to watch it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from inferq.shared.logs import get_logger
 from inferq.shared.results import InferenceResult, Timing
 from inferq.shared.spec import ModelConfig
 from inferq.worker.collate import Collator, Staged
+from inferq.worker.fused import fuse
 from inferq.worker.handlers import ModelHandler
 from inferq.worker.intake import InferenceRequest
 
@@ -59,56 +62,28 @@ def is_fatal_device_error(exc: BaseException) -> bool:
     )
 
 
-class _Normalised(torch.nn.Module):
-    """Normalisation and a TorchScript model as one TorchScript call.
+class BatchCap:
+    """The effective max batch size: halved on OOM, doubled back after a run of clean batches.
 
-    Every tensor operation called from Python gives up the GIL and must take it back when it
-    returns, and while the worker's fetch, write and event threads hold it, each return can wait
-    a whole switch interval. One call per batch means one wait per batch: on the example
-    classifier with one busy Python thread beside it, the forward ran at 8.3k images/s as six
-    calls and 9.7k as one (14.7k alone).
-    """
+    ``on_change`` hears the starting value and every change after it (the batch-cap gauge and
+    log), from whichever thread made the change."""
 
     def __init__(
-        self, model: torch.nn.Module, a: torch.Tensor, b: torch.Tensor, channels_last: bool
+        self,
+        maximum: int,
+        recover_after: int = 50,
+        on_change: Callable[[int], None] | None = None,
     ) -> None:
-        super().__init__()
-        self.model = model
-        self.a = a
-        self.b = b
-        self.channels_last = channels_last
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # A new tensor even when x is already float32 (see Runner._forward).
-        z = x.to(dtype=torch.float32, copy=True).mul_(self.a).add_(self.b)
-        if self.channels_last:
-            z = z.contiguous(memory_format=torch.channels_last)
-        return self.model(z).float()
-
-
-def fuse(handler: ModelHandler, a: torch.Tensor, b: torch.Tensor, channels_last: bool) -> Any:
-    """The scripted normalise-and-forward for a TorchScript model; None for other handlers."""
-    module = getattr(handler, "module", None)
-    if not isinstance(module, torch.jit.ScriptModule):
-        return None
-    try:
-        return torch.jit.script(_Normalised(module, a, b, channels_last).eval())
-    except Exception as exc:  # e.g. a model that returns a tuple: it runs unfused, as before
-        log.info("normalisation runs apart from the model", reason=f"{type(exc).__name__}: {exc}")
-        return None
-
-
-class BatchCap:
-    """The effective max batch size: halved on OOM, doubled back after a run of clean batches."""
-
-    def __init__(self, maximum: int, recover_after: int = 50) -> None:
         self.maximum = maximum
         self.value = maximum
         self.recover_after = recover_after
         self._clean = 0
+        self._on_change = on_change
+        if on_change is not None:
+            on_change(maximum)
 
     def shrink(self, failed_size: int) -> None:
-        self.value = max(1, min(self.value, failed_size // 2))
+        self._set(max(1, min(self.value, failed_size // 2)))
         self._clean = 0
 
     def ok(self) -> None:
@@ -116,8 +91,14 @@ class BatchCap:
             return
         self._clean += 1
         if self._clean >= self.recover_after:
-            self.value = min(self.maximum, self.value * 2)
+            self._set(min(self.maximum, self.value * 2))
             self._clean = 0
+
+    def _set(self, value: int) -> None:
+        changed = value != self.value
+        self.value = value
+        if changed and self._on_change is not None:
+            self._on_change(value)
 
 
 class Runner:
@@ -131,13 +112,14 @@ class Runner:
         *,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        on_cap_change: Callable[[int], None] | None = None,
     ) -> None:
         self.handler = handler
         self.config = config
         self.version = version
         self.device = device
         self.worker = worker
-        self.cap = BatchCap(config.batching.max_batch_size)
+        self.cap = BatchCap(config.batching.max_batch_size, on_change=on_cap_change)
         self._clock = clock
         self._wall = wall
         self._autocast = _AUTOCAST.get(config.precision.mode)
@@ -182,6 +164,21 @@ class Runner:
             raise
         collate_ms = (self._clock() - closed_at) * 1e3
         return PreparedBatch(list(batch), live, expired, staged, closed_at, collate_ms)
+
+    def stage(self, batch: list[InferenceRequest]) -> PreparedBatch | Deferred | StagingFailed:
+        """``prepare``, with the runner's answer to a batch it cannot stage: out of device
+        memory, a smaller cap and the same requests back to the batcher (``Deferred``); any
+        other failure, every request answered (``StagingFailed``). Raises ``DeviceFailure``."""
+        try:
+            return self.prepare(batch)
+        except DeviceFailure:
+            raise
+        except Exception as exc:
+            if is_oom(exc) and len(batch) > 1:  # no room to stage it: smaller batches
+                self.cap.shrink(len(batch))
+                return Deferred(batch)
+            log.exception("could not stage a batch", model=self.config.name)
+            return StagingFailed(unrecoverable(batch, exc))
 
     def execute(self, prepared: PreparedBatch) -> list[Outcome]:
         """Compute a prepared batch; one outcome per request, in order."""
@@ -363,6 +360,21 @@ class PreparedBatch:
     staged: Staged | None
     closed_at: float
     collate_ms: float
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """A batch with no room on the device to stage: the cap is lowered, and its requests go
+    back to the batcher ahead of the rest, to run in smaller batches."""
+
+    requests: list[InferenceRequest]
+
+
+@dataclass(frozen=True)
+class StagingFailed:
+    """A batch that could not be staged for another reason: every request answered."""
+
+    outcomes: list[Outcome]
 
 
 def _late(r: InferenceRequest, now: float) -> bool:

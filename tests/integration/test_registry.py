@@ -174,8 +174,8 @@ def test_cli_mistakes_end_in_one_error_line_and_exit_code_2(
 def test_backlog_counts_scheduled_and_in_hand_and_is_exported(
     stack_factory, versioned_repo: Path
 ) -> None:
+    from inferq.shared.keys import SCHEDULED
     from inferq.worker.backlog_exporter import BacklogCollector
-    from inferq.worker.broker import SCHEDULED
 
     stack = stack_factory(versioned_repo)
     _publish(versioned_repo, Registry(stack.client), "tiny")

@@ -7,8 +7,8 @@ import torch
 
 from inferq.shared.errors import ConfigError
 from inferq.shared.spec import parse_config
+from inferq.worker.checks import check_instances
 from inferq.worker.repository import ModelVersion
-from inferq.worker.service import check_instances
 
 
 def _model(name: str, instances: int) -> ModelVersion:

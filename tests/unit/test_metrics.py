@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from inferq.worker.messages import InferenceRequest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from inferq.shared.errors import InvalidInput
 from inferq.worker.hooks import MetricsHook
+from inferq.worker.intake import InferenceRequest
 from inferq.worker.metrics import BatchHistogram, DeviceMemory, Metrics
 from inferq.worker.runner import Outcome
 

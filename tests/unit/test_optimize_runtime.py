@@ -13,11 +13,11 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from inferq.worker.messages import InferenceRequest
 
 from inferq.shared.errors import ConfigError, ModelError
 from inferq.shared.spec import ModelConfig, parse_config
 from inferq.worker.handlers import load_handler
+from inferq.worker.intake import InferenceRequest
 from inferq.worker.optimize.convert import export_program
 from inferq.worker.repository import ModelRepository, record_sha256
 from inferq.worker.runner import Runner

@@ -12,13 +12,22 @@ import numpy as np
 import pytest
 import torch
 
-from inferq.shared.errors import DeadlineExceeded, IntegrityError, ModelError
+from inferq.shared.errors import DeadlineExceeded, IntegrityError, ModelError, WorkerCrashed
 from inferq.shared.results import Timing
 from inferq.shared.spec import ModelConfig, parse_config
 from inferq.worker.handlers import ModuleHandler, load_handler
 from inferq.worker.intake import InferenceRequest
 from inferq.worker.repository import ModelVersion, record_sha256
-from inferq.worker.runner import BatchCap, DeviceFailure, Runner, is_fatal_device_error, is_oom
+from inferq.worker.runner import (
+    BatchCap,
+    Deferred,
+    DeviceFailure,
+    PreparedBatch,
+    Runner,
+    StagingFailed,
+    is_fatal_device_error,
+    is_oom,
+)
 
 # torch 2.13 deprecates torch.jit, but TorchScript is the repository's serving format.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -504,6 +513,65 @@ def test_batch_cap_shrink_resets_the_clean_run_and_floors_at_one() -> None:
     assert cap.value == 4
     cap.shrink(1)
     assert cap.value == 1
+
+
+def test_batch_cap_reports_its_start_and_each_change_only() -> None:
+    changes: list[int] = []
+    cap = BatchCap(8, recover_after=2, on_change=changes.append)
+    cap.shrink(8)
+    cap.shrink(9)  # no lower than it is: not a change
+    cap.ok()
+    cap.ok()
+    cap.ok()  # at the maximum already
+    assert changes == [8, 4, 8]
+
+
+def _staging_raises(runner: Runner, exc: Exception) -> None:
+    def stage(arrays: Any) -> Any:
+        raise exc
+
+    runner.collator.stage = stage  # type: ignore[method-assign]
+
+
+def test_stage_defers_a_batch_with_no_room_and_lowers_the_cap() -> None:
+    changes: list[int] = []
+    runner = _runner(ChannelMeans(), on_cap_change=changes.append)
+    _staging_raises(runner, torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1 GiB"))
+    batch = [_request(a) for a in _arrays(8)]
+    staged = runner.stage(batch)
+    assert isinstance(staged, Deferred)
+    assert staged.requests == batch  # the same requests, to run in smaller batches
+    assert runner.cap.value == 4
+    assert changes == [16, 4]
+
+
+@pytest.mark.parametrize(
+    "exc", [torch.OutOfMemoryError("CUDA out of memory"), ValueError("pinned memory exhausted")]
+)
+def test_stage_answers_every_request_when_a_batch_cannot_be_staged(exc: Exception) -> None:
+    runner = _runner(ChannelMeans())
+    _staging_raises(runner, exc)
+    batch = [_request(a) for a in _arrays(1 if isinstance(exc, torch.OutOfMemoryError) else 3)]
+    staged = runner.stage(batch)
+    assert isinstance(staged, StagingFailed)
+    assert [o.request for o in staged.outcomes] == batch
+    assert all(isinstance(o.error, WorkerCrashed) for o in staged.outcomes)
+    assert runner.cap.value == 16
+
+
+def test_stage_raises_a_device_failure() -> None:
+    runner = _runner(ChannelMeans())
+    _staging_raises(runner, RuntimeError("CUDA error: device-side assert triggered"))
+    with pytest.raises(DeviceFailure):
+        runner.stage([_request(a) for a in _arrays(2)])
+
+
+def test_stage_hands_back_a_staged_batch() -> None:
+    runner = _runner(ChannelMeans())
+    batch = [_request(a) for a in _arrays(3)]
+    staged = runner.stage(batch)
+    assert isinstance(staged, PreparedBatch)
+    assert len(runner.execute(staged)) == 3
 
 
 def test_error_classifiers() -> None:

@@ -48,7 +48,8 @@ def measure(repo: Path, model: str, batch: int, reps: int = 200) -> dict[str, fl
     from celery import Celery
 
     from inferq.worker.events import EventsHook
-    from inferq.worker.service import WriteJob
+    from inferq.worker.inhand import InHand
+    from inferq.worker.writer import WriteJob
 
     mv = ModelRepository(repo).resolve(model)
     spec = mv.config.input_spec(mv.version)
@@ -81,7 +82,7 @@ def measure(repo: Path, model: str, batch: int, reps: int = 200) -> dict[str, fl
     events = EventsHook(app, "stages")
     metrics = MetricsHook(Metrics())
     active = ActiveRequestsHook("stages")
-    job = WriteJob(None, outcomes, ())  # type: ignore[arg-type]
+    job = WriteJob(model, InHand(len(outcomes)), outcomes, ())
     stages: dict[str, Callable[[], Any]] = {
         "decode (envelope, base64, msgpack, checks)": lambda: [
             decode_message(str(i), r, spec, max_bytes=limit) for i, r in enumerate(raws)

@@ -1,0 +1,121 @@
+"""Housekeeping, on its own thread: what keeps the queues and the registry right while the
+request path runs.
+
+Every quarter second: scheduled messages that came due go back on their queues. Every second:
+device and queue-depth gauges, and the specs again if Redis lost them (a restart without
+persistence). On their own periods: the heartbeat (specs and this worker's entry under each
+model), and the redelivery sweep (unacked messages and unrecorded holds past the visibility
+timeout, left by workers that died).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+
+import torch
+
+from inferq.shared import keys
+from inferq.shared.logs import get_logger
+from inferq.shared.redisconn import CONNECTION_ERRORS
+from inferq.shared.settings import Settings
+from inferq.shared.spec import InputSpec
+from inferq.worker.broker import Broker
+from inferq.worker.hooks import Hook
+
+log = get_logger(__name__)
+
+_TICK_S = 0.25
+_GAUGES_S = 1.0
+
+
+class Housekeeping:
+    def __init__(
+        self,
+        broker: Broker,
+        settings: Settings,
+        hooks: Hook,
+        worker_name: str,
+        device: torch.device,
+        specs: Sequence[InputSpec],
+    ) -> None:
+        self.broker = broker
+        self.settings = settings
+        self.hooks = hooks
+        self.worker_name = worker_name
+        self.device = device
+        self.specs = list(specs)
+        self._due = {"beat": 0.0, "sweep": 0.0, "gauges": 0.0}
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.wait(_TICK_S):
+            try:
+                self.tick(time.monotonic())
+            except CONNECTION_ERRORS as exc:
+                log.warning("redis unavailable for housekeeping", error=str(exc))
+            except Exception:  # housekeeping must outlive any one bad reply or entry
+                log.exception("housekeeping step failed; continuing")
+
+    def tick(self, now: float) -> None:
+        """Whatever is due at ``now`` (monotonic seconds)."""
+        due = self._due
+        self.broker.promote_due()
+        if now >= due["gauges"]:
+            self.measure_device()
+            if self.measure_depths():  # a restarted Redis has lost our specs
+                due["beat"] = 0.0
+            due["gauges"] = now + _GAUGES_S
+        if now >= due["beat"]:
+            self.publish_specs()
+            due["beat"] = now + self.settings.heartbeat_s
+        if now >= due["sweep"]:
+            self.sweep()
+            due["sweep"] = now + self.settings.restore_interval_s
+
+    def sweep(self) -> int:
+        """Redeliver what dead workers left: unacked messages and holds past the timeout."""
+        timeout = self.settings.visibility_timeout_s
+        restored = self.broker.restore_expired(timeout) + self.broker.return_holds(timeout)
+        if restored:
+            log.warning("redelivered messages past the visibility timeout", count=restored)
+        return restored
+
+    def publish_specs(self) -> None:
+        ttl = max(3 * self.settings.heartbeat_s, 30.0)
+        pipe = self.broker.client.pipeline(transaction=False)
+        for spec in self.specs:
+            pipe.set(keys.model_spec_key(spec.model), spec.to_json(), ex=int(ttl))
+            pipe.zadd(keys.model_workers_key(spec.model), {self.worker_name: time.time()})
+        pipe.execute()
+
+    def unpublish(self) -> None:
+        """Take this worker off each model's list of workers (best effort: it is stopping)."""
+        try:
+            for spec in self.specs:
+                self.broker.client.zrem(keys.model_workers_key(spec.model), self.worker_name)
+        except CONNECTION_ERRORS:
+            pass
+
+    def measure_device(self) -> None:
+        if self.device.type != "cuda":
+            return
+        try:
+            utilization: float | None = torch.cuda.utilization(self.device) / 100.0
+        except Exception:  # needs NVML (pynvml); memory is still worth reporting without it
+            utilization = None
+        memory = torch.cuda.memory_allocated(self.device)
+        self.hooks.on_device_stats(str(self.device), memory, utilization)
+
+    def measure_depths(self) -> bool:
+        """Report each queue's depth; True if any served model's spec is missing from Redis."""
+        pipe = self.broker.client.pipeline(transaction=False)
+        for spec in self.specs:
+            pipe.exists(keys.model_spec_key(spec.model))
+            for key in keys.queue_keys(keys.queue_name(spec.model)):
+                pipe.llen(key)
+        replies = pipe.execute()
+        stride = 1 + len(keys.PRIORITIES)
+        for i, spec in enumerate(self.specs):
+            self.hooks.on_queue_depth(spec.model, sum(replies[i * stride + 1 : (i + 1) * stride]))
+        return not all(replies[i * stride] for i in range(len(self.specs)))
