@@ -131,6 +131,7 @@ class InferenceService:
             self.client, results, settings.result_ttl_s, make_client(settings.broker_url, retries=0)
         )
         self.writer = ResultWriter(self.broker, self.hooks)
+        # Its specs are the served models', set once they are loaded (start).
         self.housekeeping = Housekeeping(
             self.broker, settings, self.hooks, self.worker_name, self.device, ()
         )
