@@ -46,6 +46,7 @@ from inferq.worker.health import Health
 from inferq.worker.hooks import Hooks
 from inferq.worker.housekeeping import Housekeeping
 from inferq.worker.inhand import InHand, give_back
+from inferq.worker.preflight import preflight
 from inferq.worker.intake import InferenceRequest
 from inferq.worker.repository import ModelRepository, ModelVersion
 from inferq.worker.runner import (
@@ -145,6 +146,7 @@ class InferenceService:
         # interval a runner coming back from the device can wait that long for a decoding
         # fetcher. A shorter interval keeps the device fed.
         sys.setswitchinterval(self.settings.switch_interval_s)
+        preflight(self.settings.broker_url, str(self.device))  # before any model loads
         self.health.expect(self.model_names)
         repo = ModelRepository(self.settings.model_repository)
         models = for_device([repo.resolve(name) for name in self.model_names], self.device)
