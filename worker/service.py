@@ -46,8 +46,8 @@ from inferq.worker.health import Health
 from inferq.worker.hooks import Hooks
 from inferq.worker.housekeeping import Housekeeping
 from inferq.worker.inhand import InHand, give_back
-from inferq.worker.preflight import preflight
 from inferq.worker.intake import InferenceRequest
+from inferq.worker.preflight import preflight
 from inferq.worker.repository import ModelRepository, ModelVersion
 from inferq.worker.runner import (
     Deferred,
