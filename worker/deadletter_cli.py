@@ -123,10 +123,18 @@ def purge_letters(yes: bool) -> None:
     """Delete every dead letter."""
     client = cli_client()
     count = int(client.llen(keys.DEAD_LETTER))
-    if count and not yes and not click.confirm(f"delete {count} dead letter(s)?"):
+    if count and not yes and not _confirmed(f"delete {count} dead letter(s)?"):
         raise Refused("nothing deleted: pass --yes, or answer y")
     pipe = client.pipeline(transaction=True)
     pipe.llen(keys.DEAD_LETTER)
     pipe.delete(keys.DEAD_LETTER)
     purged, _ = pipe.execute()
     click.echo(f"purged {int(purged)} dead letter(s) from {keys.DEAD_LETTER}")
+
+
+def _confirmed(question: str) -> bool:
+    try:
+        return click.confirm(question)
+    except click.Abort:  # no terminal to answer on (a script, a pipe): not confirmed
+        click.echo("", err=True)
+        return False

@@ -26,7 +26,8 @@ def check_broker(url: str, timeout_s: float = 5.0) -> None:
     except CONNECTION_ERRORS as exc:
         raise BrokerUnavailable(
             f"Redis at {redact_url(url)} must answer before a worker loads its models, got "
-            f"{type(exc).__name__}: {exc}. Start Redis there, or set INFERQ_BROKER_URL"
+            f"{type(exc).__name__}: {str(exc).rstrip('.')}. Start Redis there, or set "
+            f"INFERQ_BROKER_URL"
         ) from None
     finally:
         client.close()
@@ -40,7 +41,7 @@ def check_device(device: str) -> None:
     import torch  # only for a CUDA device: a CPU worker's launcher stays light
 
     if not torch.cuda.is_available():
-        build = f"torch {torch.__version__}" + ("" if torch.version.cuda else ", a CPU-only build")
+        build = f"torch {torch.__version__}" + ("" if torch.version.cuda else " (a CPU-only build)")
         raise ConfigError(
             f"--device {device} needs CUDA, but {build} finds no usable GPU; install a CUDA "
             f"build of torch (the cuda extra) on a machine with a GPU, or pass --device cpu"
