@@ -105,7 +105,7 @@ class Housekeeping:
     def _beat(self, pipe: Pipeline, ttl: int) -> None:
         """This worker's own entry: what ``inferq status`` shows of it, gone after missed beats."""
         key = keys.worker_key(self.worker_name)
-        pipe.delete(key)  # a version no longer served must not linger in the hash
+        # Every field each time (versions as one JSON field), so nothing stale lingers.
         pipe.hset(key, mapping=self.beat_fields(time.time()))  # type: ignore[arg-type]
         pipe.expire(key, ttl)
 
