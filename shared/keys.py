@@ -49,6 +49,10 @@ EVENT_EXCHANGE = "celeryev"
 
 MODEL_SPEC_PREFIX = "inferq:model:"
 MODEL_WORKERS_PREFIX = "inferq:workers:"
+# One hash per live worker (host, device, versions, ready, heartbeat), refreshed at each heartbeat
+# and expiring after WORKER_TTL_BEATS missed ones: `inferq status` shows who serves what.
+WORKER_PREFIX = "inferq:worker:"
+WORKER_TTL_BEATS = 3
 
 PUSH_REPLY_PREFIX = "inferq:push:"
 
@@ -133,6 +137,10 @@ def model_spec_key(model: str) -> str:
 
 def model_workers_key(model: str) -> str:
     return f"{MODEL_WORKERS_PREFIX}{model}"
+
+
+def worker_key(worker: str) -> str:
+    return f"{WORKER_PREFIX}{worker}"
 
 
 # -- registry and versioned queues ------------------------------------------------------------

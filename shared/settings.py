@@ -28,6 +28,7 @@ _POSITIVE_SECONDS = (
     "idle_poll_s",
     "heartbeat_s",
     "switch_interval_s",
+    "liveness_s",
 )
 
 
@@ -95,6 +96,9 @@ class Settings:
     idle_poll_s: float = 0.02
     #: Seconds between a worker's heartbeats (model spec refresh in Redis).
     heartbeat_s: float = 10.0
+    #: ``/live`` answers 503 once the fetch, run or housekeeping loop has made no progress for
+    #: this long (a loop waiting for work makes progress; one stuck in a batch or a call does not).
+    liveness_s: float = 60.0
     #: The worker process's GIL switch interval (Python's default is 0.005 s): shorter keeps the
     #: device fed when a stage returning from it waits for a thread decoding messages.
     switch_interval_s: float = 0.0005

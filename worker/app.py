@@ -25,6 +25,7 @@ from inferq.shared.logs import configure_logging, get_logger
 from inferq.shared.settings import get_settings
 from inferq.worker.celerystate import ActiveRequestsHook
 from inferq.worker.events import EventsHook
+from inferq.worker.health import Health
 from inferq.worker.hooks import Hooks, LogHook, MetricsHook
 from inferq.worker.metrics import Metrics
 from inferq.worker.tuning import omp_env, tune_allocator
@@ -82,8 +83,9 @@ class InferqStep(bootsteps.StartStopStep):
         settings = get_settings()
         configure_logging(settings)
         metrics = Metrics()
+        health = Health(settings.liveness_s)  # /ready and /live answer 503 until it is told more
         if settings.metrics_port:
-            metrics.serve(settings.metrics_port)
+            metrics.serve(settings.metrics_port, health=health)
         hooks = Hooks(
             [
                 MetricsHook(metrics),
@@ -93,7 +95,12 @@ class InferqStep(bootsteps.StartStopStep):
             ]
         )
         self.service = InferenceService(
-            settings, self.models, self.device, worker_name=worker.hostname, hooks=hooks
+            settings,
+            self.models,
+            self.device,
+            worker_name=worker.hostname,
+            hooks=hooks,
+            health=health,
         )
         worker.inferq = self.service
         self.service.start()

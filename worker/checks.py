@@ -4,13 +4,19 @@ message that says what to change."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Protocol
 
 import torch
 
 from inferq.shared.errors import ConfigError
+from inferq.shared.logs import get_logger
 from inferq.shared.settings import Settings
+from inferq.shared.spec import ModelConfig
 from inferq.worker.repository import ModelVersion
+from inferq.worker.variants import check_device
+
+log = get_logger(__name__)
 
 
 class Warmed(Protocol):
@@ -23,15 +29,36 @@ class Warmed(Protocol):
     def warmup_s(self) -> dict[int, float]: ...
 
 
-def check_instances(device: torch.device, models: Sequence[ModelVersion]) -> int:
-    """The run threads the models ask for in all; several per model only on CPU."""
-    many = [f"{m.name} ({m.config.instances})" for m in models if m.config.instances > 1]
-    if many and device.type != "cpu":
-        raise ConfigError(
-            f"instances.count above 1 runs on CPU only, got {', '.join(many)} on {device}; "
-            f"for more concurrency on one GPU, run more workers on it"
-        )
-    return sum(m.config.instances for m in models)
+def instances_on(config: ModelConfig, device_kind: str) -> int:
+    """The run threads ``config`` gets on a device of ``device_kind`` (Triton's instance_group
+    kind): ``[instances] count`` on CPU, where instances share the cores out; one on a GPU, where
+    a second instance in the same process only queues behind the first (run more workers on the
+    device instead)."""
+    return config.instances if device_kind == "cpu" else 1
+
+
+def check_model_on(config: ModelConfig, device: torch.device) -> int:
+    """Refuse what ``config`` cannot run on ``device``; the instances it runs there. A pure
+    function of the config and the device's kind: building ``torch.device("cuda:0")`` needs no
+    CUDA, so every shipped config is checked against every kind anywhere."""
+    check_device(config, device)
+    return instances_on(config, device.type)
+
+
+def for_device(models: Sequence[ModelVersion], device: torch.device) -> list[ModelVersion]:
+    """``models`` checked for ``device``, each config carrying the instances it runs there."""
+    placed = []
+    for m in models:
+        instances = check_model_on(m.config, device)
+        if instances != m.config.instances:
+            log.info(
+                "instances.count applies on CPU only; one instance per GPU worker",
+                model=m.name,
+                count=m.config.instances,
+                device=str(device),
+            )
+        placed.append(replace(m, config=replace(m.config, instances=instances)))
+    return placed
 
 
 def check_settings(settings: Settings, served: Sequence[Warmed]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -11,11 +12,17 @@ import click
 from inferq.shared.errors import InferqError
 from inferq.shared.logs import configure_logging
 from inferq.shared.settings import get_settings
+from inferq.worker.deadletter_cli import deadletter
+from inferq.worker.examples import EXAMPLE_NAMES
+from inferq.worker.models_cli import Refused, refusing
 from inferq.worker.models_cli import register as register_fleet_commands
 from inferq.worker.optimize.cli import optimize_command
 
+_DEVICE = re.compile(r"cpu|cuda(:[0-9]+)?")
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="inferq", prog_name="inferq")
 def main() -> None:
     """inferq: serve PyTorch models from a Celery + Redis message queue."""
 
@@ -24,13 +31,23 @@ def main() -> None:
 @click.option(
     "--model", "models", multiple=True, help="Model to serve (repeatable; default INFERQ_MODELS)."
 )
-@click.option("--device", default=None, help="cpu or cuda:N (default INFERQ_DEVICE, else cpu).")
+@click.option(
+    "--device",
+    default=None,
+    callback=lambda _ctx, _param, value: _device_option(value),
+    help="cpu or cuda:N (default INFERQ_DEVICE, else cpu).",
+)
 @click.option(
     "--hostname",
     default=None,
     help="Celery node name (default inferq-<models>-<device>-<pid>@host).",
 )
-@click.option("--loglevel", default=None, help="Celery log level (default INFERQ_LOG_LEVEL).")
+@click.option(
+    "--loglevel",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False),
+    default=None,
+    help="Celery log level (default INFERQ_LOG_LEVEL).",
+)
 @click.option(
     "--events/--no-events", default=True, show_default=True, help="Send task events (Flower)."
 )
@@ -51,6 +68,7 @@ def worker(
     if not chosen:
         raise click.UsageError("pass --model NAME (or set INFERQ_MODELS)")
     dev = device or settings.device
+    _preflight(settings.broker_url, dev)
     argv = celery_argv(
         chosen,
         dev,
@@ -63,6 +81,22 @@ def worker(
     sys.exit(run_worker(argv, env, settings.supervise))
 
 
+def _device_option(value: str | None) -> str | None:
+    if value is not None and not _DEVICE.fullmatch(value):
+        raise click.BadParameter(f"must be cpu or cuda:N, got {value!r}")
+    return value
+
+
+def _preflight(broker_url: str, device: str) -> None:
+    """Seconds, not a model load, before a wrong device or an unreachable Redis is named."""
+    from inferq.worker.preflight import preflight
+
+    try:
+        preflight(broker_url, device)
+    except InferqError as exc:
+        raise Refused(f"{type(exc).__name__}: {exc.message}") from None
+
+
 @main.group()
 def models() -> None:
     """Model repository commands."""
@@ -73,10 +107,10 @@ models.add_command(optimize_command)  # inferq models optimize (worker/optimize/
 
 @models.command("init-examples")
 @click.argument("dest", type=click.Path(file_okay=False, path_type=Path), required=False)
-@click.option("--only", multiple=True, help="Build only these (shapes, resnet18, resnet50).")
+@click.option("--only", multiple=True, type=click.Choice(EXAMPLE_NAMES), help="Build only these.")
 def init_examples(dest: Path | None, only: tuple[str, ...]) -> None:
     """Write the example models into DEST (default INFERQ_MODEL_REPOSITORY)."""
-    from inferq.worker.examples.build import EXAMPLE_NAMES, build_examples
+    from inferq.worker.examples.build import build_examples
 
     target = dest or get_settings().model_repository
     build_examples(target, list(only) or list(EXAMPLE_NAMES), log=click.echo)
@@ -85,32 +119,59 @@ def init_examples(dest: Path | None, only: tuple[str, ...]) -> None:
 @models.command("list")
 @click.option("--repo", type=click.Path(path_type=Path), default=None)
 def list_models(repo: Path | None) -> None:
-    """List the models and versions in the repository, verifying each file's sha256."""
+    """List the models and versions in the repository, verifying each file's sha256.
+
+    Exit code 1 when any model fails its checks, 2 when the repository does not exist.
+    """
     from inferq.worker.repository import ModelRepository, verify
 
-    repository = ModelRepository(repo or get_settings().model_repository)
+    root = repo or get_settings().model_repository
+    if not root.is_dir():
+        raise Refused(
+            f"model repository {root} does not exist: write the examples there with "
+            f"`inferq models init-examples {root}`, or pass --repo DIR / set INFERQ_MODEL_REPOSITORY"
+        )
+    repository = ModelRepository(root)
+    failed = 0
     for name in repository.models():
         try:
-            mv = repository.resolve(name)
-            verify(mv.path)
+            verify(repository.resolve(name).path)
             status = "ok"
         except InferqError as exc:
+            failed += 1
             status = f"ERROR {exc}"
         click.echo(f"{name}\tversions={repository.versions(name)}\t{status}")
+    if failed:
+        click.echo(f"error: {failed} model(s) in {root} failed their checks", err=True)
+        sys.exit(1)
+    if not repository.models():
+        click.echo(f"no models in {root} (`inferq models init-examples {root}` writes examples)")
 
 
 @main.command()
 @click.option("--model", default="shapes", show_default=True)
-@click.option("--count", default=200, show_default=True, help="How many images to submit.")
-@click.option("--synthetic/--files", default=True, help="Generate shape images, or read FILES.")
-@click.option("--timeout", default=120.0, show_default=True)
+@click.option(
+    "--synthetic",
+    type=click.IntRange(1, 1_000_000),
+    default=None,
+    metavar="N",
+    help="Submit N generated shape images instead of FILES.",
+)
+@click.option(
+    "--timeout", type=click.FloatRange(min=0, min_open=True), default=120.0, show_default=True
+)
 @click.argument("files", nargs=-1, type=click.Path(exists=True, dir_okay=False))
-def submit(model: str, count: int, synthetic: bool, timeout: float, files: tuple[str, ...]) -> None:
-    """Submit images to a running worker and print the results' summary."""
+@refusing
+def submit(model: str, synthetic: int | None, timeout: float, files: tuple[str, ...]) -> None:
+    """Submit image FILES (or --synthetic N generated images) to the workers; print a summary."""
     from inferq.producer.tools.demo import run_submissions
 
+    if bool(files) == (synthetic is not None):
+        raise click.UsageError(
+            "pass image FILES to submit, or --synthetic N for N generated images (not both)"
+        )
     run_submissions(
-        model=model, count=count, files=list(files) if not synthetic else None, timeout=timeout
+        model=model, count=synthetic or len(files), files=list(files) or None, timeout=timeout
     )
 
 
@@ -200,6 +261,7 @@ def soak(minutes: float, rate: float, model_repository: Path | None) -> None:
 
 # Registry, fleet status and deployment commands live in their own module.
 register_fleet_commands(main, models)
+main.add_command(deadletter)
 
 
 def _entry() -> None:

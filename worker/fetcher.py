@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 
 from inferq.shared import keys
@@ -57,9 +57,12 @@ class Fetcher:
         self._max_bytes = settings.max_payload_bytes
         self._idle_poll_s = settings.idle_poll_s
         self._delayed: list[InferenceRequest] = []  # held here until their eta, under a second
+        # Called at the start of every round, idle polls included (liveness: worker/health.py).
+        self.on_round: Callable[[], None] = lambda: None
 
     def run(self) -> None:
         while not self.stop.is_set():
+            self.on_round()
             try:
                 self.fetch_once()
             except CONNECTION_ERRORS as exc:
@@ -88,6 +91,8 @@ class Fetcher:
             self.broker.wait(self.queue, self._idle_poll_s)
             return
         if self._record(taken):
+            if taken.dead:
+                self.hooks.on_dead_letters(self.spec.model, len(taken.dead))
             self._dispatch(taken.fetched, more=sum(taken.counts) == want)
 
     def take_delayed(self) -> list[InferenceRequest]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -47,8 +47,48 @@ class Backlog:
 
 @dataclass(frozen=True)
 class WorkerSeen:
+    """A worker listed under a model, with what its own heartbeat entry says of it; ``host``
+    is None once that entry expired (the worker missed its heartbeats: gone or stuck)."""
+
     name: str
     last_heartbeat: float  # wall-clock seconds
+    host: str | None = None
+    device: str | None = None
+    versions: dict[str, int] = field(default_factory=dict)
+    ready: bool = False
+
+    @property
+    def alive(self) -> bool:
+        return self.host is not None
+
+    def to_dict(self, now: float) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "last_heartbeat": self.last_heartbeat,
+            "age_s": now - self.last_heartbeat,
+            "alive": self.alive,
+            "host": self.host,
+            "device": self.device,
+            "versions": self.versions,
+            "ready": self.ready,
+        }
+
+    @classmethod
+    def read(cls, name: str, score: float, entry: dict[bytes, bytes]) -> WorkerSeen:
+        """From the model's list (name, score) and the worker's hash (empty once expired)."""
+        if not entry:
+            return cls(name, score)
+        fields = {_text(k): _text(v) for k, v in entry.items()}
+        return cls(
+            name,
+            float(fields.get("heartbeat", score)),
+            host=fields.get("host", "?"),
+            device=fields.get("device"),
+            versions={
+                str(m): int(v) for m, v in orjson.loads(fields.get("versions", "{}")).items()
+            },
+            ready=fields.get("ready") == "1",
+        )
 
 
 @dataclass(frozen=True)
@@ -66,14 +106,7 @@ class ModelStatus:
             "versions": [] if record is None else [v.to_dict() for v in record.versions],
             "policy": None if record is None else vars(record.policy),
             "rollout": None if record is None or record.rollout is None else vars(record.rollout),
-            "workers": [
-                {
-                    "name": w.name,
-                    "last_heartbeat": w.last_heartbeat,
-                    "age_s": now - w.last_heartbeat,
-                }
-                for w in self.workers
-            ],
+            "workers": [w.to_dict(now) for w in self.workers],
             "backlog": {
                 "by_priority": {str(p): n for p, n in self.backlog.by_priority.items()},
                 "by_queue": self.backlog.by_queue,
@@ -144,7 +177,14 @@ def _workers(client: redis.Redis, model: str) -> tuple[WorkerSeen, ...]:
     seen: list[tuple[bytes, float]] = client.zrange(  # type: ignore[assignment]
         keys.model_workers_key(model), 0, -1, withscores=True
     )
-    return tuple(WorkerSeen(_text(name), float(score)) for name, score in seen)
+    pipe = client.pipeline(transaction=False)
+    for name, _ in seen:
+        pipe.hgetall(keys.worker_key(_text(name)))
+    entries = pipe.execute() if seen else []
+    return tuple(
+        WorkerSeen.read(_text(name), float(score), entry)
+        for (name, score), entry in zip(seen, entries, strict=True)
+    )
 
 
 def _scheduled_by_queue(client: redis.Redis) -> dict[str, int]:

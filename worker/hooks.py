@@ -57,6 +57,18 @@ class Hook:
     def on_device_stats(self, device: str, memory_bytes: int, utilization: float | None) -> None:
         """Housekeeping read the accelerator's memory and utilisation (CUDA only)."""
 
+    def on_model_loaded(self, model: str, version: int, platform: str, precision: str) -> None:
+        """A model version is loaded and warmed up: it serves from now on."""
+
+    def on_in_hand(self, model: str, count: int) -> None:
+        """Housekeeping counted the messages this worker holds for ``model``."""
+
+    def on_dead_letters(self, model: str, count: int) -> None:
+        """A fetch from ``model``'s queue set ``count`` messages aside (not inferq requests)."""
+
+    def on_redelivered(self, count: int) -> None:
+        """The sweep put ``count`` messages back on their queues (left by dead workers)."""
+
     def on_stop(self) -> None:
         """The service stopped: flush what is buffered."""
 
@@ -109,6 +121,20 @@ class Hooks(Hook):
         self._each(
             "on_device_stats", lambda h: h.on_device_stats(device, memory_bytes, utilization)
         )
+
+    def on_model_loaded(self, model: str, version: int, platform: str, precision: str) -> None:
+        self._each(
+            "on_model_loaded", lambda h: h.on_model_loaded(model, version, platform, precision)
+        )
+
+    def on_in_hand(self, model: str, count: int) -> None:
+        self._each("on_in_hand", lambda h: h.on_in_hand(model, count))
+
+    def on_dead_letters(self, model: str, count: int) -> None:
+        self._each("on_dead_letters", lambda h: h.on_dead_letters(model, count))
+
+    def on_redelivered(self, count: int) -> None:
+        self._each("on_redelivered", lambda h: h.on_redelivered(count))
 
     def on_stop(self) -> None:
         self._each("on_stop", lambda h: h.on_stop())
@@ -167,6 +193,18 @@ class MetricsHook(Hook):
 
     def on_queue_depth(self, model: str, depth: int) -> None:
         self.m.set_queue_depth(model, depth)
+
+    def on_model_loaded(self, model: str, version: int, platform: str, precision: str) -> None:
+        self.m.set_model_info(model, str(version), platform, precision)
+
+    def on_in_hand(self, model: str, count: int) -> None:
+        self.m.set_in_hand(model, count)
+
+    def on_dead_letters(self, model: str, count: int) -> None:
+        self._child(self.m.dead_letters, model).inc(count)
+
+    def on_redelivered(self, count: int) -> None:
+        self.m.restored.inc(count)
 
     def on_device_stats(self, device: str, memory_bytes: int, utilization: float | None) -> None:
         memory = DeviceMemory.read(device)  # memory_bytes is its allocated part only

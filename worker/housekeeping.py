@@ -10,11 +10,14 @@ timeout, left by workers that died).
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+import orjson
 import torch
+from redis.client import Pipeline
 
 from inferq.shared import keys
 from inferq.shared.logs import get_logger
@@ -47,9 +50,16 @@ class Housekeeping:
         self.device = device
         self.specs = list(specs)
         self._due = {"beat": 0.0, "sweep": 0.0, "gauges": 0.0}
+        # Called before every tick (liveness: worker/health.py).
+        self.on_round: Callable[[], None] = lambda: None
+        # Messages held per model, read with the gauges (the service owns the counts).
+        self.in_hand: Callable[[], dict[str, int]] = dict
+        # Whether the worker is ready (/ready), recorded with each heartbeat.
+        self.ready: Callable[[], bool] = lambda: False
 
     def run(self, stop: threading.Event) -> None:
         while not stop.wait(_TICK_S):
+            self.on_round()
             try:
                 self.tick(time.monotonic())
             except CONNECTION_ERRORS as exc:
@@ -63,6 +73,7 @@ class Housekeeping:
         self.broker.promote_due()
         if now >= due["gauges"]:
             self.measure_device()
+            self.measure_in_hand()
             if self.measure_depths():  # a restarted Redis has lost our specs
                 due["beat"] = 0.0
             due["gauges"] = now + _GAUGES_S
@@ -79,6 +90,7 @@ class Housekeeping:
         restored = self.broker.restore_expired(timeout) + self.broker.return_holds(timeout)
         if restored:
             log.warning("redelivered messages past the visibility timeout", count=restored)
+            self.hooks.on_redelivered(restored)
         return restored
 
     def publish_specs(self) -> None:
@@ -87,13 +99,31 @@ class Housekeeping:
         for spec in self.specs:
             pipe.set(keys.model_spec_key(spec.model), spec.to_json(), ex=int(ttl))
             pipe.zadd(keys.model_workers_key(spec.model), {self.worker_name: time.time()})
+        self._beat(pipe, ttl=max(1, round(keys.WORKER_TTL_BEATS * self.settings.heartbeat_s)))
         pipe.execute()
+
+    def _beat(self, pipe: Pipeline, ttl: int) -> None:
+        """This worker's own entry: what ``inferq status`` shows of it, gone after missed beats."""
+        key = keys.worker_key(self.worker_name)
+        # Every field each time (versions as one JSON field), so nothing stale lingers.
+        pipe.hset(key, mapping=self.beat_fields(time.time()))  # type: ignore[arg-type]
+        pipe.expire(key, ttl)
+
+    def beat_fields(self, now: float) -> dict[str, str]:
+        return {
+            "host": socket.gethostname(),
+            "device": str(self.device),
+            "versions": orjson.dumps({s.model: s.version for s in self.specs}).decode(),
+            "ready": "1" if self.ready() else "0",
+            "heartbeat": repr(now),
+        }
 
     def unpublish(self) -> None:
         """Take this worker off each model's list of workers (best effort: it is stopping)."""
         try:
             for spec in self.specs:
                 self.broker.client.zrem(keys.model_workers_key(spec.model), self.worker_name)
+            self.broker.client.delete(keys.worker_key(self.worker_name))
         except CONNECTION_ERRORS:
             pass
 
@@ -106,6 +136,10 @@ class Housekeeping:
             utilization = None
         memory = torch.cuda.memory_allocated(self.device)
         self.hooks.on_device_stats(str(self.device), memory, utilization)
+
+    def measure_in_hand(self) -> None:
+        for model, count in self.in_hand().items():
+            self.hooks.on_in_hand(model, count)
 
     def measure_depths(self) -> bool:
         """Report each queue's depth; True if any served model's spec is missing from Redis."""

@@ -10,12 +10,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
 from inferq.shared.errors import DeadlineExceeded, InvalidInput, PayloadTooLarge, QueueFull
 from inferq.shared.logs import get_logger
+from inferq.worker.health import Health, start_endpoint
 
 log = get_logger(__name__)
 
@@ -181,6 +182,12 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.restored = Counter(
+            "inferq_restored",
+            "Messages this worker's sweep put back on their queues: unacknowledged past the "
+            "visibility timeout, or held by a fetch never recorded (left by workers that died)",
+            registry=r,
+        )
 
     def _queues(self, r: CollectorRegistry) -> None:
         self.queue_depth = Gauge(
@@ -269,11 +276,12 @@ class Metrics:
             self._info[model] = labels
             self.model_info.labels(model, *labels).set(1)
 
-    def serve(self, port: int, attempts: int = 16) -> int | None:
-        """Start the endpoint on ``port`` or the next free one (several workers per host)."""
+    def serve(self, port: int, attempts: int = 16, health: Health | None = None) -> int | None:
+        """Start the endpoint (``/metrics``, and ``/ready`` and ``/live`` from ``health``) on
+        ``port`` or the next free one (several workers per host)."""
         for candidate in range(port, port + attempts):
             with contextlib.suppress(OSError):
-                start_http_server(candidate, addr="0.0.0.0", registry=self.registry)
+                start_endpoint(candidate, self.registry, health)
                 log.info("metrics endpoint started", port=candidate)
                 return candidate
         log.warning("metrics endpoint not started: no free port", first=port, attempts=attempts)

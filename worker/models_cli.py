@@ -58,12 +58,12 @@ def refusing(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _client() -> redis.Redis:
+def cli_client() -> redis.Redis:
     return make_client(get_settings().broker_url, retries=2, socket_timeout=10.0)
 
 
 def _registry() -> Registry:
-    return Registry(_client())
+    return Registry(cli_client())
 
 
 def policy_line(record: ModelRecord) -> str:
@@ -204,7 +204,7 @@ def status(names: tuple[str, ...], as_json: bool) -> None:
     from inferq.worker.fleet import fleet_status, known_models
     from inferq.worker.status_text import render
 
-    client = _client()
+    client = cli_client()
     registry = Registry(client)
     fleet = fleet_status(client, registry, list(names) or known_models(client, registry))
     now = time.time()
@@ -263,7 +263,7 @@ def backlog_exporter(port: int, address: str) -> None:
     """Serve inferq_backlog{model} for Prometheus (and KEDA), read from Redis at each scrape."""
     from inferq.worker.backlog_exporter import serve
 
-    client = _client()
+    client = cli_client()
     try:
         client.ping()
     except CONNECTION_ERRORS as exc:

@@ -1,5 +1,5 @@
 """The inference service: per served model, a fetcher thread, a prepare thread and one run
-thread per instance (``[instances] count``, CPU only); one writer and one housekeeping thread.
+thread per instance (``[instances] count`` on CPU, one on a GPU); one writer and one housekeeping thread.
 
     Redis --Fetcher (bulk, recorded as unacked)--> decode/validate --> MicroBatcher
           --> prepare (staged on the device) --> Runner --> ResultWriter
@@ -39,13 +39,15 @@ from inferq.shared.settings import Settings
 from inferq.shared.spec import InputSpec
 from inferq.worker.batcher import BatchPolicy, MicroBatcher
 from inferq.worker.broker import Broker
-from inferq.worker.checks import check_instances, check_settings
+from inferq.worker.checks import check_settings, for_device
 from inferq.worker.fetcher import Fetcher
 from inferq.worker.handlers import ModelHandler, load_handler
+from inferq.worker.health import Health
 from inferq.worker.hooks import Hooks
 from inferq.worker.housekeeping import Housekeeping
 from inferq.worker.inhand import InHand, give_back
 from inferq.worker.intake import InferenceRequest
+from inferq.worker.preflight import preflight
 from inferq.worker.repository import ModelRepository, ModelVersion
 from inferq.worker.runner import (
     Deferred,
@@ -99,6 +101,7 @@ class InferenceService:
         *,
         worker_name: str | None = None,
         hooks: Hooks | None = None,
+        health: Health | None = None,
         handler_loader: HandlerLoader = load_handler,
         on_fatal: Callable[[int], None] = os._exit,
     ) -> None:
@@ -109,6 +112,7 @@ class InferenceService:
         self.device = torch.device(device)
         self.worker_name = worker_name or f"{socket.gethostname()}:{os.getpid()}"
         self.hooks = hooks or Hooks([])
+        self.health = health or Health(settings.liveness_s)
         self._load_handler = handler_loader
         self._on_fatal = on_fatal
         self.served: list[Served] = []
@@ -143,9 +147,11 @@ class InferenceService:
         # interval a runner coming back from the device can wait that long for a decoding
         # fetcher. A shorter interval keeps the device fed.
         sys.setswitchinterval(self.settings.switch_interval_s)
+        preflight(self.settings.broker_url, str(self.device))  # before any model loads
+        self.health.expect(self.model_names)
         repo = ModelRepository(self.settings.model_repository)
-        models = [repo.resolve(name) for name in self.model_names]
-        instances = check_instances(self.device, models)
+        models = for_device([repo.resolve(name) for name in self.model_names], self.device)
+        instances = sum(m.config.instances for m in models)
         self._compute_slots = threading.Semaphore(max(m.config.instances for m in models))
         # malloc is tuned earlier, before any thread exists (inferq.worker.app, or the child's env).
         tune_threads(torch_threads(self.settings.torch_threads, self.device.type, instances))
@@ -160,9 +166,14 @@ class InferenceService:
             raise
         self.housekeeping.specs = [s.spec for s in self.served]
         self.housekeeping.publish_specs()
+        self.health.published()
         self._writer_thread = self._spawn("inferq-writer", self.writer.run)
+        self.housekeeping.on_round = self._progress  # polling loops report each round to /live
+        self.housekeeping.in_hand = lambda: {s.model.name: s.in_hand.count for s in self.served}
+        self.housekeeping.ready = lambda: self.health.readiness().ok
         self._spawn("inferq-housekeeping", self.housekeeping.run, self._stopping)
         for s in self.served:
+            s.fetcher.on_round = self._progress
             self._fetch_threads.append(self._spawn(f"inferq-fetch-{s.model.name}", s.fetcher.run))
             self._runner_threads.append(
                 self._spawn(f"inferq-prepare-{s.model.name}", self._prepare_loop, s)
@@ -179,6 +190,7 @@ class InferenceService:
         if self._stopping.is_set():
             return
         log.info("warm shutdown: finishing the batches in hand")
+        self.health.draining()
         self._stopping.set()
         for t in self._fetch_threads:
             t.join(timeout)
@@ -197,7 +209,10 @@ class InferenceService:
     def _spawn(self, name: str, target: Callable[..., None], *args: Any) -> threading.Thread:
         def run() -> None:
             name_os_thread(name)  # top -H, py-spy and /proc show which stage is which
-            target(*args)
+            try:
+                target(*args)
+            finally:
+                self.health.forget(name)  # a loop that ended is no longer watched for progress
 
         thread = threading.Thread(target=run, name=name, daemon=True)
         thread.start()
@@ -245,6 +260,9 @@ class InferenceService:
             self._runner_threads.append(
                 self._spawn(f"inferq-run-{model.name}-{i}", self._run_loop, s)
             )
+        c = model.config
+        self.hooks.on_model_loaded(model.name, model.version, c.platform, c.precision.mode)
+        self.health.loaded(model.name)
         future.set_result(s)
         self._run_loop(s)
 
@@ -290,6 +308,7 @@ class InferenceService:
     def _prepare_loop(self, s: Served) -> None:
         """Close batches and stage them on the device while the previous batch computes."""
         while not self._fatal.is_set():
+            self._progress()
             batch = s.batcher.next_batch(timeout=0.1, cap=s.runner.cap.value)
             if not batch:
                 if self._stopping.is_set() and len(s.batcher) == 0:
@@ -312,11 +331,22 @@ class InferenceService:
             self._write(s, staged.outcomes)
 
     def _run_loop(self, s: Served) -> None:
-        while (prepared := s.ready.get()) is not None:
+        while (prepared := self._next_prepared(s)) is not None:
             if self._fatal.is_set():  # the device is gone: hand the staged batch back untouched
                 self._give_back(s, prepared.requests)
                 continue
             self._run_batch(s, prepared)
+
+    def _next_prepared(self, s: Served) -> PreparedBatch | None:
+        """Wait, alive however long no work comes, for the next staged batch."""
+        loop = threading.current_thread().name
+        self.health.idle(loop)
+        prepared = s.ready.get()
+        self.health.tick(loop)  # from here the batch must finish within the liveness bound
+        return prepared
+
+    def _progress(self) -> None:
+        self.health.tick(threading.current_thread().name)  # loops are watched by thread name
 
     def _run_batch(self, s: Served, prepared: PreparedBatch) -> None:
         batch = prepared.requests
@@ -342,6 +372,7 @@ class InferenceService:
 
     def _device_failed(self, s: Served, batch: list[InferenceRequest], exc: BaseException) -> None:
         """Fail only this batch, hand every other held message back, flush, and exit for a restart."""
+        self.health.draining()
         with self._fatal_lock:
             first = not self._fatal.is_set()
             self._fatal.set()

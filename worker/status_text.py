@@ -18,7 +18,7 @@ def _model(m: ModelStatus, now: float) -> list[str]:
     return [
         _head(m.model, m.record),
         *_rollout(m.record, now),
-        f"  workers: {_workers(m.workers, now)}",
+        *_workers(m.workers, now),
         f"  backlog: {_backlog(m.backlog)}",
     ]
 
@@ -43,11 +43,24 @@ def _rollout(record: ModelRecord | None, now: float) -> list[str]:
     return [f"{line}, {_age(now - r.updated_at)} ago by {r.by}"]
 
 
-def _workers(workers: tuple[WorkerSeen, ...], now: float) -> str:
+def _workers(workers: tuple[WorkerSeen, ...], now: float) -> list[str]:
+    """A line per worker: where it runs, what it serves, ready or not, its last heartbeat."""
     if not workers:
-        return "none"
-    seen = ", ".join(f"{w.name} ({_age(now - w.last_heartbeat)} ago)" for w in workers)
-    return f"{len(workers)}: {seen}"
+        return ["  workers: none"]
+    alive = sum(w.alive for w in workers)
+    return [
+        f"  workers: {alive} alive of {len(workers)} listed",
+        *(_worker(w, now) for w in workers),
+    ]
+
+
+def _worker(w: WorkerSeen, now: float) -> str:
+    age = _age(now - w.last_heartbeat)
+    if not w.alive:
+        return f"    {w.name}  gone (no heartbeat for {age})"
+    versions = ", ".join(f"{m} v{v}" for m, v in sorted(w.versions.items())) or "nothing"
+    state = "ready" if w.ready else "not ready"
+    return f"    {w.name}  host {w.host}  {w.device}  serves {versions}  {state}  beat {age} ago"
 
 
 def _backlog(b: Backlog) -> str:

@@ -57,6 +57,8 @@ REQUIRED_SERVICES = {
 EXPECTED_K8S_KINDS = {
     "worker-deployment.yaml": "Deployment",
     "configmap.yaml": "ConfigMap",
+    "models-pvc.yaml": "PersistentVolumeClaim",
+    "models-job.yaml": "Job",
     "secret.example.yaml": "Secret",
     "keda-scaledobject.yaml": "ScaledObject",
     "trigger-auth.yaml": "TriggerAuthentication",

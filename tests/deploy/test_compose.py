@@ -76,7 +76,14 @@ def test_compose_startup_order(services: dict[str, Any]) -> None:
     worker_deps = depends_on(services["worker"])
     assert worker_deps.get("redis") == "service_healthy"
     assert worker_deps.get("models-init") == "service_completed_successfully"
-    assert "worker" in depends_on(services["producer"])
+    # The producer starts once the worker is ready (its healthcheck reads /ready).
+    assert depends_on(services["producer"]).get("worker") == "service_healthy"
+
+
+def test_compose_worker_health_is_its_readiness(services: dict[str, Any]) -> None:
+    test = " ".join(as_argv(services["worker"]["healthcheck"]["test"]))
+    assert f"127.0.0.1:{METRICS_PORT}/ready" in test
+    assert "/metrics" not in test  # the HTTP thread running says nothing of the models
 
 
 def test_compose_redis_healthcheck_pings(services: dict[str, Any]) -> None:

@@ -101,12 +101,16 @@ def test_deployment_gpu_shutdown_probes_and_scrape_annotations() -> None:
     ports = {p["name"]: p["containerPort"] for p in worker["ports"]}
     assert ports["metrics"] == METRICS_PORT
     assert int(configmap["data"]["INFERQ_METRICS_PORT"]) == METRICS_PORT
-    for probe in ("readinessProbe", "livenessProbe"):
+    paths = {"startupProbe": "/ready", "readinessProbe": "/ready", "livenessProbe": "/live"}
+    for probe, path in paths.items():
         spec = worker[probe]
         assert "exec" not in spec, f"{probe} should not shell out to celery"
-        assert spec["httpGet"]["path"] == "/metrics"
+        assert spec["httpGet"]["path"] == path, probe
         port = spec["httpGet"]["port"]
         assert ports.get(port, port) == METRICS_PORT
+    # The startup probe allows the model's load and warm-up minutes before liveness counts.
+    startup = worker["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 300
 
     annotations = template["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
@@ -174,8 +178,34 @@ def _pod() -> dict[str, Any]:
     return single_doc("worker-deployment.yaml")["spec"]["template"]
 
 
-def test_pods_run_confined_with_a_read_only_root() -> None:
+def test_models_reach_pods_from_a_volume_the_job_fills_and_publishes() -> None:
     pod = _pod()["spec"]
+    assert not pod.get("initContainers"), "worker pods must not build models themselves"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    claim = volumes["models"]["persistentVolumeClaim"]
+    assert claim == {
+        "claimName": single_doc("models-pvc.yaml")["metadata"]["name"],
+        "readOnly": True,
+    }
+    worker = pod["containers"][0]
+    [mount] = [m for m in worker["volumeMounts"] if m["name"] == "models"]
+    repository = single_doc("configmap.yaml")["data"]["INFERQ_MODEL_REPOSITORY"]
+    assert mount["mountPath"] == repository and mount["readOnly"] is True
+
+    job = single_doc("models-job.yaml")["spec"]["template"]["spec"]
+    job_volumes = {v["name"]: v for v in job["volumes"]}
+    assert job_volumes["models"]["persistentVolumeClaim"]["claimName"] == claim["claimName"]
+    [init] = job["initContainers"]
+    [publish] = job["containers"]
+    assert init["args"][:3] == ["models", "init-examples", repository]
+    assert publish["args"] == ["models", "publish", "--repository", repository]
+    env = {e["name"]: e for e in publish.get("env", [])}
+    assert env["INFERQ_BROKER_URL"]["valueFrom"]["secretKeyRef"]["name"] == "inferq-broker"
+
+
+@pytest.mark.parametrize("manifest", ["worker-deployment.yaml", "models-job.yaml"])
+def test_pods_run_confined_with_a_read_only_root(manifest: str) -> None:
+    pod = single_doc(manifest)["spec"]["template"]["spec"]
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert pod["securityContext"]["runAsNonRoot"] is True
     volumes = {v["name"]: v for v in pod["volumes"]}

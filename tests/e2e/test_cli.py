@@ -65,6 +65,7 @@ def test_models_list_verifies_sha256(shapes_repo_copy: Path) -> None:
         fh.write(b"tampered")
     bad = inferq("models", "list", "--repo", str(repo))
     assert "ERROR" in bad.stdout and "sha256" in bad.stdout
+    assert bad.returncode == 1 and "1 model(s)" in bad.stderr
 
 
 def test_worker_refuses_a_tampered_model(shapes_repo_copy: Path) -> None:

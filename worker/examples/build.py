@@ -30,9 +30,8 @@ from PIL import Image
 from torch import Tensor, nn
 
 from inferq.producer.tools.synth import CLASSES, make_images
+from inferq.worker.examples import EXAMPLE_NAMES
 from inferq.worker.examples.nets import ShapesNet, resnet18, resnet50
-
-EXAMPLE_NAMES: tuple[str, ...] = ("shapes", "resnet18", "resnet50")
 
 SHAPES_SIZE = 32
 SHAPES_MEAN = (0.5, 0.5, 0.5)
