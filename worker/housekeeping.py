@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -47,6 +47,8 @@ class Housekeeping:
         self.device = device
         self.specs = list(specs)
         self._due = {"beat": 0.0, "sweep": 0.0, "gauges": 0.0}
+        #: Called at each heartbeat (the worker's version manager re-reads the serving policy).
+        self.on_beat: Callable[[], None] = lambda: None
 
     def run(self, stop: threading.Event) -> None:
         while not stop.wait(_TICK_S):
@@ -68,6 +70,7 @@ class Housekeeping:
             due["gauges"] = now + _GAUGES_S
         if now >= due["beat"]:
             self.publish_specs()
+            self.on_beat()
             due["beat"] = now + self.settings.heartbeat_s
         if now >= due["sweep"]:
             self.sweep()
