@@ -19,6 +19,7 @@ import pytest
 from celery.result import AsyncResult
 
 from inferq.producer import gather, submit_job, submit_many
+from inferq.shared.celeryconf import make_celery
 from inferq.shared.policy import ModelRecord
 from inferq.shared.registry import Registry
 from inferq.worker.models_cli import notify_workers
@@ -120,6 +121,14 @@ def rollout_state(stack: Any, target: int, state: str) -> ModelRecord | None:
     return r if ok else None
 
 
+def held_versions(stack: Any) -> set[int]:
+    """The versions the (one) worker holds, from its ``inferq_stats`` control command."""
+    w = stack.workers[0]
+    inspect = make_celery(stack.settings).control.inspect(destination=[w.hostname], timeout=5)
+    replies = inspect._request("inferq_stats") or {}
+    return {v["version"] for v in replies.get(w.hostname, {}).values()}
+
+
 def served_by(version: int) -> bool:
     """One fresh request (routed by the policy now) is answered by ``version``."""
     return bool(submit_job.delay(image(0), model=MODEL).get(timeout=30)["version"] == version)
@@ -144,6 +153,7 @@ def test_canary_then_promote_under_load(stack_factory, tmp_path: Path) -> None:
     time.sleep(TTL_S * 2)  # producers' caches have expired: every new request is routed to 2
     after = load.mark()
     wait_until(lambda: load.mark() > after + 50, 30, "load after the promotion")
+    wait_until(lambda: held_versions(stack) == {2}, 30, "version 1 drained and released")
     values = load.stop()
 
     assert load.errors == []
