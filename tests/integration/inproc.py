@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import orjson
 import redis
-from inferq.producer.message import task_envelope
+from inferq.producer.envelope import task_envelope
 
 from inferq.shared import codec, keys
 from inferq.shared.spec import InputSpec
