@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import orjson
 import redis
-from inferq.producer.envelope import task_envelope
 
+from inferq.producer.envelope import task_envelope
 from inferq.shared import codec, keys
 from inferq.shared.spec import InputSpec
 from inferq.worker.hooks import Hook
