@@ -47,7 +47,10 @@ def task_envelope(
     priority: int,
     expires: Any,
     options: dict[str, Any],
+    queue: str | None = None,
 ) -> bytes:
+    """The envelope of one request; ``queue`` (default: the model's unversioned queue) is its
+    routing key, where a redelivery puts it back, so a version's message returns to its version."""
     now = datetime.now(UTC)
     eta = options.get("eta")
     if eta is None and options.get("countdown") is not None:
@@ -83,7 +86,7 @@ def task_envelope(
             "correlation_id": task_id,
             "reply_to": "",
             "delivery_mode": 2,
-            "delivery_info": {"exchange": "", "routing_key": keys.queue_name(spec.model)},
+            "delivery_info": {"exchange": "", "routing_key": queue or keys.queue_name(spec.model)},
             "priority": priority,
             "body_encoding": "base64",
             "delivery_tag": str(uuid.uuid4()),

@@ -134,6 +134,13 @@ class ModelError(InferqError):
     reason = "model_error"
 
 
+class ValidationFailed(ModelError):
+    """A new model version failed its checks before taking requests (non-finite or misshapen
+    outputs, or top-1 agreement with its validation file below the threshold)."""
+
+    reason = "validation_failed"
+
+
 class IntegrityError(InferqError):
     """A model file does not match its recorded sha256."""
 
@@ -201,6 +208,7 @@ ERROR_TYPES: dict[str, type[InferqError]] = {
         QueueFull,
         ModelUnavailable,
         ModelError,
+        ValidationFailed,
         IntegrityError,
         ConfigError,
         WorkerCrashed,

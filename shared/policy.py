@@ -232,6 +232,23 @@ def mark_rollout(
     return replace(record, rollout=marked)
 
 
+def fail_rollout(record: ModelRecord, version: int, reason: str, change: Change) -> ModelRecord:
+    """A worker could not take ``version`` on: the policy goes back to what served before it
+    (a canary is dropped; a version made serving gives way to the one it replaced), and the
+    rollout is marked failed with ``reason``. A report about a rollout that is no longer the
+    current one, or one already failed, changes nothing (several workers report the same)."""
+    current = record.rollout
+    if current is None or current.target != version or current.state == "failed":
+        return record
+    policy = record.policy
+    if policy.canary == version:
+        policy = ServingPolicy(policy.serving, policy.previous)
+    elif policy.serving == version and policy.previous is not None:
+        policy = ServingPolicy(serving=policy.previous)
+    failed = replace(current, state="failed", reason=reason, updated_at=change.now, by=change.by)
+    return replace(record, policy=policy, rollout=failed)
+
+
 def choose_version(record: ModelRecord, rng: random.Random) -> int:
     """The version one request goes to: the canary for ``canary_share`` of draws, else serving."""
     policy = record.policy

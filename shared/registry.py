@@ -146,6 +146,11 @@ class Registry:
         """Report the state of the current rollout of ``version`` (workers call this)."""
         return self._change(model, lambda r, c: rules.mark_rollout(r, version, state, reason, c))
 
+    def fail_rollout(self, model: str, version: int, reason: str) -> ModelRecord:
+        """Undo the current rollout of ``version`` and mark it failed (a worker could not load
+        or validate it, or the canary guard tripped); the same report twice changes nothing."""
+        return self._change(model, lambda r, c: rules.fail_rollout(r, version, reason, c))
+
     # -- the atomic read-modify-write ------------------------------------------------------------
 
     def _change(

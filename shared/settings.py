@@ -94,11 +94,15 @@ class Settings:
     spec_cache_ttl_s: float = 30.0
     #: Longest a worker's fetcher blocks on an empty queue before polling every priority again.
     idle_poll_s: float = 0.02
-    #: Seconds between a worker's heartbeats (model spec refresh in Redis).
+    #: Seconds between a worker's heartbeats (model spec refresh in Redis, and a re-read of each
+    #: served model's serving policy, for a rollout broadcast the worker missed).
     heartbeat_s: float = 10.0
     #: ``/live`` answers 503 once the fetch, run or housekeeping loop has made no progress for
     #: this long (a loop waiting for work makes progress; one stuck in a batch or a call does not).
     liveness_s: float = 60.0
+    #: Seconds between a worker's scans of the model repository for a new highest version, which
+    #: it then publishes and rolls out (Triton's poll mode); 0 turns polling off.
+    repository_poll_s: float = 0.0
     #: The worker process's GIL switch interval (Python's default is 0.005 s): shorter keeps the
     #: device fed when a stage returning from it waits for a thread decoding messages.
     switch_interval_s: float = 0.0005
@@ -154,6 +158,10 @@ class Settings:
                 raise ConfigError(f"{_described(name)} must be > 0, got {value}")
         if self.spec_cache_ttl_s < 0:
             raise ConfigError(f"INFERQ_SPEC_CACHE_TTL_S must be >= 0, got {self.spec_cache_ttl_s}")
+        if not (math.isfinite(self.repository_poll_s) and self.repository_poll_s >= 0):
+            raise ConfigError(
+                f"INFERQ_REPOSITORY_POLL_S must be >= 0 (0: no polling), got {self.repository_poll_s}"
+            )
 
     def _check_counts(self) -> None:
         if not 0 <= self.metrics_port <= 65535:

@@ -101,6 +101,24 @@ class Optimize:
 
 
 @dataclass(frozen=True)
+class Validation:
+    """[validation]: what a new version must pass before it takes requests (worker/versions.py)."""
+
+    #: Share of ``validation.npz``'s inputs whose top-1 must match the file's expected ``top1``.
+    min_agreement: float = 0.99
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """[rollout]: the canary guard. A canary whose server-side failures exceed
+    ``canary_max_failure_rate`` over its first ``canary_min_requests`` requests is rolled back;
+    1.0 turns the guard off."""
+
+    canary_max_failure_rate: float = 1.0
+    canary_min_requests: int = 100
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     name: str
     platform: str
@@ -114,6 +132,8 @@ class ModelConfig:
     batching: Batching = field(default_factory=Batching)
     precision: Precision = field(default_factory=Precision)
     optimize: Optimize = field(default_factory=Optimize)
+    validation: Validation = field(default_factory=Validation)
+    rollout: Rollout = field(default_factory=Rollout)
     # Run threads computing this model's batches side by side (Triton's instance_group count).
     instances: int = 1
 
@@ -150,6 +170,8 @@ KNOWN_KEYS: dict[str, tuple[str, ...]] = {
         "precision",
         "instances",
         "optimize",
+        "validation",
+        "rollout",
     ),
     "input": ("shape", "dtype", "color"),
     "preprocess": ("resize", "mean", "std", "scale"),
@@ -164,6 +186,8 @@ KNOWN_KEYS: dict[str, tuple[str, ...]] = {
     "precision": ("mode", "channels_last"),
     "instances": ("count",),
     "optimize": ("batch_buckets", "compile", "compile_cache_dir", "cuda_graphs", "cudnn_benchmark"),
+    "validation": ("min_agreement",),
+    "rollout": ("canary_max_failure_rate", "canary_min_requests"),
 }
 
 
@@ -177,9 +201,19 @@ def parse_config(name: str, data: dict[str, Any], where: str = "config") -> Mode
 
 def _parse(name: str, data: dict[str, Any]) -> ModelConfig:
     _check_keys(data, "")
-    inp, pre, out, bat, prec, inst, opt = (
+    inp, pre, out, bat, prec, inst, opt, val, roll = (
         _section(data, s)
-        for s in ("input", "preprocess", "output", "batching", "precision", "instances", "optimize")
+        for s in (
+            "input",
+            "preprocess",
+            "output",
+            "batching",
+            "precision",
+            "instances",
+            "optimize",
+            "validation",
+            "rollout",
+        )
     )
     shape, color = _input(inp)
     config = ModelConfig(
@@ -196,6 +230,8 @@ def _parse(name: str, data: dict[str, Any]) -> ModelConfig:
         precision=_precision(prec),
         instances=_instances(inst),
         optimize=_optimize(opt),
+        validation=Validation(_share(val.get("min_agreement", 0.99), "validation.min_agreement")),
+        rollout=_rollout(roll),
     )
     _check_modes(config)
     return config
@@ -318,6 +354,21 @@ def _optimize(opt: dict[str, Any]) -> Optimize:
         cuda_graphs=_bool(opt.get("cuda_graphs", False), "optimize.cuda_graphs"),
         cudnn_benchmark=_bool(opt.get("cudnn_benchmark", False), "optimize.cudnn_benchmark"),
     )
+
+
+def _share(value: Any, key: str) -> float:
+    share = _float(value, key)
+    if not 0.0 <= share <= 1.0:
+        raise ConfigError(f"{key} must lie in 0..1, got {share}")
+    return share
+
+
+def _rollout(roll: dict[str, Any]) -> Rollout:
+    least = _int(roll.get("canary_min_requests", 100), "rollout.canary_min_requests")
+    if least < 1:
+        raise ConfigError(f"rollout.canary_min_requests must be >= 1, got {least}")
+    rate = _share(roll.get("canary_max_failure_rate", 1.0), "rollout.canary_max_failure_rate")
+    return Rollout(canary_max_failure_rate=rate, canary_min_requests=least)
 
 
 def _check_modes(c: ModelConfig) -> None:

@@ -15,7 +15,7 @@ import sys
 from typing import Any
 
 from celery import Task, bootsteps
-from celery.worker.control import inspect_command
+from celery.worker.control import control_command, inspect_command
 from click import Option
 
 from inferq.shared import keys
@@ -126,3 +126,14 @@ def inferq_stats(state: Any) -> dict[str, Any]:
     """``celery -A inferq.worker.app inspect inferq_stats``: per-model in-hand counts, batch cap, warm-up."""
     service = getattr(state.consumer.controller, "inferq", None)
     return service.stats() if service is not None else {}
+
+
+@control_command(args=[("model", str)], signature="<model>")
+def inferq_rollout(state: Any, model: str = "") -> dict[str, Any]:
+    """Sent by ``inferq models rollout/promote/rollback``: re-read the model's serving policy now
+    (the registry is the source of truth; the heartbeat re-reads it anyway)."""
+    service = getattr(state.consumer.controller, "inferq", None)
+    if service is None:
+        return {"ok": "no inferq service in this worker"}
+    service.versions.wake()
+    return {"ok": f"following the registry's policy for {model or 'every model'}"}

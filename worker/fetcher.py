@@ -33,7 +33,13 @@ ETA_HORIZON_S = 1.0  # messages due later than this are parked in Redis, not hel
 
 
 class Fetcher:
-    """Feeds one model's batcher from its queue until ``stop`` is set."""
+    """Feeds one model version's batcher from one queue until ``stop`` is set.
+
+    ``queue`` defaults to the model's unversioned queue; a version's fetchers take its version
+    queue (``inferq.<m>@<v>``) and, for the serving version, the unversioned one too. Messages
+    are decoded against ``spec``, so a request prepared for another version's input is refused
+    here, never computed.
+    """
 
     def __init__(
         self,
@@ -45,10 +51,11 @@ class Fetcher:
         writer: ResultWriter,
         hooks: Hook,
         stop: threading.Event,
+        queue: str | None = None,
     ) -> None:
         self.broker = broker
         self.spec = spec
-        self.queue = keys.queue_name(spec.model)
+        self.queue = queue or keys.queue_name(spec.model)
         self.batcher = batcher
         self.in_hand = in_hand
         self.writer = writer
@@ -70,11 +77,12 @@ class Fetcher:
                 log.warning(
                     "redis unavailable while fetching; retrying",
                     model=self.spec.model,
+                    queue=self.queue,
                     error=str(exc),
                 )
                 self.stop.wait(0.5)
             except Exception:
-                log.exception("fetch loop error", model=self.spec.model)
+                log.exception("fetch loop error", model=self.spec.model, queue=self.queue)
                 self.stop.wait(0.5)
 
     def fetch_once(self) -> None:

@@ -56,6 +56,8 @@ class Housekeeping:
         self.in_hand: Callable[[], dict[str, int]] = dict
         # Whether the worker is ready (/ready), recorded with each heartbeat.
         self.ready: Callable[[], bool] = lambda: False
+        #: Called at each heartbeat (the worker's version manager re-reads the serving policy).
+        self.on_beat: Callable[[], None] = lambda: None
 
     def run(self, stop: threading.Event) -> None:
         while not stop.wait(_TICK_S):
@@ -79,6 +81,7 @@ class Housekeeping:
             due["gauges"] = now + _GAUGES_S
         if now >= due["beat"]:
             self.publish_specs()
+            self.on_beat()
             due["beat"] = now + self.settings.heartbeat_s
         if now >= due["sweep"]:
             self.sweep()

@@ -189,6 +189,10 @@ class Runner:
         assert len(result) == len(prepared.requests)
         return result
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's output rows (on the CPU) for a batch of wire tensors: validation."""
+        return self._forward(x.to(self.device))
+
     def warmup(self, sizes: Sequence[int] | None = None, rounds: int = 3) -> dict[int, float]:
         """Run zero batches of each size before serving; returns each size's seconds in the last
         round. The first rounds are slower by design (TorchScript profiles, then optimises;

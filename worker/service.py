@@ -17,6 +17,7 @@ let each runner finish the batch in hand, write and ack those results, stop.
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import sys
@@ -24,17 +25,18 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from functools import partial
-from queue import Empty, Queue
+from queue import Empty
 from typing import Any
 
 import redis
 import torch
 
+from inferq.shared import keys
 from inferq.shared.errors import ConfigError
 from inferq.shared.logs import get_logger
 from inferq.shared.redisconn import make_client
+from inferq.shared.registry import Registry
 from inferq.shared.settings import Settings
 from inferq.shared.spec import InputSpec
 from inferq.worker.batcher import BatchPolicy, MicroBatcher
@@ -58,38 +60,18 @@ from inferq.worker.runner import (
     StagingFailed,
     unrecoverable,
 )
+from inferq.worker.served import FailureCount, FetchLoop, Served
 from inferq.worker.supervisor import EXIT_DEVICE_FAILURE
 from inferq.worker.tuning import name_os_thread, torch_threads, tune_threads
+from inferq.worker.versions import VersionManager, initial_versions
 from inferq.worker.writer import ResultWriter, WriteJob
 
 log = get_logger(__name__)
 
 
-@dataclass
-class Served:
-    """One model this worker serves."""
-
-    model: ModelVersion
-    spec: InputSpec
-    runner: Runner
-    batcher: MicroBatcher[InferenceRequest]
-    in_hand: InHand
-    fetcher: Fetcher
-    warmup_s: dict[int, float]
-    # One prepared batch waits here while the one before it computes.
-    ready: Queue[PreparedBatch | None] = field(default_factory=lambda: Queue(maxsize=1))
-
-    def end_runs(self) -> None:
-        """Tell each of the model's run threads to end once the batches before are computed."""
-        for _ in range(self.model.config.instances):
-            self.ready.put(None)
-
-    def unstarted(self) -> list[InferenceRequest]:
-        """Everything held that has not started: waiting in the batcher or for its eta."""
-        return self.batcher.drain() + self.fetcher.take_delayed()
-
-
 HandlerLoader = Callable[[ModelVersion, torch.device], ModelHandler]
+#: Checks a freshly loaded version on its run thread before it takes requests (raises if unfit).
+Validator = Callable[[Runner, ModelVersion], None]
 
 
 class InferenceService:
@@ -122,9 +104,8 @@ class InferenceService:
         # Batches computing at once on the device: one per instance of the largest model.
         self._compute_slots = threading.Semaphore(1)
         self._threads: list[threading.Thread] = []
-        self._fetch_threads: list[threading.Thread] = []
-        self._runner_threads: list[threading.Thread] = []
         self._writer_thread: threading.Thread | None = None
+        self._versions_thread: threading.Thread | None = None
         self.client: redis.Redis = make_client(settings.broker_url)
         results = (
             self.client
@@ -139,6 +120,10 @@ class InferenceService:
         self.housekeeping = Housekeeping(
             self.broker, settings, self.hooks, self.worker_name, self.device, ()
         )
+        self.registry = Registry(self.client, actor=self.worker_name)
+        self.repository = ModelRepository(settings.model_repository)
+        self.versions = VersionManager(self, self.registry, self.repository, settings)
+        self.housekeeping.on_beat = self.versions.wake  # the policy, re-read every heartbeat
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -149,38 +134,36 @@ class InferenceService:
         sys.setswitchinterval(self.settings.switch_interval_s)
         preflight(self.settings.broker_url, str(self.device))  # before any model loads
         self.health.expect(self.model_names)
-        repo = ModelRepository(self.settings.model_repository)
-        models = for_device([repo.resolve(name) for name in self.model_names], self.device)
+        initial = initial_versions(self.registry, self.repository, self.model_names)
+        models = for_device(initial, self.device)
         instances = sum(m.config.instances for m in models)
         self._compute_slots = threading.Semaphore(max(m.config.instances for m in models))
         # malloc is tuned earlier, before any thread exists (inferq.worker.app, or the child's env).
         tune_threads(torch_threads(self.settings.torch_threads, self.device.type, instances))
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)  # CUDA is first touched here, after the fork
-        self.served = self._start_run_threads(models)
+        served = self._start_run_threads(models)
         try:
-            check_settings(self.settings, self.served)
+            check_settings(self.settings, served)
         except ConfigError:
-            for s in self.served:
+            for s in served:
                 s.end_runs()  # nothing was fetched: the run threads just end
             raise
-        self.housekeeping.specs = [s.spec for s in self.served]
+        self._writer_thread = self._spawn("inferq-writer", self.writer.run)
+        for s in served:
+            self.activate(s)
+            self.open_queue(s, keys.version_queue_name(s.model.name, s.version))
+            self.open_queue(s, keys.queue_name(s.model.name))
         self.housekeeping.publish_specs()
         self.health.published()
-        self._writer_thread = self._spawn("inferq-writer", self.writer.run)
         self.housekeeping.on_round = self._progress  # polling loops report each round to /live
-        self.housekeeping.in_hand = lambda: {s.model.name: s.in_hand.count for s in self.served}
+        self.housekeeping.in_hand = self._in_hand_by_model
         self.housekeeping.ready = lambda: self.health.readiness().ok
         self._spawn("inferq-housekeeping", self.housekeeping.run, self._stopping)
-        for s in self.served:
-            s.fetcher.on_round = self._progress
-            self._fetch_threads.append(self._spawn(f"inferq-fetch-{s.model.name}", s.fetcher.run))
-            self._runner_threads.append(
-                self._spawn(f"inferq-prepare-{s.model.name}", self._prepare_loop, s)
-            )
+        self._versions_thread = self._spawn("inferq-versions", self.versions.run, self._stopping)
         log.info(
             "worker serving",
-            models=[f"{s.model.name}:{s.model.version}" for s in self.served],
+            models=[s.label for s in self.served],
             device=str(self.device),
             worker=self.worker_name,
         )
@@ -192,13 +175,17 @@ class InferenceService:
         log.info("warm shutdown: finishing the batches in hand")
         self.health.draining()
         self._stopping.set()
-        for t in self._fetch_threads:
-            t.join(timeout)
-        for s in self.served:
+        if self._versions_thread is not None:  # no version starts or ends from here on
+            self._versions_thread.join(timeout)
+        served = list(self.served)
+        for s in served:
+            s.stop_fetching(timeout=timeout)
+        for s in served:
             s.batcher.close()
             self._give_back(s, s.unstarted())
-        for t in self._runner_threads:
-            t.join(timeout)
+        for s in served:
+            for t in s.threads:
+                t.join(timeout)
         self.writer.close()
         for t in self._threads:
             t.join(timeout)
@@ -216,8 +203,87 @@ class InferenceService:
 
         thread = threading.Thread(target=run, name=name, daemon=True)
         thread.start()
+        self._threads = [t for t in self._threads if t.is_alive()]  # retired versions' are done
         self._threads.append(thread)
         return thread
+
+    # -- versions (worker/versions.py decides which; these do it) --------------------------------
+
+    def load_version(self, model: ModelVersion, validate: Validator) -> Served:
+        """Load, warm up and validate ``model`` on a run thread of its own beside the versions
+        serving; it takes no request before ``activate`` and ``open_queue``. Raises what failed."""
+        [model] = for_device([model], self.device)  # the instance rules of this device kind
+        future: Future[Served] = Future()
+        self._spawn(
+            f"inferq-run-{model.name}@{model.version}", self._device_thread, model, future, validate
+        )
+        s = future.result()
+        try:
+            check_settings(self.settings, [s])
+        except ConfigError:
+            s.end_runs()
+            raise
+        return s
+
+    def activate(self, s: Served) -> None:
+        """Start closing and staging ``s``'s batches; it computes what its queues bring."""
+        s.threads.append(self._spawn(f"inferq-prepare-{s.label}", self._prepare_loop, s))
+        self.served = [*self.served, s]  # copied, never changed in place: readers iterate it
+
+    def open_queue(self, s: Served, queue: str, spec: InputSpec | None = None) -> None:
+        """Fetch ``queue`` into ``s``, decoding against ``spec`` (default: ``s``'s own)."""
+        stop = threading.Event()
+        fetcher = Fetcher(
+            self.broker,
+            self.settings,
+            spec or s.spec,
+            s.batcher,
+            s.in_hand,
+            self.writer,
+            self.hooks,
+            stop,
+            queue,
+        )
+        fetcher.on_round = self._progress
+        s.fetches[queue] = FetchLoop(
+            fetcher, stop, self._spawn(f"inferq-fetch-{queue}", fetcher.run)
+        )
+        self._refresh_specs()
+
+    def close_queue(self, s: Served, queue: str) -> None:
+        """Stop fetching ``queue`` into ``s``; what it took is computed by ``s``."""
+        s.stop_fetching([queue])
+        self._refresh_specs()
+
+    def retire(self, s: Served, timeout: float = 60.0) -> None:
+        """Release ``s``: stop its fetching, compute what it holds, end its threads. Its handler
+        goes with the last reference to ``s`` (``free_device_memory`` then returns the memory)."""
+        s.stop_fetching(timeout=timeout)
+        self._give_back(s, s.take_delayed())
+        s.retiring.set()
+        for t in s.threads:
+            t.join(timeout)
+        self.served = [x for x in self.served if x is not s]
+        self._refresh_specs()
+
+    def free_device_memory(self) -> None:
+        gc.collect()  # the released handler's tensors, before the allocator hands memory back
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _in_hand_by_model(self) -> dict[str, int]:
+        """Messages held per model, its versions together (the in-hand gauge)."""
+        held: dict[str, int] = {}
+        for s in self.served:
+            held[s.model.name] = held.get(s.model.name, 0) + s.in_hand.count
+        return held
+
+    def _refresh_specs(self) -> None:
+        """The specs housekeeping publishes: each model's serving version (the one fetching the
+        unversioned queue, which older producers and foreign clients preprocess for)."""
+        self.housekeeping.specs = [
+            s.spec for s in self.served if keys.queue_name(s.model.name) in s.fetches
+        ]
 
     def _start_run_threads(self, models: Sequence[ModelVersion]) -> list[Served]:
         """A run thread per model, which loads and warms the model up itself, starts the run
@@ -231,9 +297,7 @@ class InferenceService:
         loaded: list[Future[Served]] = []
         for model in models:
             future: Future[Served] = Future()
-            self._runner_threads.append(
-                self._spawn(f"inferq-run-{model.name}", self._device_thread, model, future)
-            )
+            self._spawn(f"inferq-run-{model.name}", self._device_thread, model, future)
             loaded.append(future)
         served: list[Served] = []
         failure: BaseException | None = None
@@ -248,18 +312,21 @@ class InferenceService:
             raise failure
         return served
 
-    def _device_thread(self, model: ModelVersion, future: Future[Served]) -> None:
+    def _device_thread(
+        self, model: ModelVersion, future: Future[Served], validate: Validator | None = None
+    ) -> None:
         try:
             if self.device.type == "cuda":
                 torch.cuda.set_device(self.device)  # the current device is per thread
             s = self._load(model)
+            if validate is not None:  # on this thread, like every torch call of the model
+                validate(s.runner, model)
         except BaseException as exc:
             future.set_exception(exc)
             return
+        s.threads.append(threading.current_thread())
         for i in range(1, model.config.instances):  # the model's other instances, loaded above
-            self._runner_threads.append(
-                self._spawn(f"inferq-run-{model.name}-{i}", self._run_loop, s)
-            )
+            s.threads.append(self._spawn(f"inferq-run-{s.label}-{i}", self._run_loop, s))
         c = model.config
         self.hooks.on_model_loaded(model.name, model.version, c.platform, c.precision.mode)
         self.health.loaded(model.name)
@@ -291,17 +358,8 @@ class InferenceService:
         )
         in_hand = InHand(b.max_batch_size * (self.settings.prefetch_batches + 1))
         spec = model.config.input_spec(model.version)
-        fetcher = Fetcher(
-            self.broker,
-            self.settings,
-            spec,
-            batcher,
-            in_hand,
-            self.writer,
-            self.hooks,
-            self._stopping,
-        )
-        return Served(model, spec, runner, batcher, in_hand, fetcher, warmup)
+        failures = FailureCount(model.config.rollout.canary_min_requests)
+        return Served(model, spec, runner, batcher, in_hand, warmup, failures)
 
     # -- run ---------------------------------------------------------------------------------
 
@@ -311,7 +369,7 @@ class InferenceService:
             self._progress()
             batch = s.batcher.next_batch(timeout=0.1, cap=s.runner.cap.value)
             if not batch:
-                if self._stopping.is_set() and len(s.batcher) == 0:
+                if (self._stopping.is_set() or s.retiring.is_set()) and len(s.batcher) == 0:
                     break
                 continue
             self._prepare(s, batch)
@@ -362,6 +420,7 @@ class InferenceService:
             log.exception("runner failed outside the model", model=s.model.name)
             outcomes = unrecoverable(batch, exc)
         self.hooks.after_batch(s.model.name, batch, outcomes, time.perf_counter() - started)
+        s.failures.observe(outcomes)
         self._write(s, outcomes)
 
     def _write(self, s: Served, outcomes: Sequence[Outcome]) -> None:
@@ -397,9 +456,12 @@ class InferenceService:
     # -- introspection (Celery control command) -----------------------------------------------
 
     def stats(self) -> dict[str, Any]:
+        """Per held version: under the model's name the serving one, ``<model>@<v>`` the others
+        (a canary, or an old version draining its queue)."""
         return {
-            s.model.name: {
+            s.model.name if keys.queue_name(s.model.name) in s.fetches else s.label: {
                 "version": s.model.version,
+                "queues": sorted(s.fetches),
                 "in_hand": s.in_hand.count,
                 "waiting_in_batcher": len(s.batcher),
                 "effective_max_batch_size": s.runner.cap.value,

@@ -128,3 +128,21 @@ def test_version_queues_and_backlog_keys() -> None:
     assert len(backlog) == 3 * len(keys.PRIORITIES)
     assert backlog[0] == "inferq.m" and backlog[10] == "inferq.m@1"
     assert keys.priority_queue_key("inferq.m@2", 5) in backlog
+
+
+def test_a_failed_canary_is_dropped_and_the_rollout_marked_failed_with_the_reason() -> None:
+    canary = rules.start_rollout(published(1, 2), 1, 0.2, NOW)
+    failed = rules.fail_rollout(canary, 1, "IntegrityError: bad bytes", NOW)
+    assert failed.policy == ServingPolicy(serving=2)
+    assert failed.rollout is not None
+    assert (failed.rollout.state, failed.rollout.reason) == ("failed", "IntegrityError: bad bytes")
+    # a second worker reporting the same failure changes nothing
+    assert rules.fail_rollout(failed, 1, "again", NOW) == failed
+
+
+def test_a_failed_rollout_goes_back_to_the_version_it_replaced() -> None:
+    rolled = rules.start_rollout(published(1, 2), 1, None, NOW)
+    failed = rules.fail_rollout(rolled, 1, "ValidationFailed: NaN", NOW)
+    assert failed.policy == ServingPolicy(serving=2)
+    # a report about a version that is not the current rollout's target changes nothing
+    assert rules.fail_rollout(rolled, 2, "stale", NOW) == rolled

@@ -423,3 +423,24 @@ def test_bad_instances_count_is_refused_naming_the_key(count: object, message: s
 def test_unknown_key_in_instances_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"\[instances\] allows only the keys count"):
         parse_config("m", {"input": {"shape": [3, 8, 8]}, "instances": {"kind": "gpu"}})
+
+
+def test_validation_and_rollout_sections_default_and_parse_strictly() -> None:
+    default = parse_config("m", {"input": {"shape": [3, 4, 4]}})
+    assert default.validation.min_agreement == 0.99
+    assert default.rollout.canary_max_failure_rate == 1.0  # the guard is off
+    given = parse_config(
+        "m",
+        _with(
+            None,
+            validation={"min_agreement": 0.9},
+            rollout={"canary_max_failure_rate": 0.05, "canary_min_requests": 20},
+        ),
+    )
+    assert (given.validation.min_agreement, given.rollout.canary_min_requests) == (0.9, 20)
+    with pytest.raises(ConfigError, match=r"validation.min_agreement must lie in 0..1, got 1.5"):
+        parse_config("m", _with("validation", min_agreement=1.5))
+    with pytest.raises(ConfigError, match=r"\[rollout\] allows only the keys .* got unknown"):
+        parse_config("m", _with("rollout", max_failures=3))
+    with pytest.raises(ConfigError, match=r"canary_min_requests must be >= 1, got 0"):
+        parse_config("m", _with("rollout", canary_min_requests=0))
