@@ -270,3 +270,41 @@ def test_polling_mode_rolls_out_a_new_version_directory(stack_factory, tmp_path:
     time.sleep(TTL_S * 2)
     values = gather(submit_many([image(i) for i in range(50)], model=MODEL), timeout=60)
     assert set(versions(list(values))) == {2}
+
+
+def poisoned(seed: int) -> np.ndarray:
+    """An image the ``faulty`` test model raises on (its first pixel is 255); ``tiny`` does not."""
+    img = image(seed)
+    img[0, 0, :] = 255
+    return img
+
+
+def test_the_canary_guard_rolls_back_a_failing_canary(stack_factory, tmp_path: Path) -> None:
+    root = repo_with(tmp_path)
+    stack = start(stack_factory, root)
+    config = (root / MODEL / "config.toml").read_text()
+    path = write_model(root, MODEL, "faulty", version=2)  # fails every request sent below
+    (root / MODEL / "config.toml").write_text(config)
+    guarded = config + "\n[rollout]\ncanary_max_failure_rate = 0.2\ncanary_min_requests = 10\n"
+    (path.parent / "config.toml").write_text(guarded)
+    registry = Registry(stack.client)
+    registry.publish([published_version(ModelRepository(root).resolve(MODEL, 2))])
+
+    registry.rollout(MODEL, 2, canary_share=0.5)
+    notify_workers(MODEL)
+    wait_until(lambda: rollout_state(stack, 2, "active"), 60, "the canary loaded and active")
+    before = submit_many([poisoned(i) for i in range(200)], model=MODEL)
+    failed = wait_until(lambda: rollout_state(stack, 2, "failed"), 60, "the guard rolled back")
+    time.sleep(TTL_S * 2)  # producers' caches have expired: nothing more is routed to 2
+    after = submit_many([poisoned(i) for i in range(100)], model=MODEL)
+    first = gather(before, timeout=120, return_exceptions=True)
+    second = gather(after, timeout=120, return_exceptions=True)
+
+    assert failed.policy.serving == 1 and failed.policy.canary is None
+    assert failed.rollout is not None and "canary guard" in failed.rollout.reason
+    counts = outcomes(first)
+    # Only the canary's own requests failed (ModelError, a server-side failure); every other
+    # request of the first batch was answered by version 1.
+    assert set(counts) <= {"ok", "ModelError"} and counts["ModelError"] >= 10
+    assert set(versions(first)) == {1}
+    assert outcomes(second) == Counter(ok=100) and set(versions(second)) == {1}
