@@ -23,6 +23,7 @@ from inferq.shared.celeryconf import make_celery
 from inferq.shared.errors import InferqError
 from inferq.shared.logs import configure_logging, get_logger
 from inferq.shared.settings import get_settings
+from inferq.worker import celerylogs  # noqa: F401  (connects Celery's logging signals)
 from inferq.worker.celerystate import ActiveRequestsHook
 from inferq.worker.events import EventsHook
 from inferq.worker.hooks import Hooks, LogHook, MetricsHook
@@ -37,8 +38,10 @@ tune_allocator(get_settings().malloc_mmap_threshold_mb)
 if "torch" not in sys.modules:
     os.environ.update(omp_env(get_settings().omp_wait_policy))
 
+configure_logging(get_settings())  # before anything logs: the first use fixes a logger's form
 app = make_celery()
 app.conf.worker_pool = "solo"  # one process per device; inferq's threads do the work
+app.conf.worker_hijack_root_logger = False  # the root logger's one handler is inferq's
 
 
 class InferTask(Task):

@@ -22,6 +22,7 @@ import socket
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ import redis
 import torch
 
 from inferq.shared.errors import ConfigError
-from inferq.shared.logs import get_logger
+from inferq.shared.logs import bind_thread, bound, get_logger
 from inferq.shared.redisconn import make_client
 from inferq.shared.settings import Settings
 from inferq.shared.spec import InputSpec
@@ -47,6 +48,7 @@ from inferq.worker.housekeeping import Housekeeping
 from inferq.worker.inhand import InHand, give_back
 from inferq.worker.intake import InferenceRequest
 from inferq.worker.repository import ModelRepository, ModelVersion
+from inferq.worker.revoked import split_revoked
 from inferq.worker.runner import (
     Deferred,
     DeviceFailure,
@@ -196,6 +198,7 @@ class InferenceService:
     def _spawn(self, name: str, target: Callable[..., None], *args: Any) -> threading.Thread:
         def run() -> None:
             name_os_thread(name)  # top -H, py-spy and /proc show which stage is which
+            bind_thread(worker=self.worker_name)
             target(*args)
 
         thread = threading.Thread(target=run, name=name, daemon=True)
@@ -233,6 +236,7 @@ class InferenceService:
         return served
 
     def _device_thread(self, model: ModelVersion, future: Future[Served]) -> None:
+        bind_thread(model=model.name)
         try:
             if self.device.type == "cuda":
                 torch.cuda.set_device(self.device)  # the current device is per thread
@@ -288,6 +292,7 @@ class InferenceService:
 
     def _prepare_loop(self, s: Served) -> None:
         """Close batches and stage them on the device while the previous batch computes."""
+        bind_thread(model=s.model.name)
         while not self._fatal.is_set():
             batch = s.batcher.next_batch(timeout=0.1, cap=s.runner.cap.value)
             if not batch:
@@ -298,6 +303,11 @@ class InferenceService:
         s.end_runs()
 
     def _prepare(self, s: Served, batch: list[InferenceRequest]) -> None:
+        batch, revoked = split_revoked(batch)  # revoked while waiting here: never computed
+        if revoked:
+            self.writer.put(WriteJob(s.model.name, s.in_hand, (), revoked))
+        if not batch:
+            return
         try:
             staged = s.runner.stage(batch)
         except DeviceFailure as exc:
@@ -311,11 +321,14 @@ class InferenceService:
             self._write(s, staged.outcomes)
 
     def _run_loop(self, s: Served) -> None:
+        bind_thread(model=s.model.name)
         while (prepared := s.ready.get()) is not None:
             if self._fatal.is_set():  # the device is gone: hand the staged batch back untouched
                 self._give_back(s, prepared.requests)
                 continue
-            self._run_batch(s, prepared)
+            # The version per batch, not per loop: a reload swaps it between batches.
+            with bound(batch_id=uuid.uuid4().hex[:16], version=s.model.version):
+                self._run_batch(s, prepared)
 
     def _run_batch(self, s: Served, prepared: PreparedBatch) -> None:
         batch = prepared.requests
