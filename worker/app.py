@@ -22,12 +22,13 @@ from inferq.shared import keys
 from inferq.shared.celeryconf import make_celery
 from inferq.shared.errors import InferqError
 from inferq.shared.logs import configure_logging, get_logger
-from inferq.shared.settings import get_settings
+from inferq.shared.settings import Settings, get_settings
 from inferq.worker import celerylogs  # noqa: F401  (connects Celery's logging signals)
 from inferq.worker.celerystate import ActiveRequestsHook
 from inferq.worker.events import EventsHook
-from inferq.worker.hooks import Hooks, LogHook, MetricsHook
+from inferq.worker.hooks import Hook, Hooks, LogHook, MetricsHook
 from inferq.worker.metrics import Metrics
+from inferq.worker.signals import TaskSignalsHook
 from inferq.worker.tuning import omp_env, tune_allocator
 
 log = get_logger(__name__)
@@ -87,14 +88,7 @@ class InferqStep(bootsteps.StartStopStep):
         metrics = Metrics()
         if settings.metrics_port:
             metrics.serve(settings.metrics_port)
-        hooks = Hooks(
-            [
-                MetricsHook(metrics),
-                LogHook(),
-                EventsHook(app, worker.hostname),
-                ActiveRequestsHook(worker.hostname),
-            ]
-        )
+        hooks = build_hooks(settings, metrics, worker.hostname)
         self.service = InferenceService(
             settings, self.models, self.device, worker_name=worker.hostname, hooks=hooks
         )
@@ -108,6 +102,19 @@ class InferqStep(bootsteps.StartStopStep):
             self.service = None
 
     shutdown = stop
+
+
+def build_hooks(settings: Settings, metrics: Metrics, hostname: str) -> Hooks:
+    """The worker's hooks; Celery's task signals only when ``INFERQ_TASK_SIGNALS`` asks."""
+    hooks: list[Hook] = [
+        MetricsHook(metrics),
+        LogHook(),
+        EventsHook(app, hostname),
+        ActiveRequestsHook(hostname),
+    ]
+    if settings.task_signals:
+        hooks.append(TaskSignalsHook(app.tasks[keys.TASK_NAME]))
+    return Hooks(hooks)
 
 
 app.steps["worker"].add(InferqStep)
