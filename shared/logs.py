@@ -34,10 +34,10 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
         logger_factory=structlog.stdlib.LoggerFactory(),
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(stream or sys.stderr)
+    root = logging.getLogger()
+    handler = logging.StreamHandler(stream or _current_stream(root))
     handler.set_name(_HANDLER_NAME)
     handler.setFormatter(_formatter(json_mode))
-    root = logging.getLogger()
     for old in list(root.handlers):  # one handler, ours: a second would print each line twice
         root.removeHandler(old)
     root.addHandler(handler)
@@ -45,6 +45,16 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
     logging.captureWarnings(True)  # warnings.warn (torch's included) become log lines too
     if json_mode:
         _log_uncaught()
+
+
+def _current_stream(root: logging.Logger) -> TextIO:
+    """The stream our handler writes to if it is installed, else stderr. Configured again (the
+    worker step does, after Celery started), it keeps writing where it did: by then stderr may
+    be Celery's proxy to logging, and a handler writing there would write to itself."""
+    for h in root.handlers:
+        if h.get_name() == _HANDLER_NAME and isinstance(h, logging.StreamHandler):
+            return h.stream
+    return sys.stderr
 
 
 def _shared_processors() -> list[structlog.types.Processor]:

@@ -23,7 +23,7 @@ from inferq.shared.celeryconf import make_celery
 from inferq.shared.errors import InferqError
 from inferq.shared.logs import configure_logging, get_logger
 from inferq.shared.settings import Settings, get_settings
-from inferq.worker import celerylogs  # noqa: F401  (connects Celery's logging signals)
+from inferq.worker import celerylogs  # connects Celery's logging signals at import
 from inferq.worker.celerystate import ActiveRequestsHook
 from inferq.worker.events import EventsHook
 from inferq.worker.hooks import Hook, Hooks, LogHook, MetricsHook
@@ -85,6 +85,7 @@ class InferqStep(bootsteps.StartStopStep):
 
         settings = get_settings()
         configure_logging(settings)
+        celerylogs.quiet_shutdown(worker)
         metrics = Metrics()
         if settings.metrics_port:
             metrics.serve(settings.metrics_port)

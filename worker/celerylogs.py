@@ -45,14 +45,13 @@ def _after_setup(sender: str, instance: Any, conf: Any, **_: Any) -> None:
     )
 
 
-@signals.worker_ready.connect
-def _quiet_shutdown(sender: Any, **_: Any) -> None:
+def quiet_shutdown(worker: Any) -> None:
     """Celery's SIGTERM/SIGQUIT handlers print "worker: Warm shutdown (MainProcess)" as plain
-    text; in JSON mode they are installed again without it (the service logs its own shutdown)."""
+    text; in JSON mode they are installed again without it (the service logs its own shutdown).
+    Called from the worker's inferq step, which starts after Celery installed them."""
     if get_settings().log_format != "json":
         return
     from celery.apps import worker as celery_worker
 
-    controller = sender.controller
-    celery_worker.install_worker_term_handler(controller, verbose=False)
-    celery_worker.install_worker_term_hard_handler(controller, verbose=False)
+    celery_worker.install_worker_term_handler(worker, verbose=False)
+    celery_worker.install_worker_term_hard_handler(worker, verbose=False)

@@ -326,9 +326,25 @@ class InferenceService:
             if self._fatal.is_set():  # the device is gone: hand the staged batch back untouched
                 self._give_back(s, prepared.requests)
                 continue
+            if not self._runs_unrevoked(s, prepared):
+                continue
             # The version per batch, not per loop: a reload swaps it between batches.
             with bound(batch_id=uuid.uuid4().hex[:16], version=s.model.version):
                 self._run_batch(s, prepared)
+
+    def _runs_unrevoked(self, s: Served, prepared: PreparedBatch) -> bool:
+        """False if requests of the staged batch were revoked while it waited for the device:
+        they are answered REVOKED, the others go back to be batched again (or to the queue if
+        the worker is stopping)."""
+        keep, revoked = split_revoked(prepared.requests)
+        if not revoked:
+            return True
+        self.writer.put(WriteJob(s.model.name, s.in_hand, (), revoked))
+        if self._stopping.is_set():
+            self._give_back(s, keep)
+        elif keep:
+            s.batcher.put_front(keep)
+        return False
 
     def _run_batch(self, s: Served, prepared: PreparedBatch) -> None:
         batch = prepared.requests
