@@ -32,6 +32,8 @@ class TaskSignalsHook(Hook):
         self.task = task
 
     def before_batch(self, model: str, batch: Sequence[InferenceRequest]) -> None:
+        if not _listened():
+            return
         for r in batch:
             self._as_request(r, self._prerun)
 
@@ -42,6 +44,8 @@ class TaskSignalsHook(Hook):
         outcomes: Sequence[Outcome],
         infer_s: float,
     ) -> None:
+        if not _listened():
+            return
         for o in outcomes:
             self._as_request(o.request, partial(self._finished, outcome=o))
 
@@ -85,6 +89,15 @@ class TaskSignalsHook(Hook):
             retval=retval,
             state=state,
         )
+
+
+_SIGNALS = (signals.task_prerun, signals.task_success, signals.task_failure, signals.task_postrun)
+
+
+def _listened() -> bool:
+    """Whether anything receives the signals (checked per batch: a receiver connected later,
+    say by an instrumentation, is seen from the next batch on)."""
+    return any(s.receivers for s in _SIGNALS)
 
 
 def _kwargs(r: InferenceRequest) -> dict[str, Any]:
