@@ -139,9 +139,7 @@ def _open_image(img: Any, max_pixels: int, target: tuple[int, int]) -> Image.Ima
     )
 
 
-def _decode(
-    stream: io.BytesIO, what: str, max_pixels: int, target: tuple[int, int]
-) -> Image.Image:
+def _decode(stream: io.BytesIO, what: str, max_pixels: int, target: tuple[int, int]) -> Image.Image:
     try:
         img = Image.open(stream)  # reads the header only: the size is known before decoding
         _check_pixels(img, max_pixels)
