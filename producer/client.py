@@ -23,6 +23,7 @@ import redis
 from celery import Celery, Task
 from celery.result import AsyncResult
 
+from inferq.producer.calls import default_model, refuse_workflow, split_call
 from inferq.producer.envelope import task_envelope
 from inferq.producer.preprocess import ImageLike, to_tensor
 from inferq.producer.spec_cache import SpecCache
@@ -31,6 +32,7 @@ from inferq.shared.celeryconf import make_celery
 from inferq.shared.errors import BrokerUnavailable, InferqError, QueueFull
 from inferq.shared.lua import LuaScript, execute_with_scripts
 from inferq.shared.redisconn import CONNECTION_ERRORS, as_text, make_client
+from inferq.shared.registry import Registry
 from inferq.shared.settings import Settings, get_settings, redact_url
 
 # Push messages only if the queue (all its priority lists) stays within its limit.
@@ -142,6 +144,7 @@ class SubmitJob(Task):
         kwargs: dict[str, Any] | None = None,
         **options: Any,
     ) -> Any:
+        refuse_workflow(options)
         img, call = _split_call(args, kwargs)
         prepared = prepare(img, call, options)
         return _result(prepared.task_id, push(runtime().client, [prepared]))
@@ -150,19 +153,12 @@ class SubmitJob(Task):
 def _split_call(
     args: Sequence[Any] | None, kwargs: dict[str, Any] | None
 ) -> tuple[Any, dict[str, Any]]:
-    args = list(args or ())
-    call = dict(kwargs or {})
-    if "img" in call:
-        img = call.pop("img")
-    elif args:
-        img = args.pop(0)
-    else:
-        raise InferqError("submit_job needs an image: submit_job.delay(img, model='NAME')")
-    if args:
-        call.setdefault("model", args.pop(0))
-    if "model" not in call:
-        raise InferqError("submit_job needs model=: submit_job.delay(img, model='NAME')")
-    return img, call
+    return split_call(args, kwargs, _default_model)
+
+
+def _default_model() -> str:
+    rt = runtime()
+    return default_model(rt.settings.default_model, Registry(rt.client).models)
 
 
 def prepare(img: ImageLike, call: dict[str, Any], options: dict[str, Any]) -> Prepared:
@@ -270,6 +266,7 @@ def submit_many(
     """One AsyncResult per image; messages are pushed ``chunk`` at a time, one round trip each."""
     if "task_id" in options:
         raise InferqError("submit_many assigns task ids itself; pass no task_id")
+    refuse_workflow(options)
     results: list[AsyncResult] = []
     batch: list[Prepared] = []
     for img in imgs:

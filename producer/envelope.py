@@ -21,6 +21,7 @@ import pybase64
 from inferq.shared import keys
 from inferq.shared.errors import InferqError
 from inferq.shared.spec import InputSpec
+from inferq.shared.trace import producer_context
 
 ORIGIN = f"gen{os.getpid()}@{socket.gethostname()}"  # what Celery's anon_nodename() gives
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
@@ -76,6 +77,9 @@ def task_envelope(
         "stamped_headers": None,
         "stamps": {},
     }
+    trace = producer_context(options.get("headers"))
+    if trace is not None:
+        headers.update(trace.headers())
     body = msgpack.packb([[payload], kwargs, _EMBED], use_bin_type=True)
     envelope = {
         "body": pybase64.b64encode_as_string(body),

@@ -21,7 +21,7 @@ from inferq.producer.client import runtime
 from inferq.shared import keys
 from inferq.shared.errors import InferqError, RequestLost
 from inferq.shared.redisconn import CONNECTION_ERRORS, as_text
-from inferq.shared.results import InferenceResult, value_from_meta
+from inferq.shared.results import FINAL_STATES, InferenceResult, value_from_meta
 
 Outcome = InferenceResult | InferqError
 
@@ -195,7 +195,7 @@ class _Collector:
         if key not in self.index:
             return
         meta = json.loads(raw)
-        if meta.get("status") not in ("SUCCESS", "FAILURE"):
+        if meta.get("status") not in FINAL_STATES:
             return
         try:
             value: Outcome = value_from_meta(raw)

@@ -13,7 +13,7 @@ import os
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from inferq.shared.errors import InvalidInput
 from inferq.shared.spec import InputSpec
@@ -22,6 +22,8 @@ ImageLike = Any
 #: Grayscale modes holding up to 16 bits per pixel ("I" is 32-bit signed: PNG and TIFF decode
 #: 16-bit images to it, so its values are checked to lie in 0..65535).
 _16_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+#: A JPEG is decoded no smaller than this many times the model's input on each side.
+_DRAFT_MARGIN = 2
 
 
 def to_tensor(img: ImageLike, spec: InputSpec, max_pixels: int) -> np.ndarray:
@@ -32,7 +34,8 @@ def to_tensor(img: ImageLike, spec: InputSpec, max_pixels: int) -> np.ndarray:
             return np.ascontiguousarray(array)  # already prepared for this model
         pil = _array_to_image(array)
     else:
-        pil = _open_image(img, max_pixels)
+        _, height, width = spec.shape
+        pil = _open_image(img, max_pixels, (width, height))
     return image_to_tensor(pil, spec)
 
 
@@ -65,22 +68,18 @@ def _to_8_bit(pil: Image.Image) -> Image.Image:
 
 def fit(img: Image.Image, size: tuple[int, int], mode: str) -> Image.Image:
     """Resize ``img`` to ``size`` (w, h): ``crop`` fills then centre-crops, ``letterbox`` fits then
-    pads with black, ``stretch`` ignores the aspect ratio."""
-    tw, th = size
-    w, h = img.size
-    if (w, h) == (tw, th):
+    pads with black, ``stretch`` ignores the aspect ratio.
+
+    Pillow's ``ImageOps.fit`` crops the exact (sub-pixel) centre box before resizing, so it
+    resizes fewer pixels (README, "Preprocessing": 1.5-2x faster than resize-then-crop);
+    ``ImageOps.pad`` gives what resize-then-paste gives, byte for byte."""
+    if img.size == size:
         return img
     if mode == "stretch":
-        return img.resize((tw, th), Image.Resampling.BILINEAR)
-    scale = max(tw / w, th / h) if mode == "crop" else min(tw / w, th / h)
-    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-    resized = img.resize((nw, nh), Image.Resampling.BILINEAR)
+        return img.resize(size, Image.Resampling.BILINEAR)
     if mode == "crop":
-        left, top = (nw - tw) // 2, (nh - th) // 2
-        return resized.crop((left, top, left + tw, top + th))
-    canvas = Image.new(img.mode, (tw, th))
-    canvas.paste(resized, ((tw - nw) // 2, (th - nh) // 2))
-    return canvas
+        return ImageOps.fit(img, size, Image.Resampling.BILINEAR)
+    return ImageOps.pad(img, size, Image.Resampling.BILINEAR, color=0)
 
 
 def _as_numpy(img: Any) -> np.ndarray:
@@ -118,12 +117,13 @@ def _float_to_uint8(array: np.ndarray) -> np.ndarray:
     return np.round(array * 255.0).astype(np.uint8)
 
 
-def _open_image(img: Any, max_pixels: int) -> Image.Image:
+def _open_image(img: Any, max_pixels: int, target: tuple[int, int]) -> Image.Image:
     if isinstance(img, Image.Image):
         _check_pixels(img, max_pixels)
         return img
     if isinstance(img, (bytes, bytearray, memoryview)):
-        return _decode(io.BytesIO(bytes(img)), f"{len(img)} bytes of image data", max_pixels)
+        what = f"{len(img)} bytes of image data"
+        return _decode(io.BytesIO(bytes(img)), what, max_pixels, target)
     if isinstance(img, (str, os.PathLike)):
         try:
             with open(img, "rb") as fh:
@@ -132,17 +132,18 @@ def _open_image(img: Any, max_pixels: int) -> Image.Image:
             raise InvalidInput(
                 f"image path must be a readable file, got {os.fspath(img)!r}: {exc}"
             ) from None
-        return _decode(io.BytesIO(data), f"file {os.fspath(img)!r}", max_pixels)
+        return _decode(io.BytesIO(data), f"file {os.fspath(img)!r}", max_pixels, target)
     raise InvalidInput(
         "image must be a PIL image, numpy array, tensor, encoded bytes or a path, "
         f"got {type(img).__name__}"
     )
 
 
-def _decode(stream: io.BytesIO, what: str, max_pixels: int) -> Image.Image:
+def _decode(stream: io.BytesIO, what: str, max_pixels: int, target: tuple[int, int]) -> Image.Image:
     try:
         img = Image.open(stream)  # reads the header only: the size is known before decoding
         _check_pixels(img, max_pixels)
+        _draft(img, target)
         img.load()
     except InvalidInput:
         raise
@@ -160,6 +161,16 @@ def _decode(stream: io.BytesIO, what: str, max_pixels: int) -> Image.Image:
             f"starting {head!r}: {exc}"
         ) from None
     return img
+
+
+def _draft(img: Image.Image, target: tuple[int, int]) -> None:
+    """Decode a JPEG at a reduced DCT scale (1/2, 1/4 or 1/8) when it is still at least
+    ``_DRAFT_MARGIN`` times the model's input on each side: far cheaper for photos, and the
+    final resize still reduces it with its filter (README, "Preprocessing")."""
+    if img.format != "JPEG":
+        return
+    tw, th = target
+    img.draft(img.mode, (tw * _DRAFT_MARGIN, th * _DRAFT_MARGIN))
 
 
 def _check_pixels(img: Image.Image, max_pixels: int) -> None:

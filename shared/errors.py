@@ -15,6 +15,8 @@ import re
 from collections.abc import Sequence
 from typing import Any, overload
 
+from celery.exceptions import TaskRevokedError
+
 
 class InferqError(Exception):
     """Base of every error inferq reports for a request.
@@ -192,6 +194,19 @@ class RequestLost(InferqError):
             task_id = _fields(self._PARSE, message).get("task_id")
         super().__init__(message)
         self.task_id = task_id
+
+
+class Revoked(InferqError, TaskRevokedError):
+    """The request was revoked (``AsyncResult.revoke()``) before it was computed.
+
+    Stored as Celery stores a revoke (state REVOKED, ``celery.exceptions.TaskRevokedError``), so
+    any Celery client's ``.get()`` raises ``TaskRevokedError``; inferq's ``gather`` gives this
+    class, which is one.
+    """
+
+    reason = "revoked"
+    stored_type = "TaskRevokedError"
+    stored_module = "celery.exceptions"
 
 
 def _int_or_none(text: str | None) -> int | None:

@@ -14,7 +14,7 @@ from typing import Any, TypedDict, cast
 
 import orjson
 
-from inferq.shared.errors import ERROR_TYPES, InferqError
+from inferq.shared.errors import ERROR_TYPES, InferqError, Revoked
 
 
 class Timing(TypedDict):
@@ -61,6 +61,14 @@ def success_meta(task_id: str, result: InferenceResult, date_done: str | None = 
 
 
 def failure_meta(task_id: str, error: InferqError, date_done: str | None = None) -> bytes:
+    """FAILURE with the typed error; a revoke is stored as Celery stores it (REVOKED)."""
+    if isinstance(error, Revoked):
+        revoked = {
+            "exc_type": Revoked.stored_type,
+            "exc_message": [error.message],
+            "exc_module": Revoked.stored_module,
+        }
+        return _meta(task_id, "REVOKED", revoked, date_done)
     encoded = {
         "exc_type": type(error).__name__,
         "exc_message": [error.message],
@@ -81,16 +89,24 @@ def _meta(task_id: str, status: str, result: Any, date_done: str | None) -> byte
     return orjson.dumps(meta)
 
 
+#: Error classes by stored ``exc_type``: inferq's own, and Celery's revoke.
+_STORED_TYPES: dict[str, type[InferqError]] = {**ERROR_TYPES, Revoked.stored_type: Revoked}
+
+
 def error_from_meta(result: Any) -> InferqError:
     """The typed error a FAILURE meta stands for; unknown types become a plain InferqError."""
     if not isinstance(result, dict):
         return InferqError(f"task failed with an unreadable error: {result!r}")
-    cls = ERROR_TYPES.get(str(result.get("exc_type")), InferqError)
+    cls = _STORED_TYPES.get(str(result.get("exc_type")), InferqError)
     message = result.get("exc_message") or [""]
     text = message[0] if isinstance(message, list) and message else str(message)
-    if cls is InferqError and result.get("exc_type") not in ERROR_TYPES:
+    if cls is InferqError and result.get("exc_type") not in _STORED_TYPES:
         text = f"{result.get('exc_type')}: {text}"
     return cls(str(text))
+
+
+#: The states a stored meta ends a request in (Celery's READY_STATES that inferq writes).
+FINAL_STATES = ("SUCCESS", "FAILURE", "REVOKED")
 
 
 def value_from_meta(raw: bytes | str) -> InferenceResult:

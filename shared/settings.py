@@ -122,6 +122,13 @@ class Settings:
     #: ``inferq worker`` restarts its Celery worker after a device failure (1), or runs it in its
     #: own place (0) so that the failure ends the container and its orchestrator restarts it.
     supervise: bool = True
+    #: The model ``submit_job.delay(img)`` goes to when the call names none; "" means the only
+    #: published model, and a clear error listing them when several are published.
+    default_model: str = ""
+    #: Send Celery's task signals (``task_prerun``, ``task_postrun``, ``task_success``,
+    #: ``task_failure``) once per request, so Celery integrations (OpenTelemetry, Sentry) see
+    #: inferq's requests; off by default: it costs per request (figures in the README).
+    task_signals: bool = False
 
     def __post_init__(self) -> None:
         if not self.result_backend:

@@ -346,7 +346,9 @@ def _precision(prec: dict[str, Any]) -> Precision:
 def _optimize(opt: dict[str, Any]) -> Optimize:
     buckets = _ints(opt.get("batch_buckets", []), "optimize.batch_buckets")
     if any(b < 1 for b in buckets) or len(set(buckets)) != len(buckets):
-        raise ConfigError(f"optimize.batch_buckets must be distinct sizes >= 1, got {list(buckets)}")
+        raise ConfigError(
+            f"optimize.batch_buckets must be distinct sizes >= 1, got {list(buckets)}"
+        )
     return Optimize(
         batch_buckets=tuple(sorted(buckets)),
         compile=_choice(opt.get("compile", "none"), COMPILE_MODES, "optimize.compile"),

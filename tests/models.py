@@ -71,12 +71,24 @@ class Slow(Tiny):
         return y + busy[0, 0] * 0.0
 
 
+class Sleepy(Tiny):
+    """Tiny, but takes about a second a batch (for requests queued behind a busy device)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.body(x)
+        busy = torch.ones(512, 512) + x.mean() * 0.0
+        for _ in range(800):
+            busy = torch.mm(busy, busy) / 512.0
+        return y + busy[0, 0] * 0.0
+
+
 MODULES: dict[str, type[nn.Module]] = {
     "tiny": Tiny,
     "faulty": Faulty,
     "oomy": Oomy,
     "crashy": Crashy,
     "slow": Slow,
+    "sleepy": Sleepy,
 }
 
 

@@ -22,12 +22,14 @@ from inferq.shared import keys
 from inferq.shared.celeryconf import make_celery
 from inferq.shared.errors import InferqError
 from inferq.shared.logs import configure_logging, get_logger
-from inferq.shared.settings import get_settings
+from inferq.shared.settings import Settings, get_settings
+from inferq.worker import celerylogs  # connects Celery's logging signals at import
 from inferq.worker.celerystate import ActiveRequestsHook
 from inferq.worker.events import EventsHook
 from inferq.worker.health import Health
-from inferq.worker.hooks import Hooks, LogHook, MetricsHook
+from inferq.worker.hooks import Hook, Hooks, LogHook, MetricsHook
 from inferq.worker.metrics import Metrics
+from inferq.worker.signals import TaskSignalsHook
 from inferq.worker.tuning import omp_env, tune_allocator
 
 log = get_logger(__name__)
@@ -38,8 +40,10 @@ tune_allocator(get_settings().malloc_mmap_threshold_mb)
 if "torch" not in sys.modules:
     os.environ.update(omp_env(get_settings().omp_wait_policy))
 
+configure_logging(get_settings())  # before anything logs: the first use fixes a logger's form
 app = make_celery()
 app.conf.worker_pool = "solo"  # one process per device; inferq's threads do the work
+app.conf.worker_hijack_root_logger = False  # the root logger's one handler is inferq's
 
 
 class InferTask(Task):
@@ -82,18 +86,12 @@ class InferqStep(bootsteps.StartStopStep):
 
         settings = get_settings()
         configure_logging(settings)
+        celerylogs.quiet_shutdown(worker)
         metrics = Metrics()
         health = Health(settings.liveness_s)  # /ready and /live answer 503 until it is told more
         if settings.metrics_port:
             metrics.serve(settings.metrics_port, health=health)
-        hooks = Hooks(
-            [
-                MetricsHook(metrics),
-                LogHook(),
-                EventsHook(app, worker.hostname),
-                ActiveRequestsHook(worker.hostname),
-            ]
-        )
+        hooks = build_hooks(settings, metrics, worker.hostname)
         self.service = InferenceService(
             settings,
             self.models,
@@ -112,6 +110,19 @@ class InferqStep(bootsteps.StartStopStep):
             self.service = None
 
     shutdown = stop
+
+
+def build_hooks(settings: Settings, metrics: Metrics, hostname: str) -> Hooks:
+    """The worker's hooks; Celery's task signals only when ``INFERQ_TASK_SIGNALS`` asks."""
+    hooks: list[Hook] = [
+        MetricsHook(metrics),
+        LogHook(),
+        EventsHook(app, hostname),
+        ActiveRequestsHook(hostname),
+    ]
+    if settings.task_signals:
+        hooks.append(TaskSignalsHook(app.tasks[keys.TASK_NAME]))
+    return Hooks(hooks)
 
 
 app.steps["worker"].add(InferqStep)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from functools import partial
 
 from inferq.shared import keys
-from inferq.shared.logs import get_logger
+from inferq.shared.logs import bind_thread, get_logger
 from inferq.shared.redisconn import CONNECTION_ERRORS
 from inferq.shared.settings import Settings
 from inferq.shared.spec import InputSpec
@@ -24,6 +24,7 @@ from inferq.worker.broker import Broker, Fetched, Taken, until_redis_takes
 from inferq.worker.hooks import Hook
 from inferq.worker.inhand import InHand, give_back
 from inferq.worker.intake import InferenceRequest, Rejection, decode_message
+from inferq.worker.revoked import split_revoked
 from inferq.worker.writer import ResultWriter, WriteJob
 
 log = get_logger(__name__)
@@ -68,6 +69,7 @@ class Fetcher:
         self.on_round: Callable[[], None] = lambda: None
 
     def run(self) -> None:
+        bind_thread(model=self.spec.model)
         while not self.stop.is_set():
             self.on_round()
             try:
@@ -128,6 +130,8 @@ class Fetcher:
             give_back(self.broker, self.in_hand, [f.tag for f in fetched])
             return
         requests, rejections = self._decode(fetched)
+        requests, revoked = split_revoked(requests)
+        rejections += revoked
         if rejections:
             self.writer.put(WriteJob(self.spec.model, self.in_hand, (), rejections))
         self.batcher.put(requests, more_coming=more)

@@ -230,6 +230,7 @@ class LogHook(Hook):
                     model=model,
                     error=type(o.error).__name__,
                     message=o.error.message,
+                    **(o.request.trace.headers() if o.request.trace else {}),
                 )
         for r in rejections:
             log.warning(

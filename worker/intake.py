@@ -29,6 +29,7 @@ import pybase64
 from inferq.shared import codec, keys
 from inferq.shared.errors import InferqError, InvalidInput, ModelUnavailable
 from inferq.shared.spec import InputSpec
+from inferq.shared.trace import TraceContext
 
 _PICKLE = "application/x-python-serialize"
 _MSGPACK = ("application/x-msgpack", "application/msgpack")
@@ -51,6 +52,7 @@ class InferenceRequest:
     eta: float | None
     priority: int
     redelivered: bool = False
+    trace: TraceContext | None = None  # W3C trace context from the message headers
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,7 @@ def _decode(
         None if eta is None else _timestamp(eta),
         _priority(props.get("priority")),
         bool(redelivered),
+        TraceContext.from_headers(headers),
     )
 
 

@@ -14,7 +14,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
-from inferq.shared.errors import DeadlineExceeded, InvalidInput, PayloadTooLarge, QueueFull
+from inferq.shared.errors import (
+    DeadlineExceeded,
+    InvalidInput,
+    PayloadTooLarge,
+    QueueFull,
+    Revoked,
+)
 from inferq.shared.logs import get_logger
 from inferq.worker.health import Health, start_endpoint
 
@@ -95,7 +101,7 @@ class BatchHistogram:
 #: Failures the caller caused: the server-error alert leaves them out, so that a client sending
 #: bad inputs or short deadlines, or a full queue refusing work, does not page the operator.
 CLIENT_ERROR_REASONS = frozenset(
-    e.reason for e in (InvalidInput, PayloadTooLarge, DeadlineExceeded, QueueFull)
+    e.reason for e in (InvalidInput, PayloadTooLarge, DeadlineExceeded, QueueFull, Revoked)
 )
 
 

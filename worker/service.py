@@ -23,6 +23,7 @@ import socket
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from functools import partial
@@ -34,7 +35,7 @@ import torch
 
 from inferq.shared import keys
 from inferq.shared.errors import ConfigError
-from inferq.shared.logs import get_logger
+from inferq.shared.logs import bind_thread, bound, get_logger
 from inferq.shared.redisconn import make_client
 from inferq.shared.registry import Registry
 from inferq.shared.settings import Settings
@@ -51,6 +52,7 @@ from inferq.worker.inhand import InHand, give_back
 from inferq.worker.intake import InferenceRequest
 from inferq.worker.preflight import preflight
 from inferq.worker.repository import ModelRepository, ModelVersion
+from inferq.worker.revoked import split_revoked
 from inferq.worker.runner import (
     Deferred,
     DeviceFailure,
@@ -196,6 +198,7 @@ class InferenceService:
     def _spawn(self, name: str, target: Callable[..., None], *args: Any) -> threading.Thread:
         def run() -> None:
             name_os_thread(name)  # top -H, py-spy and /proc show which stage is which
+            bind_thread(worker=self.worker_name)
             try:
                 target(*args)
             finally:
@@ -315,6 +318,7 @@ class InferenceService:
     def _device_thread(
         self, model: ModelVersion, future: Future[Served], validate: Validator | None = None
     ) -> None:
+        bind_thread(model=model.name)
         try:
             if self.device.type == "cuda":
                 torch.cuda.set_device(self.device)  # the current device is per thread
@@ -365,6 +369,7 @@ class InferenceService:
 
     def _prepare_loop(self, s: Served) -> None:
         """Close batches and stage them on the device while the previous batch computes."""
+        bind_thread(model=s.model.name)
         while not self._fatal.is_set():
             self._progress()
             batch = s.batcher.next_batch(timeout=0.1, cap=s.runner.cap.value)
@@ -376,6 +381,11 @@ class InferenceService:
         s.end_runs()
 
     def _prepare(self, s: Served, batch: list[InferenceRequest]) -> None:
+        batch, revoked = split_revoked(batch)  # revoked while waiting here: never computed
+        if revoked:
+            self.writer.put(WriteJob(s.model.name, s.in_hand, (), revoked))
+        if not batch:
+            return
         try:
             staged = s.runner.stage(batch)
         except DeviceFailure as exc:
@@ -389,11 +399,30 @@ class InferenceService:
             self._write(s, staged.outcomes)
 
     def _run_loop(self, s: Served) -> None:
+        bind_thread(model=s.model.name)
         while (prepared := self._next_prepared(s)) is not None:
             if self._fatal.is_set():  # the device is gone: hand the staged batch back untouched
                 self._give_back(s, prepared.requests)
                 continue
-            self._run_batch(s, prepared)
+            if not self._runs_unrevoked(s, prepared):
+                continue
+            # The version per batch, not per loop: a reload swaps it between batches.
+            with bound(batch_id=uuid.uuid4().hex[:16], version=s.model.version):
+                self._run_batch(s, prepared)
+
+    def _runs_unrevoked(self, s: Served, prepared: PreparedBatch) -> bool:
+        """False if requests of the staged batch were revoked while it waited for the device:
+        they are answered REVOKED, the others go back to be batched again (or to the queue if
+        the worker is stopping)."""
+        keep, revoked = split_revoked(prepared.requests)
+        if not revoked:
+            return True
+        self.writer.put(WriteJob(s.model.name, s.in_hand, (), revoked))
+        if self._stopping.is_set():
+            self._give_back(s, keep)
+        elif keep:
+            s.batcher.put_front(keep)
+        return False
 
     def _next_prepared(self, s: Served) -> PreparedBatch | None:
         """Wait, alive however long no work comes, for the next staged batch."""

@@ -10,13 +10,16 @@ again: nothing is lost, nothing acked without its result.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import partial
 from queue import Empty, Queue
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import structlog
 
 from inferq.shared.errors import ModelError
+from inferq.shared.logs import bound
 from inferq.shared.results import failure_meta, now_iso, success_meta
 from inferq.worker.broker import Broker, Write, until_redis_takes
 from inferq.worker.hooks import Hook
@@ -35,6 +38,9 @@ class WriteJob:
     in_hand: InHand  # the model's count of held messages: these are off it once stored
     outcomes: Sequence[Outcome]
     rejections: Sequence[Rejection]
+    #: The log context of the thread that made the job (model, version, batch id), so that the
+    #: writer's lines about these requests carry it.
+    context: Mapping[str, Any] = field(default_factory=structlog.contextvars.get_contextvars)
 
     def writes(self) -> list[Write]:
         done = now_iso()  # one date_done for the batch: its results are stored together
@@ -106,4 +112,5 @@ class ResultWriter:
         seconds = time.perf_counter() - started
         for job in jobs:
             job.in_hand.done(len(job.outcomes) + len(job.rejections))
-            self.hooks.after_store(job.model, job.outcomes, job.rejections, seconds)
+            with bound(**job.context):
+                self.hooks.after_store(job.model, job.outcomes, job.rejections, seconds)

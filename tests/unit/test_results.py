@@ -11,11 +11,13 @@ from typing import Any
 
 import pytest
 from celery import Celery
+from celery.exceptions import TaskRevokedError
 
 from inferq.shared import errors
 from inferq.shared.celeryconf import make_celery
 from inferq.shared.errors import ERROR_TYPES, InferqError, InvalidInput, ModelError, QueueFull
 from inferq.shared.results import (
+    FINAL_STATES,
     InferenceResult,
     Timing,
     error_from_meta,
@@ -214,6 +216,22 @@ def test_async_result_get_returns_and_raises_through_celery(app: Celery, store: 
         bad.get(timeout=1)
 
 
+def test_a_revoked_request_is_stored_as_celery_stores_a_revoke(app: Celery, store: _Store) -> None:
+    store.put("gone-1", failure_meta("gone-1", errors.Revoked("request gone-1 was revoked")))
+    result = app.AsyncResult("gone-1")
+    assert result.state == "REVOKED"
+    with pytest.raises(TaskRevokedError, match="gone-1 was revoked"):
+        result.get(timeout=1)
+
+
+def test_gather_reads_a_revoke_as_the_typed_error_which_is_celerys() -> None:
+    raw = failure_meta("gone-2", errors.Revoked("request gone-2 was revoked"))
+    assert json.loads(raw)["status"] in FINAL_STATES
+    with pytest.raises(errors.Revoked) as caught:
+        value_from_meta(raw)
+    assert isinstance(caught.value, TaskRevokedError)
+
+
 # -- errors and timing -------------------------------------------------------------------------
 
 
@@ -223,7 +241,8 @@ def test_error_types_registry_is_complete_and_consistent() -> None:
         for name, obj in vars(errors).items()
         if isinstance(obj, type) and issubclass(obj, InferqError)
     }
-    assert set(ERROR_TYPES) == defined
+    # Revoked is stored as Celery stores a revoke (TaskRevokedError), not under its own name.
+    assert set(ERROR_TYPES) == defined - {errors.Revoked.__name__}
     for name, cls in ERROR_TYPES.items():
         assert cls.__name__ == name
         assert cls.__module__ == "inferq.shared.errors"
