@@ -24,6 +24,7 @@ from celery import Celery, Task
 from celery.result import AsyncResult
 
 from inferq.producer.envelope import task_envelope
+from inferq.producer.listener import close_listeners
 from inferq.producer.preprocess import ImageLike, to_tensor
 from inferq.producer.spec_cache import SpecCache
 from inferq.shared import codec, keys
@@ -119,6 +120,7 @@ def reset_runtime() -> None:
     global _runtime
     with _runtime_lock:
         _runtime = None
+    close_listeners()
 
 
 class SubmitJob(Task):
