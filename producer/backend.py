@@ -14,12 +14,14 @@ nothing to track and both are free.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from typing import Any
 
 from celery.backends.redis import RedisBackend
 from celery.exceptions import TimeoutError as CeleryTimeoutError
+from celery.result import AsyncResult
 
 from inferq.producer.listener import Meta, ResultListener, fast_get, listener_for, ready_meta
 from inferq.shared import keys
@@ -89,3 +91,37 @@ class ListenerBackend(RedisBackend):
                     raise CeleryTimeoutError("The operation timed out.")
                 node._maybe_set_cache(self.final_meta(node.id, remaining))
             yield node.id, node._cache
+
+
+class InferqResult(AsyncResult):
+    """Celery's AsyncResult, plus ``await result.async_get()`` for asyncio services."""
+
+    inferq_epoch: str | None = None  # the epoch its push recorded (gather tells lost requests)
+
+    async def async_get(self, timeout: float | None = None, propagate: bool = True) -> Any:
+        """Like ``get()``, without blocking the event loop: the listener resolves a future."""
+        if self._cache is None:
+            self._maybe_set_cache(await wait_meta(self.backend, self.id, timeout))
+        return self.maybe_throw(propagate=propagate)
+
+
+async def wait_meta(backend: ListenerBackend, task_id: str, timeout: float | None) -> Meta:
+    """The final meta of ``task_id``, resolved by the listener on this loop's thread."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Meta] = loop.create_future()
+
+    def resolve(meta: Meta) -> None:  # on the listener's thread, or at once on ours
+        loop.call_soon_threadsafe(_settle, future, dict(meta))
+
+    cancel = backend.listener.notify(task_id, resolve)
+    try:
+        return await asyncio.wait_for(future, timeout)
+    except TimeoutError:
+        raise CeleryTimeoutError("The operation timed out.") from None
+    finally:
+        cancel()
+
+
+def _settle(future: asyncio.Future[Meta], meta: Meta) -> None:
+    if not future.done():
+        future.set_result(meta)

@@ -11,6 +11,7 @@ limit, in the same round trip as the push. ``submit_many`` pushes many messages 
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
@@ -21,6 +22,7 @@ import numpy as np
 from celery import Celery, Task
 from celery.result import AsyncResult
 
+from inferq.producer.backend import InferqResult
 from inferq.producer.envelope import task_envelope
 from inferq.producer.listener import close_listeners
 from inferq.producer.preprocess import ImageLike, to_tensor
@@ -88,9 +90,14 @@ class SubmitJob(Task):
         raise InferqError("inferq.infer runs in an inferq worker, not in the producer process")
 
     def AsyncResult(self, task_id: str, **kwargs: Any) -> Any:  # Celery's name
-        return AsyncResult(
+        return InferqResult(
             task_id, backend=runtime().app.backend, task_name=self.name, app=runtime().app, **kwargs
         )
+
+    async def async_delay(self, *args: Any, **kwargs: Any) -> InferqResult:
+        """``await submit_job.async_delay(img, model=...)``: ``delay`` on a worker thread, so that
+        preprocessing and the push's round trip never block the event loop."""
+        return await asyncio.to_thread(self.delay, *args, **kwargs)
 
     def apply_async(
         self,
