@@ -56,7 +56,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_expires": settings.result_ttl_s,
         "result_extended": False,
         "worker_prefetch_multiplier": 1,
-        "worker_send_task_events": True,
+        # Celery's default: no task events unless the worker is started with -E / --events.
+        "worker_send_task_events": False,
         "worker_hijack_root_logger": False,
         "worker_redirect_stdouts": False,
         "broker_transport_options": transport,

@@ -10,7 +10,12 @@ figures are the client's alone:
     submit+gather    submit_many(imgs) then gather(results), per request
     aio delay+get    inferq.aio.submit then await the result, results stored as they are pushed
 
+    paced            N threads each doing .delay(img).get(), requests due at a fixed rate, against
+                     a real worker: client latency from each request's scheduled arrival beside
+                     the results' own timing.total_ms
+
     python -m inferq.worker.tools.clientbench --count 3000
+    inferq bench --client --model shapes --threads 32 --rate 300
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -144,6 +150,139 @@ def _aio(url: str, img: np.ndarray, count: int) -> None:
     asyncio.run(main())
 
 
+@dataclass(frozen=True)
+class Paced:
+    """``threads`` callers each doing ``.delay(img).get()``, requests due at ``rate`` per second."""
+
+    threads: int
+    rate: float
+    count: int
+    failed: int
+    client_ms: dict[str, float]  # from each request's scheduled arrival to its result in hand
+    server_ms: dict[str, float]  # the results' own timing.total_ms
+    achieved_rate: float
+
+
+def paced(model: str, threads: int, rate: float, seconds: float) -> Paced:
+    """Open loop: request i is due at ``i / rate`` s; a free thread takes the next one when it is
+    due (late, if all were busy: that wait counts, as in open-loop load tools)."""
+    from inferq.producer.client import runtime, submit_job
+
+    spec = runtime().specs.get(model)
+    img = np.random.default_rng(0).integers(0, 256, size=spec.shape, dtype=np.uint8)
+    for _ in range(20):  # warm: connections, the worker's first batches
+        submit_job.delay(img, model=model).get(timeout=60)
+    count = max(1, int(rate * seconds))
+    client_ms: list[float] = []
+    server_ms: list[float] = []
+    failed = [0]
+    lock = threading.Lock()
+    taken = iter(range(count))
+    start = time.perf_counter() + 0.05
+
+    def caller() -> None:
+        while True:
+            with lock:
+                i = next(taken, None)
+            if i is None:
+                return
+            due = start + i / rate
+            time.sleep(max(0.0, due - time.perf_counter()))
+            try:
+                value = submit_job.delay(img, model=model).get(timeout=60)
+            except Exception:
+                with lock:
+                    failed[0] += 1
+                continue
+            took = (time.perf_counter() - due) * 1000
+            with lock:
+                client_ms.append(took)
+                server_ms.append(float(value["timing"]["total_ms"]))
+
+    pool = [threading.Thread(target=caller) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    elapsed = time.perf_counter() - start
+    return Paced(
+        threads,
+        rate,
+        count,
+        failed[0],
+        _percentiles(client_ms),
+        _percentiles(server_ms),
+        len(client_ms) / elapsed,
+    )
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    p = np.percentile(values, [50, 90, 99])
+    return {"p50": float(p[0]), "p90": float(p[1]), "p99": float(p[2]), "max": max(values)}
+
+
+def paced_against_worker(
+    repo: Path, model: str, threads: int, rate: float, seconds: float, device: str = "cpu"
+) -> Paced:
+    """:func:`paced` against a real worker (events off, as ``inferq worker`` runs by default)."""
+    from inferq.producer.client import reset_runtime
+    from inferq.worker.repository import ModelRepository
+    from inferq.worker.tools.procs import start_worker
+
+    server = LocalRedis().start()
+    previous = get_settings()
+    set_settings(Settings(broker_url=server.url, model_repository=repo, metrics_port=0))
+    reset_runtime()
+    env = {
+        "INFERQ_BROKER_URL": server.url,
+        "INFERQ_MODEL_REPOSITORY": str(repo),
+        "INFERQ_METRICS_PORT": "0",
+        "INFERQ_LOG_LEVEL": "WARNING",
+    }
+    mv = ModelRepository(repo).resolve(model)
+    client = make_client(server.url)
+    client.set(keys.model_spec_key(model), mv.config.input_spec(mv.version).to_json())
+    worker = start_worker([model], env, device=device, supervised=False, events=False)
+    try:
+        _wait_served(client, model, worker)
+        return paced(model, threads, rate, seconds)
+    finally:
+        worker.terminate()
+        reset_runtime()
+        set_settings(previous)
+        server.stop()
+
+
+def _wait_served(client: Any, model: str, worker: Any) -> None:
+    deadline = time.monotonic() + 300
+    while client.zscore(keys.model_workers_key(model), worker.hostname) is None:
+        if worker.process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"worker did not start:\n{worker.log_tail()}")
+        time.sleep(0.01)
+
+
+def render_paced(p: Paced) -> str:
+    def row(name: str, d: dict[str, float]) -> str:
+        return (
+            f"| {name} | "
+            + " | ".join(f"{d.get(k, 0):.1f}" for k in ("p50", "p90", "p99", "max"))
+            + " |"
+        )
+
+    return "\n".join(
+        [
+            f"{p.threads} threads, .delay(img).get(), due at {p.rate:g}/s: {p.count} requests, "
+            f"{p.failed} failed, {p.achieved_rate:.0f}/s completed",
+            "| ms | p50 | p90 | p99 | max |",
+            "| --- | --- | --- | --- | --- |",
+            row("client, from the scheduled arrival", p.client_ms),
+            row("server, timing.total_ms", p.server_ms),
+        ]
+    )
+
+
 def render(rows: list[Cost]) -> str:
     lines = ["| client path | CPU per request | wall per request |", "| --- | --- | --- |"]
     lines += [f"| {r.name} | {r.cpu_us:.0f} µs | {r.wall_us:.0f} µs |" for r in rows]
@@ -153,10 +292,19 @@ def render(rows: list[Cost]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--count", type=int, default=3000)
-    parser.add_argument("--json", action="store_true", help="print one JSON line instead")
+    parser.add_argument("--paced-model", help="also run the paced mode against this model")
+    parser.add_argument("--repo", type=Path, help="model repository for --paced-model")
+    parser.add_argument("--threads", type=int, default=32)
+    parser.add_argument("--rate", type=float, default=300.0)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--json", action="store_true", help="print JSON lines instead")
     args = parser.parse_args(argv)
     rows = client_costs(args.count)
     print(json.dumps([r.__dict__ for r in rows]) if args.json else render(rows))
+    if args.paced_model:
+        repo = args.repo or get_settings().model_repository
+        p = paced_against_worker(repo, args.paced_model, args.threads, args.rate, args.seconds)
+        print(json.dumps(p.__dict__) if args.json else render_paced(p))
 
 
 if __name__ == "__main__":
