@@ -88,7 +88,7 @@ class InferqStep(bootsteps.StartStopStep):
             [
                 MetricsHook(metrics),
                 LogHook(),
-                EventsHook(app, worker.hostname),
+                EventsHook(app, worker.hostname, enabled=bool(worker.task_events)),
                 ActiveRequestsHook(worker.hostname),
             ]
         )
