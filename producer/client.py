@@ -11,74 +11,30 @@ limit, in the same round trip as the push. ``submit_many`` pushes many messages 
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import redis
 from celery import Celery, Task
 from celery.result import AsyncResult
 
+from inferq.producer.backend import InferqResult
 from inferq.producer.calls import default_model, refuse_workflow, split_call
 from inferq.producer.envelope import task_envelope
+from inferq.producer.listener import close_listeners
 from inferq.producer.preprocess import ImageLike, to_tensor
+from inferq.producer.pusher import Prepared, Pusher
 from inferq.producer.spec_cache import SpecCache
 from inferq.shared import codec, keys
 from inferq.shared.celeryconf import make_celery
-from inferq.shared.errors import BrokerUnavailable, InferqError, QueueFull
-from inferq.shared.lua import LuaScript, execute_with_scripts
-from inferq.shared.redisconn import CONNECTION_ERRORS, as_text, make_client
+from inferq.shared.errors import InferqError, QueueFull
+from inferq.shared.redisconn import make_client
 from inferq.shared.registry import Registry
 from inferq.shared.settings import Settings, get_settings, redact_url
-
-# Push messages only if the queue (all its priority lists) stays within its limit.
-# KEYS: every priority list of the queue, the epoch key, this call's reply key.
-# ARGV: limit, target list index (1-based), a fresh epoch token (used if none is set), messages...
-# Returns {new depth, or -(depth + 1) when refused; the epoch}. A call sent again after a lost
-# reply (the client retries on connection errors) finds its reply key and pushes nothing twice.
-PUSH = LuaScript(
-    """
-local nq = #KEYS - 2
-local earlier = redis.call('GET', KEYS[nq + 2])
-if earlier then return cjson.decode(earlier) end
-local epoch = redis.call('GET', KEYS[nq + 1])
-if not epoch then
-  epoch = ARGV[3]
-  redis.call('SET', KEYS[nq + 1], epoch)
-end
-local depth = 0
-for i = 1, nq do depth = depth + redis.call('LLEN', KEYS[i]) end
-local n = #ARGV - 3
-local reply = {depth + n, epoch}
-if depth + n > tonumber(ARGV[1]) then
-  reply = {-(depth + 1), epoch}
-else
-  for i = 4, #ARGV do redis.call('LPUSH', KEYS[tonumber(ARGV[2])], ARGV[i]) end
-end
-redis.call('SET', KEYS[nq + 2], cjson.encode(reply), 'EX', 300)
-return reply
-"""
-)
-
-_MAX_PUSH_BYTES = 8 * 1024 * 1024  # per script call: keeps Redis responsive to other clients
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """One message ready to push: the queue list it goes to and its kombu envelope."""
-
-    task_id: str
-    queue: str
-    priority: int
-    limit: int
-    envelope: bytes
-    #: The queues whose lists count against ``limit``, ``queue`` first (a version's queue also
-    #: counts the model's unversioned one, which workers of the serving version drain too).
-    counted: tuple[str, ...] = ()
 
 
 class Runtime:
@@ -96,6 +52,7 @@ class Runtime:
         # A Celery app per runtime, so results follow the settings in force (tests, CLI flags).
         self.app = make_celery(settings)
         self.headers: dict[tuple[tuple[int, ...], str], bytes] = {}
+        self.pusher = Pusher(self.client, redact_url(settings.broker_url))
 
     def tensor_header(self, shape: tuple[int, ...], dtype: str) -> bytes:
         key = (shape, dtype)
@@ -121,6 +78,7 @@ def reset_runtime() -> None:
     global _runtime
     with _runtime_lock:
         _runtime = None
+    close_listeners()
 
 
 class SubmitJob(Task):
@@ -134,9 +92,14 @@ class SubmitJob(Task):
         raise InferqError("inferq.infer runs in an inferq worker, not in the producer process")
 
     def AsyncResult(self, task_id: str, **kwargs: Any) -> Any:  # Celery's name
-        return AsyncResult(
+        return InferqResult(
             task_id, backend=runtime().app.backend, task_name=self.name, app=runtime().app, **kwargs
         )
+
+    async def async_delay(self, *args: Any, **kwargs: Any) -> InferqResult:
+        """``await submit_job.async_delay(img, model=...)``: ``delay`` on a worker thread, so that
+        preprocessing and the push's round trip never block the event loop."""
+        return await asyncio.to_thread(self.delay, *args, **kwargs)
 
     def apply_async(
         self,
@@ -147,7 +110,7 @@ class SubmitJob(Task):
         refuse_workflow(options)
         img, call = _split_call(args, kwargs)
         prepared = prepare(img, call, options)
-        return _result(prepared.task_id, push(runtime().client, [prepared]))
+        return _result(prepared.task_id, runtime().pusher.push([prepared]))
 
 
 def _split_call(
@@ -197,67 +160,10 @@ def _priority(value: Any) -> int:
     return value
 
 
-def push(client: redis.Redis, prepared: Sequence[Prepared]) -> str:
-    """Push in one round trip and return Redis' epoch; raise QueueFull (with ``accepted`` task
-    ids) if any group was refused."""
-    pipe = client.pipeline(transaction=False)
-    groups = list(_groups(prepared))
-    token = uuid.uuid4().hex
-    for group in groups:
-        first = group[0]
-        PUSH.queue(
-            pipe,
-            [*_counted_lists(first), keys.EPOCH, keys.push_reply_key(uuid.uuid4().hex)],
-            [first.limit, first.priority + 1, token, *(p.envelope for p in group)],
-        )
-    try:
-        replies = execute_with_scripts(pipe, client, [PUSH])
-    except CONNECTION_ERRORS as exc:
-        raise BrokerUnavailable(
-            f"Redis at {redact_url(runtime().settings.broker_url)} must be reachable to submit, "
-            f"got {type(exc).__name__}: {exc}; {len(prepared)} request(s) not queued"
-        ) from None
-    depths = [int(depth) for depth, _ in replies]
-    refused = [(g, d) for g, d in zip(groups, depths, strict=True) if d < 0]
-    if refused:
-        accepted = [p.task_id for g, d in zip(groups, depths, strict=True) if d >= 0 for p in g]
-        group, depth = refused[0]
-        raise QueueFull(
-            queue=group[0].queue,
-            limit=group[0].limit,
-            waiting=-depth - 1,
-            submitted=len(group),
-            accepted=accepted,
-        )
-    return as_text(replies[-1][1])
-
-
-def _counted_lists(p: Prepared) -> list[str]:
-    """Every list counted against the limit; the first ten are the target queue's (PUSH's index)."""
-    return [key for queue in p.counted or (p.queue,) for key in keys.queue_keys(queue)]
-
-
 def _result(task_id: str, epoch: str) -> Any:
     result = submit_job.AsyncResult(task_id)
     result.inferq_epoch = epoch  # lets gather tell a request lost with a Redis restart
     return result
-
-
-def _groups(prepared: Sequence[Prepared]) -> Iterable[list[Prepared]]:
-    """Messages of the same list, in order, chunked to at most _MAX_PUSH_BYTES per script call."""
-    by_list: dict[tuple[str, int], list[Prepared]] = {}
-    for p in prepared:
-        by_list.setdefault((p.queue, p.priority), []).append(p)
-    for items in by_list.values():
-        chunk: list[Prepared] = []
-        size = 0
-        for p in items:
-            if chunk and size + len(p.envelope) > _MAX_PUSH_BYTES:
-                yield chunk
-                chunk, size = [], 0
-            chunk.append(p)
-            size += len(p.envelope)
-        yield chunk
 
 
 def submit_many(
@@ -281,7 +187,7 @@ def submit_many(
 
 def _push_chunk(batch: list[Prepared], done: list[AsyncResult]) -> list[AsyncResult]:
     try:
-        epoch = push(runtime().client, batch)
+        epoch = runtime().pusher.push(batch)
     except QueueFull as exc:
         # The call's earlier chunks went in too: the caller learns every id that will complete.
         accepted = set(exc.accepted)

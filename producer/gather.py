@@ -9,11 +9,11 @@ ends as ``RequestLost`` instead of leaving the caller waiting.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, overload
 
+import orjson
 import redis
 from celery.result import AsyncResult
 
@@ -21,7 +21,7 @@ from inferq.producer.client import runtime
 from inferq.shared import keys
 from inferq.shared.errors import InferqError, RequestLost
 from inferq.shared.redisconn import CONNECTION_ERRORS, as_text
-from inferq.shared.results import FINAL_STATES, InferenceResult, value_from_meta
+from inferq.shared.results import FINAL_STATES, InferenceResult, value_from_decoded
 
 Outcome = InferenceResult | InferqError
 
@@ -194,11 +194,11 @@ class _Collector:
     def _record(self, key: str, raw: bytes | str) -> None:
         if key not in self.index:
             return
-        meta = json.loads(raw)
+        meta = orjson.loads(raw)
         if meta.get("status") not in FINAL_STATES:
             return
         try:
-            value: Outcome = value_from_meta(raw)
+            value: Outcome = value_from_decoded(meta)
         except InferqError as exc:
             value = exc
         self._set(key, value)

@@ -15,6 +15,10 @@ from inferq.shared.settings import Settings, get_settings
 
 ACCEPT_CONTENT = ["msgpack", "json"]
 
+# Celery's Redis result backend whose waits share one listener per process (Celery reads the
+# class from the part of the URL before ``+``).
+RESULT_BACKEND_CLASS = "inferq.producer.backend:ListenerBackend"
+
 
 def route_task(name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **kw: Any) -> Any:
     """Send ``inferq.infer`` to its model's queue (``inferq.<model>``)."""
@@ -34,7 +38,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
     return {
         "broker_url": settings.broker_url,
-        "result_backend": settings.result_backend,
+        "result_backend": f"{RESULT_BACKEND_CLASS}+{settings.result_backend}",
         # inferq.infer bodies are msgpack (the producer serializes them itself); everything else
         # Celery sends, control and event messages included, stays JSON so that Flower and plain
         # Celery clients with default settings can read it.
@@ -52,7 +56,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_expires": settings.result_ttl_s,
         "result_extended": False,
         "worker_prefetch_multiplier": 1,
-        "worker_send_task_events": True,
+        # Celery's default: no task events unless the worker is started with -E / --events.
+        "worker_send_task_events": False,
         "worker_hijack_root_logger": False,
         "worker_redirect_stdouts": False,
         "broker_transport_options": transport,

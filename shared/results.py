@@ -8,7 +8,6 @@ channel), so ``AsyncResult.get()`` works from any process. Failures carry ``exc_
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any, TypedDict, cast
 
@@ -111,7 +110,11 @@ FINAL_STATES = ("SUCCESS", "FAILURE", "REVOKED")
 
 def value_from_meta(raw: bytes | str) -> InferenceResult:
     """The result of a stored meta, or raise its typed error."""
-    meta = json.loads(raw)
+    return value_from_decoded(orjson.loads(raw))
+
+
+def value_from_decoded(meta: dict[str, Any]) -> InferenceResult:
+    """:func:`value_from_meta` for a meta already decoded."""
     if meta.get("status") == "SUCCESS":
         return cast(InferenceResult, dict(meta["result"]))
     raise error_from_meta(meta.get("result"))

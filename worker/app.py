@@ -91,7 +91,7 @@ class InferqStep(bootsteps.StartStopStep):
         health = Health(settings.liveness_s)  # /ready and /live answer 503 until it is told more
         if settings.metrics_port:
             metrics.serve(settings.metrics_port, health=health)
-        hooks = build_hooks(settings, metrics, worker.hostname)
+        hooks = build_hooks(settings, metrics, worker.hostname, bool(worker.task_events))
         self.service = InferenceService(
             settings,
             self.models,
@@ -112,12 +112,13 @@ class InferqStep(bootsteps.StartStopStep):
     shutdown = stop
 
 
-def build_hooks(settings: Settings, metrics: Metrics, hostname: str) -> Hooks:
-    """The worker's hooks; Celery's task signals only when ``INFERQ_TASK_SIGNALS`` asks."""
+def build_hooks(settings: Settings, metrics: Metrics, hostname: str, events: bool) -> Hooks:
+    """The worker's hooks; task events only with ``-E`` (Celery's default is none), Celery's
+    task signals only when ``INFERQ_TASK_SIGNALS`` asks."""
     hooks: list[Hook] = [
         MetricsHook(metrics),
         LogHook(),
-        EventsHook(app, hostname),
+        EventsHook(app, hostname, enabled=events),
         ActiveRequestsHook(hostname),
     ]
     if settings.task_signals:

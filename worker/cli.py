@@ -49,7 +49,11 @@ def main() -> None:
     help="Celery log level (default INFERQ_LOG_LEVEL).",
 )
 @click.option(
-    "--events/--no-events", default=True, show_default=True, help="Send task events (Flower)."
+    "--events/--no-events",
+    "-E",
+    default=False,
+    show_default=True,
+    help="Send task events (for Flower, `celery events`); off by default, as in Celery.",
 )
 def worker(
     models: tuple[str, ...],
@@ -208,6 +212,14 @@ def demo(count: int, model_repository: Path | None) -> None:
 @click.option(
     "--out", type=click.Path(path_type=Path), default=Path("bench-out"), show_default=True
 )
+@click.option(
+    "--client",
+    is_flag=True,
+    help="Instead: the client's CPU per call, then --threads callers doing .delay().get() "
+    "due at --rate per second for --steady-seconds.",
+)
+@click.option("--threads", default=32, show_default=True, help="Callers for --client.")
+@click.option("--rate", default=300.0, show_default=True, help="Requests/s due for --client.")
 def bench(
     model: str,
     batch_size: int,
@@ -219,6 +231,9 @@ def bench(
     precision: str | None,
     instances: int | None,
     out: Path,
+    client: bool,
+    threads: int,
+    rate: float,
 ) -> None:
     """Raw model speed vs inferq drain, end-to-end and latency, side by side."""
     from inferq.worker.repository import ModelRepository
@@ -229,6 +244,14 @@ def bench(
         from inferq.worker.examples.build import build_examples
 
         build_examples(repo, [model], log=click.echo)
+    if client:
+        from inferq.worker.tools import clientbench as cb
+
+        click.echo(cb.render(cb.client_costs(3000)))
+        click.echo(
+            cb.render_paced(cb.paced_against_worker(repo, model, threads, rate, steady_seconds))
+        )
+        return
     cfg = BenchConfig(
         model,
         batch_size,

@@ -103,8 +103,11 @@ class EventsHook(Hook):
     published there, one message per up to ``_GROUP_MAX`` events.
     """
 
-    def __init__(self, app: Celery, hostname: str, max_pending: int = 10_000) -> None:
-        self.enabled = bool(app.conf.worker_send_task_events)
+    def __init__(
+        self, app: Celery, hostname: str, max_pending: int = 10_000, enabled: bool | None = None
+    ) -> None:
+        # The worker's -E/--task-events flag, else the app's setting (off, as in Celery).
+        self.enabled = bool(app.conf.worker_send_task_events if enabled is None else enabled)
         self.app = app
         self.hostname = hostname
         self.pid = os.getpid()

@@ -516,7 +516,7 @@ def test_countdown_beyond_the_visibility_timeout_runs_once(stack_factory, test_r
 
 
 def test_a_push_sent_again_after_a_lost_reply_pushes_once(stack_factory, test_repo: Path) -> None:
-    from inferq.producer.client import PUSH
+    from inferq.producer.pusher import PUSH
 
     stack = stack_factory(test_repo)
     queue = keys.queue_name("tiny")

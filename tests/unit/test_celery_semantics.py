@@ -181,7 +181,7 @@ def test_the_worker_sends_signals_only_when_the_setting_asks() -> None:
     probe = (
         "from inferq.worker.app import build_hooks; from inferq.worker.metrics import Metrics;"
         "from inferq.shared.settings import Settings; m = Metrics();"
-        "print([[type(h).__name__ for h in build_hooks(Settings(task_signals=f), m, 'w').hooks"
+        "print([[type(h).__name__ for h in build_hooks(Settings(task_signals=f), m, 'w', False).hooks"
         " if type(h).__name__ == 'TaskSignalsHook'] for f in (False, True)])"
     )
     out = subprocess.run(

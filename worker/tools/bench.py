@@ -230,7 +230,9 @@ def _drain(
     rng = np.random.default_rng(1)
     pool = [rng.integers(0, 256, size=mv.config.shape, dtype=np.uint8) for _ in range(64)]
     submit_many((pool[i % 64] for i in range(cfg.drain_count)), model=cfg.model, chunk=512)
-    worker = start_worker([cfg.model], env, device=cfg.device, log_path=log, supervised=False)
+    worker = start_worker(
+        [cfg.model], env, device=cfg.device, log_path=log, supervised=False, events=False
+    )
     started = _wait_listed(client, worker)
     queue = keys.queue_name(cfg.model)
     while client.exists(*keys.queue_keys(queue)) or client.hlen(keys.UNACKED):

@@ -68,6 +68,7 @@ def start_worker(
     log_path: Path | None = None,
     supervised: bool = True,
     extra: Sequence[str] = (),
+    events: bool = True,  # tests watch task events; `inferq worker` itself defaults them off
 ) -> WorkerProcess:
     """``inferq worker`` (supervised) or the bare Celery worker, with ``env`` added to ours."""
     hostname = f"inferq-{uuid.uuid4().hex[:8]}@localhost"
@@ -84,10 +85,12 @@ def start_worker(
         ]
         for m in models:
             argv += ["--model", m]
+        if events:
+            argv.append("--events")
     else:
         from inferq.worker.supervisor import celery_argv
 
-        argv = celery_argv(models, device, hostname, "INFO", events=True)
+        argv = celery_argv(models, device, hostname, "INFO", events=events)
     out: IO[bytes] | int = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
     child_env = {**os.environ, **env}
     process = subprocess.Popen(

@@ -1,0 +1,127 @@
+"""``ListenerBackend``: Celery's Redis result backend, with every wait served by one listener.
+
+Celery picks it from the ``result_backend`` URL (``inferq.producer.backend:ListenerBackend+redis://``,
+set in ``shared/celeryconf.py``). Storing, reading and the meta format are Celery's own; what changes
+is waiting: ``AsyncResult.get()`` first reads the key (a stored result costs one GET), then sleeps
+on the process's :class:`~inferq.producer.listener.ResultListener` instead of subscribing on a
+connection of its own thread. ``.ready()``, ``.state`` and ``ResultSet.get()``/``join_native`` work
+as with Celery's backend, from any thread.
+
+Celery tracks every pending ``AsyncResult`` (and drops it again in ``__del__``) so that its drainer
+can fill their caches; here a result's cache is filled by the call that waits for it, so there is
+nothing to track and both are free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from celery.backends.redis import RedisBackend
+from celery.exceptions import TimeoutError as CeleryTimeoutError
+from celery.result import AsyncResult
+
+from inferq.producer.listener import Meta, ResultListener, fast_get, listener_for, ready_meta
+from inferq.shared import keys
+
+
+class ListenerBackend(RedisBackend):
+    """Celery's Redis backend; waits go through the process-wide result listener."""
+
+    @property
+    def listener(self) -> ResultListener:
+        return listener_for(self.url)
+
+    # -- reads: Celery's own, without redis-py's per-command wrappers -------------------------
+
+    def get(self, key: Any) -> Any:
+        return fast_get(self.client, key)
+
+    # -- pending-result tracking: nothing to track ---------------------------------------------
+
+    def on_task_call(self, producer: Any, task_id: str) -> None:
+        return None
+
+    def add_pending_result(
+        self, result: Any, weak: bool = False, start_drainer: bool = True
+    ) -> Any:
+        return result
+
+    def add_pending_results(self, results: Any, weak: bool = False) -> Any:
+        return list(results)
+
+    def remove_pending_result(self, result: Any) -> Any:
+        return result
+
+    # -- waiting -------------------------------------------------------------------------------
+
+    def wait_for_pending(
+        self,
+        result: Any,
+        callback: Any = None,
+        propagate: bool = True,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        self._ensure_not_eager()
+        result._maybe_set_cache(self.final_meta(result.id, timeout))
+        return result.maybe_throw(callback=callback, propagate=propagate)
+
+    def final_meta(self, task_id: str, timeout: float | None = None) -> Meta:
+        """The stored meta if final, else wait for it on the listener (JSON-decoded, as stored)."""
+        meta = ready_meta(self.get(keys.result_key(task_id)))
+        if meta is None:
+            # A copy: Celery turns a failure's result into an exception in place, and other
+            # waiters on the same id share what the listener received.
+            meta = dict(self.listener.wait(task_id, timeout))
+        return meta
+
+    def iter_native(
+        self, result: Any, timeout: float | None = None, **kwargs: Any
+    ) -> Iterator[tuple[str, Any]]:
+        """``(task id, meta)`` of a ResultSet's members as each is final (``join_native``)."""
+        self._ensure_not_eager()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for node in result.results:
+            if node._cache is None:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise CeleryTimeoutError("The operation timed out.")
+                node._maybe_set_cache(self.final_meta(node.id, remaining))
+            yield node.id, node._cache
+
+
+class InferqResult(AsyncResult):
+    """Celery's AsyncResult, plus ``await result.async_get()`` for asyncio services."""
+
+    inferq_epoch: str | None = None  # the epoch its push recorded (gather tells lost requests)
+
+    async def async_get(self, timeout: float | None = None, propagate: bool = True) -> Any:
+        """Like ``get()``, without blocking the event loop: the listener resolves a future."""
+        if self._cache is None:
+            self._maybe_set_cache(await wait_meta(self.backend, self.id, timeout))
+        return self.maybe_throw(propagate=propagate)
+
+
+async def wait_meta(backend: ListenerBackend, task_id: str, timeout: float | None) -> Meta:
+    """The final meta of ``task_id``, resolved by the listener on this loop's thread."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Meta] = loop.create_future()
+
+    def resolve(meta: Meta) -> None:  # on the listener's thread, or at once on ours
+        loop.call_soon_threadsafe(_settle, future, dict(meta))
+
+    cancel = backend.listener.notify(task_id, resolve)
+    try:
+        return await asyncio.wait_for(future, timeout)
+    except TimeoutError:
+        raise CeleryTimeoutError("The operation timed out.") from None
+    finally:
+        cancel()
+
+
+def _settle(future: asyncio.Future[Meta], meta: Meta) -> None:
+    if not future.done():
+        future.set_result(meta)
