@@ -47,7 +47,7 @@ class ActiveRequestsHook(Hook):
         self.hostname = hostname
         self._running: dict[str, list[ActiveRequest]] = {}
 
-    def before_batch(self, model: str, batch: Sequence[InferenceRequest]) -> None:
+    def before_batch(self, model: str, version: int, batch: Sequence[InferenceRequest]) -> None:
         started = time.time()  # one start for the batch: it runs as one
         active = [ActiveRequest(r.task_id, model, self.hostname, started) for r in batch]
         self._running[model] = active
@@ -56,6 +56,7 @@ class ActiveRequestsHook(Hook):
     def after_batch(
         self,
         model: str,
+        version: int,
         batch: Sequence[InferenceRequest],
         outcomes: Sequence[Outcome],
         infer_s: float,

@@ -125,6 +125,7 @@ class EventsHook(Hook):
     def after_store(
         self,
         model: str,
+        version: int,
         outcomes: Sequence[Outcome],
         rejections: Sequence[Rejection],
         store_s: float,

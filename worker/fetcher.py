@@ -133,9 +133,9 @@ class Fetcher:
         requests, revoked = split_revoked(requests)
         rejections += revoked
         if rejections:
-            self.writer.put(WriteJob(self.spec.model, self.in_hand, (), rejections))
+            self.writer.put(WriteJob(self.spec.model, self.spec.version, self.in_hand, (), rejections))
         self.batcher.put(requests, more_coming=more)
-        self.hooks.after_fetch(self.spec.model, len(fetched), more)
+        self.hooks.after_fetch(self.spec.model, self.spec.version, len(fetched), more)
 
     def _decode(self, fetched: Sequence[Fetched]) -> tuple[list[InferenceRequest], list[Rejection]]:
         """Requests due now (for the batcher) and rejections; the rest parked or delayed."""

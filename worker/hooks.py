@@ -24,15 +24,16 @@ log = get_logger(__name__)
 
 
 class Hook:
-    def after_fetch(self, model: str, count: int, depth_hint: bool) -> None:
+    def after_fetch(self, model: str, version: int, count: int, depth_hint: bool) -> None:
         """``count`` messages were taken from ``model``'s queue (``depth_hint``: more may wait)."""
 
-    def before_batch(self, model: str, batch: Sequence[InferenceRequest]) -> None:
+    def before_batch(self, model: str, version: int, batch: Sequence[InferenceRequest]) -> None:
         """A batch is about to run on the device."""
 
     def after_batch(
         self,
         model: str,
+        version: int,
         batch: Sequence[InferenceRequest],
         outcomes: Sequence[Outcome],
         infer_s: float,
@@ -42,13 +43,14 @@ class Hook:
     def after_store(
         self,
         model: str,
+        version: int,
         outcomes: Sequence[Outcome],
         rejections: Sequence[Rejection],
         store_s: float,
     ) -> None:
         """Results were stored and their messages acknowledged."""
 
-    def on_batch_cap(self, model: str, cap: int) -> None:
+    def on_batch_cap(self, model: str, version: int, cap: int) -> None:
         """The effective max batch size changed."""
 
     def on_queue_depth(self, model: str, depth: int) -> None:
@@ -59,6 +61,9 @@ class Hook:
 
     def on_model_loaded(self, model: str, version: int, platform: str, precision: str) -> None:
         """A model version is loaded and warmed up: it serves from now on."""
+
+    def on_model_released(self, model: str, version: int) -> None:
+        """A model version was released (a rollout moved on): it serves no more."""
 
     def on_in_hand(self, model: str, count: int) -> None:
         """Housekeeping counted the messages this worker holds for ``model``."""
@@ -87,32 +92,36 @@ class Hooks(Hook):
             except Exception:  # a hook that raises is logged and skipped, never fatal
                 log.exception("hook failed", hook=type(hook).__name__, point=point)
 
-    def after_fetch(self, model: str, count: int, depth_hint: bool) -> None:
-        self._each("after_fetch", lambda h: h.after_fetch(model, count, depth_hint))
+    def after_fetch(self, model: str, version: int, count: int, depth_hint: bool) -> None:
+        self._each("after_fetch", lambda h: h.after_fetch(model, version, count, depth_hint))
 
-    def before_batch(self, model: str, batch: Sequence[InferenceRequest]) -> None:
-        self._each("before_batch", lambda h: h.before_batch(model, batch))
+    def before_batch(self, model: str, version: int, batch: Sequence[InferenceRequest]) -> None:
+        self._each("before_batch", lambda h: h.before_batch(model, version, batch))
 
     def after_batch(
         self,
         model: str,
+        version: int,
         batch: Sequence[InferenceRequest],
         outcomes: Sequence[Outcome],
         infer_s: float,
     ) -> None:
-        self._each("after_batch", lambda h: h.after_batch(model, batch, outcomes, infer_s))
+        self._each("after_batch", lambda h: h.after_batch(model, version, batch, outcomes, infer_s))
 
     def after_store(
         self,
         model: str,
+        version: int,
         outcomes: Sequence[Outcome],
         rejections: Sequence[Rejection],
         store_s: float,
     ) -> None:
-        self._each("after_store", lambda h: h.after_store(model, outcomes, rejections, store_s))
+        self._each(
+            "after_store", lambda h: h.after_store(model, version, outcomes, rejections, store_s)
+        )
 
-    def on_batch_cap(self, model: str, cap: int) -> None:
-        self._each("on_batch_cap", lambda h: h.on_batch_cap(model, cap))
+    def on_batch_cap(self, model: str, version: int, cap: int) -> None:
+        self._each("on_batch_cap", lambda h: h.on_batch_cap(model, version, cap))
 
     def on_queue_depth(self, model: str, depth: int) -> None:
         self._each("on_queue_depth", lambda h: h.on_queue_depth(model, depth))
@@ -126,6 +135,9 @@ class Hooks(Hook):
         self._each(
             "on_model_loaded", lambda h: h.on_model_loaded(model, version, platform, precision)
         )
+
+    def on_model_released(self, model: str, version: int) -> None:
+        self._each("on_model_released", lambda h: h.on_model_released(model, version))
 
     def on_in_hand(self, model: str, count: int) -> None:
         self._each("on_in_hand", lambda h: h.on_in_hand(model, count))
@@ -155,16 +167,19 @@ class MetricsHook(Hook):
     def after_batch(
         self,
         model: str,
+        version: int,
         batch: Sequence[InferenceRequest],
         outcomes: Sequence[Outcome],
         infer_s: float,
     ) -> None:
-        self.m.batch_size.observe((model,), len(batch))
-        self.m.inference.observe((model,), infer_s)
+        labels = (model, str(version))
+        self.m.batch_size.observe(labels, len(batch))
+        self.m.inference.observe(labels, infer_s)
 
     def after_store(
         self,
         model: str,
+        version: int,
         outcomes: Sequence[Outcome],
         rejections: Sequence[Rejection],
         store_s: float,
@@ -181,21 +196,25 @@ class MetricsHook(Hook):
             queue_wait.append(timing["queue_ms"])
         if latency:
             counts["success"] += len(latency)
-            self.m.latency.observe_many((model,), np.array(latency) / 1e3)
-            self.m.queue_wait.observe_many((model,), np.array(queue_wait) / 1e3)
+            labels = (model, str(version))
+            self.m.latency.observe_many(labels, np.array(latency) / 1e3)
+            self.m.queue_wait.observe_many(labels, np.array(queue_wait) / 1e3)
         for outcome, n in counts.items():
-            self._child(self.m.requests, model, outcome).inc(n)
+            self._child(self.m.requests, model, str(version), outcome).inc(n)
         if redelivered := sum(o.request.redelivered for o in outcomes):
-            self._child(self.m.redeliveries, model).inc(redelivered)
+            self._child(self.m.redeliveries, model, str(version)).inc(redelivered)
 
-    def on_batch_cap(self, model: str, cap: int) -> None:
-        self._child(self.m.batch_cap, model).set(cap)
+    def on_batch_cap(self, model: str, version: int, cap: int) -> None:
+        self._child(self.m.batch_cap, model, str(version)).set(cap)
 
     def on_queue_depth(self, model: str, depth: int) -> None:
         self.m.set_queue_depth(model, depth)
 
     def on_model_loaded(self, model: str, version: int, platform: str, precision: str) -> None:
         self.m.set_model_info(model, str(version), platform, precision)
+
+    def on_model_released(self, model: str, version: int) -> None:
+        self.m.remove_model_info(model, str(version))
 
     def on_in_hand(self, model: str, count: int) -> None:
         self.m.set_in_hand(model, count)
@@ -218,6 +237,7 @@ class LogHook(Hook):
     def after_store(
         self,
         model: str,
+        version: int,
         outcomes: Sequence[Outcome],
         rejections: Sequence[Rejection],
         store_s: float,
@@ -241,5 +261,5 @@ class LogHook(Hook):
                 message=r.error.message,
             )
 
-    def on_batch_cap(self, model: str, cap: int) -> None:
+    def on_batch_cap(self, model: str, version: int, cap: int) -> None:
         log.info("effective max batch size", model=model, cap=cap)

@@ -149,36 +149,49 @@ class Metrics:
         self._lock = threading.Lock()
         self._depth: dict[str, int] = {}
         self._held: dict[str, int] = {}
-        self._info: dict[str, tuple[str, str, str]] = {}
+        self._info: dict[tuple[str, str], tuple[str, str]] = {}
 
     def _requests(self, r: CollectorRegistry) -> None:
         self.requests = Counter(
             "inferq_requests",
-            "Requests that reached a final state, by outcome (success or the error's reason)",
-            ["model", "outcome"],
+            "Requests that reached a final state, by outcome (success or the error's reason), "
+            "and the version that computed them (or whose queue they came from)",
+            ["model", "version", "outcome"],
             registry=r,
         )
         self.latency = BatchHistogram(
             "inferq_request_latency_seconds",
             "From the producer's submit to the result handed to the backend",
-            ["model"],
+            ["model", "version"],
             _LATENCY_BUCKETS,
             r,
         )
         self.queue_wait = BatchHistogram(
-            "inferq_queue_wait_seconds", "Time in the Redis queue", ["model"], _LATENCY_BUCKETS, r
+            "inferq_queue_wait_seconds",
+            "Time in the Redis queue",
+            ["model", "version"],
+            _LATENCY_BUCKETS,
+            r,
         )
         self.batch_size = BatchHistogram(
-            "inferq_batch_size", "Requests per computed batch", ["model"], _BATCH_BUCKETS, r
+            "inferq_batch_size",
+            "Requests per computed batch",
+            ["model", "version"],
+            _BATCH_BUCKETS,
+            r,
         )
         self.inference = BatchHistogram(
-            "inferq_inference_seconds", "Device time per batch", ["model"], _LATENCY_BUCKETS, r
+            "inferq_inference_seconds",
+            "Device time per batch",
+            ["model", "version"],
+            _LATENCY_BUCKETS,
+            r,
         )
         self.redeliveries = Counter(
             "inferq_redeliveries",
             "Messages that reached a final state here after an earlier delivery (a worker died, "
             "a batch outlived the visibility timeout, or a shutdown gave them back)",
-            ["model"],
+            ["model", "version"],
             registry=r,
         )
         self.dead_letters = Counter(
@@ -212,7 +225,10 @@ class Metrics:
             registry=r,
         )
         self.batch_cap = Gauge(
-            "inferq_effective_max_batch_size", "Batch cap after OOM back-off", ["model"], registry=r
+            "inferq_effective_max_batch_size",
+            "Batch cap after OOM back-off",
+            ["model", "version"],
+            registry=r,
         )
 
     def _device(self, r: CollectorRegistry) -> None:
@@ -269,18 +285,21 @@ class Metrics:
         self.backlog.labels(model).set(self._depth.get(model, 0) + self._held.get(model, 0))
 
     def set_model_info(self, model: str, version: str, platform: str, precision: str) -> None:
-        """Label ``model``'s serving version; a hot reload replaces the previous version's series."""
-        labels = (version, platform, precision)
-        # The model's counters start at 0, so increase() sees their first event (a series that
+        """Label a version this worker serves (during a canary, two of one model)."""
+        # The version's counters start at 0, so increase() sees their first event (a series that
         # appears at 1 has no earlier sample to grow from, and an alert on it would never fire).
-        self.redeliveries.labels(model)
+        self.redeliveries.labels(model, version)
         self.dead_letters.labels(model)
         with self._lock:
-            previous = self._info.get(model)
-            if previous is not None and previous != labels:
-                self.model_info.remove(model, *previous)
-            self._info[model] = labels
-            self.model_info.labels(model, *labels).set(1)
+            self._info[(model, version)] = (platform, precision)
+            self.model_info.labels(model, version, platform, precision).set(1)
+
+    def remove_model_info(self, model: str, version: str) -> None:
+        """A version this worker no longer serves (released after a rollout) leaves the info."""
+        with self._lock:
+            labels = self._info.pop((model, version), None)
+            if labels is not None:
+                self.model_info.remove(model, version, *labels)
 
     def serve(self, port: int, attempts: int = 16, health: Health | None = None) -> int | None:
         """Start the endpoint (``/metrics``, and ``/ready`` and ``/live`` from ``health``) on

@@ -268,6 +268,7 @@ class InferenceService:
             t.join(timeout)
         self.served = [x for x in self.served if x is not s]
         self._refresh_specs()
+        self.hooks.on_model_released(s.model.name, s.model.version)
 
     def free_device_memory(self) -> None:
         gc.collect()  # the released handler's tensors, before the allocator hands memory back
@@ -346,7 +347,7 @@ class InferenceService:
             model.version,
             self.device,
             self.worker_name,
-            on_cap_change=partial(self.hooks.on_batch_cap, model.name),
+            on_cap_change=partial(self.hooks.on_batch_cap, model.name, model.version),
         )
         warmup = runner.warmup()
         log.info(
@@ -383,7 +384,7 @@ class InferenceService:
     def _prepare(self, s: Served, batch: list[InferenceRequest]) -> None:
         batch, revoked = split_revoked(batch)  # revoked while waiting here: never computed
         if revoked:
-            self.writer.put(WriteJob(s.model.name, s.in_hand, (), revoked))
+            self.writer.put(WriteJob(s.model.name, s.model.version, s.in_hand, (), revoked))
         if not batch:
             return
         try:
@@ -417,7 +418,7 @@ class InferenceService:
         keep, revoked = split_revoked(prepared.requests)
         if not revoked:
             return True
-        self.writer.put(WriteJob(s.model.name, s.in_hand, (), revoked))
+        self.writer.put(WriteJob(s.model.name, s.model.version, s.in_hand, (), revoked))
         if self._stopping.is_set():
             self._give_back(s, keep)
         elif keep:
@@ -437,7 +438,7 @@ class InferenceService:
 
     def _run_batch(self, s: Served, prepared: PreparedBatch) -> None:
         batch = prepared.requests
-        self.hooks.before_batch(s.model.name, batch)
+        self.hooks.before_batch(s.model.name, s.model.version, batch)
         started = time.perf_counter()
         try:
             with self._compute_slots:
@@ -448,12 +449,14 @@ class InferenceService:
         except Exception as exc:  # a runner bug must still answer every request
             log.exception("runner failed outside the model", model=s.model.name)
             outcomes = unrecoverable(batch, exc)
-        self.hooks.after_batch(s.model.name, batch, outcomes, time.perf_counter() - started)
+        self.hooks.after_batch(
+            s.model.name, s.model.version, batch, outcomes, time.perf_counter() - started
+        )
         s.failures.observe(outcomes)
         self._write(s, outcomes)
 
     def _write(self, s: Served, outcomes: Sequence[Outcome]) -> None:
-        self.writer.put(WriteJob(s.model.name, s.in_hand, outcomes, ()))
+        self.writer.put(WriteJob(s.model.name, s.model.version, s.in_hand, outcomes, ()))
 
     def _give_back(self, s: Served, held: Sequence[InferenceRequest]) -> None:
         give_back(self.broker, s.in_hand, [r.tag for r in held])

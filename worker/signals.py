@@ -31,7 +31,7 @@ class TaskSignalsHook(Hook):
     def __init__(self, task: Task) -> None:
         self.task = task
 
-    def before_batch(self, model: str, batch: Sequence[InferenceRequest]) -> None:
+    def before_batch(self, model: str, version: int, batch: Sequence[InferenceRequest]) -> None:
         if not _listened():
             return
         for r in batch:
@@ -40,6 +40,7 @@ class TaskSignalsHook(Hook):
     def after_batch(
         self,
         model: str,
+        version: int,
         batch: Sequence[InferenceRequest],
         outcomes: Sequence[Outcome],
         infer_s: float,

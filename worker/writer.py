@@ -35,6 +35,7 @@ class WriteJob:
     """What one batch (or one fetch's rejections) leaves to write, for one model."""
 
     model: str
+    version: int  # the version that computed these (or whose queue they came from)
     in_hand: InHand  # the model's count of held messages: these are off it once stored
     outcomes: Sequence[Outcome]
     rejections: Sequence[Rejection]
@@ -113,4 +114,4 @@ class ResultWriter:
         for job in jobs:
             job.in_hand.done(len(job.outcomes) + len(job.rejections))
             with bound(**job.context):
-                self.hooks.after_store(job.model, job.outcomes, job.rejections, seconds)
+                self.hooks.after_store(job.model, job.version, job.outcomes, job.rejections, seconds)

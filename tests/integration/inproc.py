@@ -56,12 +56,13 @@ class Recorder(Hook):
         self.stores: list[tuple[str, int, int]] = []
         self._lock = threading.Lock()
 
-    def after_fetch(self, model: str, count: int, depth_hint: bool) -> None:
+    def after_fetch(self, model: str, version: int, count: int, depth_hint: bool) -> None:
         self.fetches.append((model, count, depth_hint))
 
     def after_store(
         self,
         model: str,
+        version: int,
         outcomes: Sequence[Any],
         rejections: Sequence[Rejection],
         store_s: float,

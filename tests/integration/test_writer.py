@@ -52,7 +52,7 @@ def job(requests: Sequence[InferenceRequest], in_hand: InHand) -> WriteJob:
         for r in requests
     ]
     in_hand.add(len(outcomes))
-    return WriteJob(SPEC.model, in_hand, outcomes, ())
+    return WriteJob(SPEC.model, SPEC.version, in_hand, outcomes, ())
 
 
 def meta(client: redis.Redis, task_id: str) -> dict[str, object] | None:

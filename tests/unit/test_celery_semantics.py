@@ -159,9 +159,9 @@ def test_each_request_gets_its_signals_once_with_its_trace(
     task = submit_job
     hook = TaskSignalsHook(task)
     a, b = _request("a", TraceContext(PARENT)), _request("b")
-    hook.before_batch("m", [a, b])
+    hook.before_batch("m", 1, [a, b])
     hook.after_batch(
-        "m", [a, b], [Outcome(a, value=None), Outcome(b, error=InvalidInput("x"))], 0.1
+        "m", 1, [a, b], [Outcome(a, value=None), Outcome(b, error=InvalidInput("x"))], 0.1
     )
     assert received == [
         ("prerun", "a", PARENT),

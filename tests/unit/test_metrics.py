@@ -46,13 +46,13 @@ def test_batch_histogram_matches_prometheus_histogram() -> None:
 
 def test_worker_metrics_are_exported_with_their_types() -> None:
     m = Metrics()
-    m.latency.observe_many(("shapes",), [0.002, 0.02])
-    m.requests.labels("shapes", "success").inc(2)
+    m.latency.observe_many(("shapes", "1"), [0.002, 0.02])
+    m.requests.labels("shapes", "1", "success").inc(2)
     text = generate_latest(m.registry).decode()
     assert "# TYPE inferq_request_latency_seconds histogram" in text
-    assert 'inferq_request_latency_seconds_count{model="shapes"} 2.0' in text
-    assert 'inferq_request_latency_seconds_bucket{le="0.0025",model="shapes"} 1.0' in text
-    assert 'inferq_requests_total{model="shapes",outcome="success"} 2.0' in text
+    assert 'inferq_request_latency_seconds_count{model="shapes",version="1"} 2.0' in text
+    assert 'inferq_request_latency_seconds_bucket{le="0.0025",model="shapes",version="1"} 1.0' in text
+    assert 'inferq_requests_total{model="shapes",outcome="success",version="1"} 2.0' in text
 
 
 def _value(m: Metrics, name: str, **labels: str) -> float | None:
@@ -70,14 +70,23 @@ def test_backlog_is_queue_depth_plus_messages_in_hand() -> None:
     assert _value(m, "inferq_queue_depth", model="shapes") == 10
 
 
-def test_model_info_keeps_one_series_per_model_across_a_reload() -> None:
+def test_model_info_names_each_version_served_until_it_is_released() -> None:
     m = Metrics()
     m.set_model_info("shapes", "1", "torchscript", "fp32")
     m.set_model_info("other", "3", "onnx", "fp16")
-    m.set_model_info("shapes", "2", "torchscript", "fp16")
-    text = generate_latest(m.registry).decode()
-    info = [line for line in text.splitlines() if line.startswith("inferq_model_info{")]
-    assert sorted(info) == [
+    m.set_model_info("shapes", "2", "torchscript", "fp16")  # a canary beside version 1
+
+    def info() -> list[str]:
+        text = generate_latest(m.registry).decode()
+        return sorted(line for line in text.splitlines() if line.startswith("inferq_model_info{"))
+
+    assert info() == [
+        'inferq_model_info{model="other",platform="onnx",precision="fp16",version="3"} 1.0',
+        'inferq_model_info{model="shapes",platform="torchscript",precision="fp16",version="2"} 1.0',
+        'inferq_model_info{model="shapes",platform="torchscript",precision="fp32",version="1"} 1.0',
+    ]
+    m.remove_model_info("shapes", "1")  # promoted: version 1 released
+    assert info() == [
         'inferq_model_info{model="other",platform="onnx",precision="fp16",version="3"} 1.0',
         'inferq_model_info{model="shapes",platform="torchscript",precision="fp16",version="2"} 1.0',
     ]
@@ -122,8 +131,9 @@ def test_metrics_hook_counts_redelivered_requests_and_outcomes() -> None:
     m = Metrics()
     hook = MetricsHook(m)
     outcomes = [_outcome("a", True), _outcome("b", False), _outcome("c", True)]
-    hook.after_store("shapes", outcomes, [], 0.01)
-    assert _value(m, "inferq_redeliveries_total", model="shapes") == 2
-    assert _value(m, "inferq_requests_total", model="shapes", outcome="invalid_input") == 3
+    hook.after_store("shapes", 2, outcomes, [], 0.01)
+    assert _value(m, "inferq_redeliveries_total", model="shapes", version="2") == 2
+    labels = {"model": "shapes", "version": "2", "outcome": "invalid_input"}
+    assert _value(m, "inferq_requests_total", **labels) == 3
     hook.on_queue_depth("shapes", 7)
     assert _value(m, "inferq_backlog", model="shapes") == 7

@@ -40,8 +40,8 @@ def _per_message_us(fn: Callable[[], Any], batch: int, reps: int) -> float:
 def _active_round(
     hook: ActiveRequestsHook, model: str, batch: list[InferenceRequest], outcomes: Any
 ) -> None:
-    hook.before_batch(model, batch)
-    hook.after_batch(model, batch, outcomes, 0.0)
+    hook.before_batch(model, 1, batch)
+    hook.after_batch(model, 1, batch, outcomes, 0.0)
 
 
 def measure(repo: Path, model: str, batch: int, reps: int = 200) -> dict[str, float]:
@@ -82,7 +82,7 @@ def measure(repo: Path, model: str, batch: int, reps: int = 200) -> dict[str, fl
     events = EventsHook(app, "stages")
     metrics = MetricsHook(Metrics())
     active = ActiveRequestsHook("stages")
-    job = WriteJob(model, InHand(len(outcomes)), outcomes, ())
+    job = WriteJob(model, 1, InHand(len(outcomes)), outcomes, ())
     stages: dict[str, Callable[[], Any]] = {
         "decode (envelope, base64, msgpack, checks)": lambda: [
             decode_message(str(i), r, spec, max_bytes=limit) for i, r in enumerate(raws)
@@ -92,7 +92,7 @@ def measure(repo: Path, model: str, batch: int, reps: int = 200) -> dict[str, fl
             runner.prepare(live)
         ),
         "result metas": job.writes,
-        "metrics hook": lambda: metrics.after_store(model, outcomes, (), 0.01),
+        "metrics hook": lambda: metrics.after_store(model, 1, outcomes, (), 0.01),
         "inspect-active bookkeeping": lambda: _active_round(active, model, live, outcomes),
         "task events (built, enveloped)": lambda: events.messages_for(
             events.events_for(outcomes, ())
