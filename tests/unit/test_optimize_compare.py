@@ -1,5 +1,6 @@
 """python -m inferq.worker.optimize.compare: variants of one model side by side, each checked
-against the first; a combination a worker would refuse is refused with the worker's message."""
+against the first; a combination a worker would refuse is refused with the worker's message.
+``inferq bench --version``: the copy benched is that version, under its own config.toml."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import torch
 from inferq.shared.errors import ConfigError
 from inferq.worker.optimize.compare import compare, parse_variant
 from inferq.worker.repository import ModelRepository
-from tests.models import write_model
+from inferq.worker.tools.bench import BenchConfig, bench_repo
+from tests.models import config_text, write_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
 CPU = torch.device("cpu")
@@ -51,3 +53,25 @@ def test_a_variant_a_worker_would_refuse_is_refused_naming_the_keys(tmp_path: Pa
     short = parse_variant("short=1:buckets=4")
     with pytest.raises(ConfigError, match=r"optimize\.batch_buckets must reach"):
         compare(ModelRepository(tmp_path), "tiny", [short], [16], CPU, 0.02, lambda _: None)
+
+
+def _bench_config(root: Path, version: int | None) -> BenchConfig:
+    return BenchConfig("tiny", 8, "cpu", root, root / "out", 10, 10, 1.0, version=version)
+
+
+def test_bench_copies_the_version_asked_for_with_its_own_config(tmp_path: Path) -> None:
+    write_model(tmp_path, "tiny")
+    v2 = write_model(tmp_path, "tiny", version=2).parent
+    own = config_text(max_batch_size=16) + "[optimize]\nbatch_buckets = [4, 16]\n"
+    (v2 / "config.toml").write_text(own)
+    copied = ModelRepository(bench_repo(_bench_config(tmp_path, 2), tmp_path / "a"))
+    mv = copied.resolve("tiny")
+    assert copied.versions("tiny") == [2]
+    assert mv.config.optimize.batch_buckets == (4, 16)  # the version's own config.toml
+    assert mv.config.batching.max_batch_size == 8  # pinned to the bench's batch size
+    first = ModelRepository(bench_repo(_bench_config(tmp_path, 1), tmp_path / "b"))
+    assert (
+        first.versions("tiny") == [1] and first.resolve("tiny").config.optimize.batch_buckets == ()
+    )
+    latest = ModelRepository(bench_repo(_bench_config(tmp_path, None), tmp_path / "c"))
+    assert latest.versions("tiny") == [2]
