@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from inferq.shared.errors import ConfigError
-from inferq.worker.optimize.compare import compare, parse_variant
+from inferq.worker.optimize.compare import compare, load_runners, parse_variant, profile
 from inferq.worker.repository import ModelRepository
 from inferq.worker.tools.bench import BenchConfig, bench_repo
 from tests.models import config_text, write_model
@@ -75,3 +75,17 @@ def test_bench_copies_the_version_asked_for_with_its_own_config(tmp_path: Path) 
     )
     latest = ModelRepository(bench_repo(_bench_config(tmp_path, None), tmp_path / "c"))
     assert latest.versions("tiny") == [2]
+
+
+def test_profile_prints_each_variants_top_ops(tmp_path: Path) -> None:
+    write_model(tmp_path, "tiny")
+    repo = ModelRepository(tmp_path)
+    variants = [parse_variant("plain=1"), parse_variant("bucketed=1:buckets=8")]
+    runners = load_runners(repo, "tiny", variants, 8, CPU, lambda _: None)
+    tables: list[str] = []
+    profile(runners, 8, 2, 5, tables.append)
+    assert [t.splitlines()[0] for t in tables] == [
+        "plain, batch 8, 2 calls:",
+        "bucketed, batch 8, 2 calls:",
+    ]
+    assert all("aten::" in t for t in tables)

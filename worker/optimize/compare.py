@@ -93,6 +93,24 @@ def _value(key: str, text: str) -> Any:
     return text
 
 
+def load_runners(
+    repo: ModelRepository,
+    model: str,
+    variants: list[Variant],
+    largest: int,
+    device: torch.device,
+    echo: Any,
+) -> dict[str, Runner]:
+    runners: dict[str, Runner] = {}
+    for variant in variants:
+        mv = repo.resolve(model, variant.version)
+        config = variant_config(repo, model, variant, largest)
+        echo(f"loading {variant.name}: version {mv.version} ({config.platform}) ...")
+        mv = ModelVersion(model, mv.version, mv.path, config)
+        runners[variant.name] = Runner(load_handler(mv, device), config, mv.version, device, "cmp")
+    return runners
+
+
 def compare(
     repo: ModelRepository,
     model: str,
@@ -104,13 +122,7 @@ def compare(
 ) -> dict[str, Any]:
     """Images/s of every variant at every size (taking turns per size), and each variant's top-1
     agreement and largest output difference against the first."""
-    runners: dict[str, Runner] = {}
-    for variant in variants:
-        mv = repo.resolve(model, variant.version)
-        config = variant_config(repo, model, variant, max(sizes))
-        echo(f"loading {variant.name}: version {mv.version} ({config.platform}) ...")
-        mv = ModelVersion(model, mv.version, mv.path, config)
-        runners[variant.name] = Runner(load_handler(mv, device), config, mv.version, device, "cmp")
+    runners = load_runners(repo, model, variants, max(sizes), device, echo)
     first = next(iter(runners.values()))
     images = np.random.default_rng(7).integers(0, 256, (256, *first.config.shape), dtype=np.uint8)
     outs = {name: measure.outputs(r, images, max(sizes)) for name, r in runners.items()}
@@ -138,6 +150,23 @@ def compare(
     return report
 
 
+def profile(runners: dict[str, Runner], size: int, calls: int, top: int, echo: Any) -> None:
+    """torch.profiler's top ops (self CPU time) of each runner over ``calls`` forwards at
+    ``size``: where an optimised variant gains or loses against its source."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    for name, runner in runners.items():
+        x = torch.randint(0, 256, (size, *runner.config.shape), dtype=torch.uint8)
+        x = x.to(runner.device)
+        runner._forward(x)
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(calls):
+                runner._forward(x)
+        table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
+        echo(f"{name}, batch {size}, {calls} calls:\n{table}")
+
+
 def render(report: dict[str, Any], sizes: list[int]) -> str:
     names = list(report["variants"])
     width = max(len(n) for n in names) + 2
@@ -160,6 +189,13 @@ def render(report: dict[str, Any], sizes: list[int]) -> str:
 @click.option("--seconds", type=click.FloatRange(min=0.0), default=2.0, show_default=True)
 @click.option("--repository", type=click.Path(file_okay=False, path_type=Path), default=None)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--profile",
+    "profile_calls",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Instead of measuring: torch.profiler's top ops over this many calls at the largest size.",
+)
 def main(
     model: str,
     variants: tuple[str, ...],
@@ -168,11 +204,17 @@ def main(
     seconds: float,
     repository: Path | None,
     json_out: Path | None,
+    profile_calls: int,
 ) -> None:
     """Raw throughput of MODEL's variants side by side, checked against the first."""
     repo = ModelRepository(repository or get_settings().model_repository)
     batch_sizes = sorted({int(s) for s in sizes.split(",") if s})
     parsed = [parse_variant(v) for v in variants]
+    if profile_calls:
+        dev = torch.device(device)
+        runners = load_runners(repo, model, parsed, max(batch_sizes), dev, click.echo)
+        profile(runners, max(batch_sizes), profile_calls, 12, click.echo)
+        return
     report = compare(repo, model, parsed, batch_sizes, torch.device(device), seconds, click.echo)
     if json_out is not None:
         json_out.write_text(json.dumps(report, indent=2) + "\n")
