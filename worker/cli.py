@@ -210,6 +210,12 @@ def demo(count: int, model_repository: Path | None) -> None:
     help="Override the model's [instances] count.",
 )
 @click.option(
+    "--version",
+    type=click.IntRange(min=1),
+    default=None,
+    help="The version to bench, with its own config.toml (default: the highest).",
+)
+@click.option(
     "--out", type=click.Path(path_type=Path), default=Path("bench-out"), show_default=True
 )
 @click.option(
@@ -230,6 +236,7 @@ def bench(
     steady_seconds: float,
     precision: str | None,
     instances: int | None,
+    version: int | None,
     out: Path,
     client: bool,
     threads: int,
@@ -263,6 +270,7 @@ def bench(
         steady_seconds,
         precision=precision,
         instances=instances,
+        version=version,
     )
     run_bench(cfg, echo=click.echo)
 

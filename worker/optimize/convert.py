@@ -60,14 +60,13 @@ def to_int8(
     dest: Path,
 ) -> Converted:
     """Static post-training quantisation of convs and linears (conv+BN folded, activations
-    calibrated), falling back to dynamic quantisation of Linear/LSTM weights where static
+    calibrated), falling back to dynamic quantisation of linear weights where static
     quantisation fails or finds nothing to quantise."""
     if device.type != "cpu":
         raise ConfigError(f"--to int8 runs on CPU (quantised kernels are CPU-only), got {device}")
     quantized, method = _static_int8(source, calibration)
     if quantized is None:
-        quantized = _dynamic_int8(source)
-        method = f"dynamic (Linear/LSTM weights int8, activations float): {method}"
+        quantized, method = _dynamic_int8(source, why_not_static=method)
     log.info("int8 quantisation", method=method)
     return Converted("torchscript", _save_script(quantized, dest), method)
 
@@ -95,14 +94,29 @@ def _static_int8(
     return quantized, f"static ({engine} engine, per-channel weights, {images} calibration images)"
 
 
-def _dynamic_int8(source: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
+def _dynamic_int8(
+    source: torch.jit.ScriptModule, why_not_static: str
+) -> tuple[torch.jit.ScriptModule, str]:
+    """Linear weights in int8, activations quantised on the fly. TorchScript's dynamic pass
+    quantises ``aten::linear`` only (an LSTM's own weights stay float, its output Linear does
+    not): a graph where it finds nothing is refused rather than written as "int8"."""
     from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic_jit
 
     with torch.no_grad(), _quiet():
         quantized: torch.jit.ScriptModule = quantize_dynamic_jit(
             source, {"": default_dynamic_qconfig}
         )
-    return quantized
+    layers = str(quantized.inlined_graph).count("quantized::linear_dynamic")
+    if not layers:
+        raise ConfigError(
+            "--to int8 needs a convolution or linear layer that graph-mode quantisation can "
+            f"reach, got none: {why_not_static}; dynamic found no linear layer either"
+        )
+    method = (
+        f"dynamic ({layers} linear layer(s) with int8 weights, activations quantised per "
+        f"batch): {why_not_static}"
+    )
+    return quantized, method
 
 
 # -- half-precision weights -----------------------------------------------------------------------

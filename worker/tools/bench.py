@@ -51,6 +51,7 @@ class BenchConfig:
     raw_seconds: float = 2.0
     precision: str | None = None  # override the model's precision.mode (fp32, fp16, bf16)
     instances: int | None = None  # override the model's [instances] count
+    version: int | None = None  # the version benched (default: the highest, as a worker serves)
 
 
 @dataclass
@@ -108,13 +109,23 @@ def machine_info(device: str) -> dict[str, Any]:
 
 
 def bench_repo(cfg: BenchConfig, into: Path) -> Path:
-    """A copy of the model whose batching is pinned to the benchmark's batch size."""
-    src = ModelRepository(cfg.repo).resolve(cfg.model)
+    """A copy of the model version benched, alone in a repository of its own, whose batching is
+    pinned to the benchmark's batch size. The version's own config.toml (an optimised version's
+    platform, precision and ``[optimize]``) is the copy's config when it has one."""
+    src = ModelRepository(cfg.repo).resolve(cfg.model, cfg.version)
     dest = into / cfg.model / str(src.version)
     dest.mkdir(parents=True)
     shutil.copy2(src.path, dest / src.path.name)
     record_sha256(dest / src.path.name)
-    text = (cfg.repo / cfg.model / "config.toml").read_text()
+    (into / cfg.model / "config.toml").write_text(bench_config_text(cfg, src.path.parent))
+    return into
+
+
+def bench_config_text(cfg: BenchConfig, version_dir: Path) -> str:
+    """The config the bench copy runs under: the version's own, else the model's, with the
+    benchmark's batch size and the overrides asked for."""
+    own = version_dir / "config.toml"
+    text = (own if own.is_file() else version_dir.parent / "config.toml").read_text()
     text = re.sub(r"(?m)^max_batch_size\s*=.*$", f"max_batch_size = {cfg.batch_size}", text)
     text = re.sub(
         r"(?m)^preferred_batch_sizes\s*=.*$", f"preferred_batch_sizes = [{cfg.batch_size}]", text
@@ -125,8 +136,7 @@ def bench_repo(cfg: BenchConfig, into: Path) -> Path:
     if cfg.instances:
         text = re.sub(r"(?ms)^\[instances\].*?(?=^\[|\Z)", "", text)
         text += f"\n[instances]\ncount = {cfg.instances}\n"
-    (into / cfg.model / "config.toml").write_text(text)
-    return into
+    return text
 
 
 def raw_throughput(
