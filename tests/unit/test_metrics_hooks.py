@@ -10,17 +10,21 @@ def _value(m: Metrics, name: str, **labels: str) -> float | None:
     return m.registry.get_sample_value(name, labels)
 
 
-def test_model_info_names_the_loaded_version_and_replaces_the_previous_one() -> None:
+def test_model_info_names_each_loaded_version_until_it_is_released() -> None:
     m = Metrics()
     hooks = Hooks([MetricsHook(m)])
     hooks.on_model_loaded("shapes", 1, "torchscript", "fp32")
     info = {"model": "shapes", "platform": "torchscript", "precision": "fp32"}
     assert _value(m, "inferq_model_info", version="1", **info) == 1
-    hooks.on_model_loaded("shapes", 2, "torchscript", "fp32")
+    hooks.on_model_loaded("shapes", 2, "torchscript", "fp32")  # loaded beside 1 (a rollout)
     assert _value(m, "inferq_model_info", version="2", **info) == 1
+    assert _value(m, "inferq_model_info", version="1", **info) == 1
+    hooks.on_model_released("shapes", 1)  # switched and drained: 1 is released
     assert _value(m, "inferq_model_info", version="1", **info) is None
-    # The model's counters exist from 0 on, so increase() sees their first event.
+    assert _value(m, "inferq_model_info", version="2", **info) == 1
+    # The version's counters exist from 0 on, so increase() sees their first event.
     assert _value(m, "inferq_dead_letters_total", model="shapes") == 0
+    assert _value(m, "inferq_redeliveries_total", model="shapes", version="2") == 0
 
 
 def test_backlog_counts_the_queue_and_the_messages_in_hand() -> None:
