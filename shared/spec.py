@@ -15,6 +15,21 @@ from pathlib import Path
 from typing import Any
 
 from inferq.shared.errors import ConfigError
+from inferq.shared.tomlcheck import (
+    boolean,
+    check_keys,
+    choice,
+    integer,
+    integers,
+    is_int,
+    is_list,
+    number,
+    numbers,
+    section,
+    share,
+    string,
+    strings,
+)
 
 RESIZE_MODES = ("crop", "letterbox", "stretch")
 COLOR_MODES = {"RGB": 3, "L": 1}
@@ -200,9 +215,9 @@ def parse_config(name: str, data: dict[str, Any], where: str = "config") -> Mode
 
 
 def _parse(name: str, data: dict[str, Any]) -> ModelConfig:
-    _check_keys(data, "")
+    check_keys(data, "", KNOWN_KEYS)
     inp, pre, out, bat, prec, inst, opt, val, roll = (
-        _section(data, s)
+        section(data, s, KNOWN_KEYS)
         for s in (
             "input",
             "preprocess",
@@ -218,50 +233,32 @@ def _parse(name: str, data: dict[str, Any]) -> ModelConfig:
     shape, color = _input(inp)
     config = ModelConfig(
         name=name,
-        platform=_choice(data.get("platform", "torchscript"), PLATFORMS, "platform"),
+        platform=choice(data.get("platform", "torchscript"), PLATFORMS, "platform"),
         shape=shape,
-        dtype=_choice(inp.get("dtype", "uint8"), WIRE_DTYPES, "input.dtype"),
+        dtype=choice(inp.get("dtype", "uint8"), WIRE_DTYPES, "input.dtype"),
         color=color,
-        resize=_choice(pre.get("resize", "crop"), RESIZE_MODES, "preprocess.resize"),
-        description=_str(data.get("description", ""), "description"),
+        resize=choice(pre.get("resize", "crop"), RESIZE_MODES, "preprocess.resize"),
+        description=string(data.get("description", ""), "description"),
         preprocess=_preprocess(pre, channels=shape[0]),
         output=_output(out),
         batching=_batching(bat),
         precision=_precision(prec),
         instances=_instances(inst),
         optimize=_optimize(opt),
-        validation=Validation(_share(val.get("min_agreement", 0.99), "validation.min_agreement")),
+        validation=Validation(share(val.get("min_agreement", 0.99), "validation.min_agreement")),
         rollout=_rollout(roll),
     )
     _check_modes(config)
     return config
 
 
-def _section(data: dict[str, Any], name: str) -> dict[str, Any]:
-    value = data.get(name, {})
-    if not isinstance(value, dict):
-        raise ConfigError(f"[{name}] must be a table, got {type(value).__name__}")
-    _check_keys(value, name)
-    return value
-
-
-def _check_keys(table: dict[str, Any], section: str) -> None:
-    known = KNOWN_KEYS[section]
-    unknown = [f"{section}.{k}" if section else str(k) for k in table if k not in known]
-    if unknown:
-        owner = f"[{section}]" if section else "the top level"
-        raise ConfigError(
-            f"{owner} allows only the keys {', '.join(known)}, got unknown {', '.join(unknown)}"
-        )
-
-
 def _input(inp: dict[str, Any]) -> tuple[tuple[int, ...], str]:
     shape = inp.get("shape", [])
-    if not (_is_list(shape) and len(shape) == 3 and all(_is_int(d) and d >= 1 for d in shape)):
+    if not (is_list(shape) and len(shape) == 3 and all(is_int(d) and d >= 1 for d in shape)):
         raise ConfigError(
             f"input.shape must be [C, H, W] of integers with positive sizes, got {shape!r}"
         )
-    color = _choice(inp.get("color", "RGB"), tuple(COLOR_MODES), "input.color")
+    color = choice(inp.get("color", "RGB"), tuple(COLOR_MODES), "input.color")
     if COLOR_MODES[color] != shape[0]:
         raise ConfigError(
             f"input.color {color!r} has {COLOR_MODES[color]} channel(s), shape says {shape[0]}"
@@ -270,26 +267,26 @@ def _input(inp: dict[str, Any]) -> tuple[tuple[int, ...], str]:
 
 
 def _preprocess(pre: dict[str, Any], channels: int) -> Preprocess:
-    mean = _floats(pre.get("mean", [0.0] * channels), "preprocess.mean")
-    std = _floats(pre.get("std", [1.0] * channels), "preprocess.std")
+    mean = numbers(pre.get("mean", [0.0] * channels), "preprocess.mean")
+    std = numbers(pre.get("std", [1.0] * channels), "preprocess.std")
     if len(mean) != channels or len(std) != channels or min(std) <= 0:
         raise ConfigError(
             f"preprocess.mean/std must have {channels} values (std > 0), got {mean} / {std}"
         )
-    scale = _float(pre.get("scale", 255.0), "preprocess.scale")
+    scale = number(pre.get("scale", 255.0), "preprocess.scale")
     if scale <= 0:
         raise ConfigError(f"preprocess.scale must be > 0, got {scale}")
     return Preprocess(mean=mean, std=std, scale=scale)
 
 
 def _output(out: dict[str, Any]) -> Output:
-    top_k = _int(out.get("top_k", 5), "output.top_k")
+    top_k = integer(out.get("top_k", 5), "output.top_k")
     if top_k < 1:
         raise ConfigError(f"output.top_k must be >= 1, got {top_k}")
     return Output(
-        postprocess=_choice(out.get("postprocess", "topk"), POSTPROCESS, "output.postprocess"),
+        postprocess=choice(out.get("postprocess", "topk"), POSTPROCESS, "output.postprocess"),
         top_k=top_k,
-        labels=_strs(out.get("labels", []), "output.labels"),
+        labels=strings(out.get("labels", []), "output.labels"),
     )
 
 
@@ -297,20 +294,20 @@ MAX_INSTANCES = 64
 
 
 def _instances(inst: dict[str, Any]) -> int:
-    count = _int(inst.get("count", 1), "instances.count")
+    count = integer(inst.get("count", 1), "instances.count")
     if not 1 <= count <= MAX_INSTANCES:
         raise ConfigError(f"instances.count must be from 1 to {MAX_INSTANCES}, got {count}")
     return count
 
 
 def _batching(bat: dict[str, Any]) -> Batching:
-    preferred = _ints(bat.get("preferred_batch_sizes", []), "batching.preferred_batch_sizes")
+    preferred = integers(bat.get("preferred_batch_sizes", []), "batching.preferred_batch_sizes")
     batching = Batching(
-        max_batch_size=_int(bat.get("max_batch_size", 32), "batching.max_batch_size"),
-        max_wait_ms=_float(bat.get("max_wait_ms", 5.0), "batching.max_wait_ms"),
+        max_batch_size=integer(bat.get("max_batch_size", 32), "batching.max_batch_size"),
+        max_wait_ms=number(bat.get("max_wait_ms", 5.0), "batching.max_wait_ms"),
         preferred_batch_sizes=tuple(sorted(preferred)),
-        queue_limit=_int(bat.get("queue_limit", 10_000), "batching.queue_limit"),
-        default_deadline_ms=_float(
+        queue_limit=integer(bat.get("queue_limit", 10_000), "batching.queue_limit"),
+        default_deadline_ms=number(
             bat.get("default_deadline_ms", 0.0), "batching.default_deadline_ms"
         ),
     )
@@ -338,38 +335,31 @@ def _check_batching(b: Batching) -> None:
 
 def _precision(prec: dict[str, Any]) -> Precision:
     return Precision(
-        mode=_choice(prec.get("mode", "fp32"), PRECISIONS, "precision.mode"),
-        channels_last=_bool(prec.get("channels_last", True), "precision.channels_last"),
+        mode=choice(prec.get("mode", "fp32"), PRECISIONS, "precision.mode"),
+        channels_last=boolean(prec.get("channels_last", True), "precision.channels_last"),
     )
 
 
 def _optimize(opt: dict[str, Any]) -> Optimize:
-    buckets = _ints(opt.get("batch_buckets", []), "optimize.batch_buckets")
+    buckets = integers(opt.get("batch_buckets", []), "optimize.batch_buckets")
     if any(b < 1 for b in buckets) or len(set(buckets)) != len(buckets):
         raise ConfigError(
             f"optimize.batch_buckets must be distinct sizes >= 1, got {list(buckets)}"
         )
     return Optimize(
         batch_buckets=tuple(sorted(buckets)),
-        compile=_choice(opt.get("compile", "none"), COMPILE_MODES, "optimize.compile"),
-        compile_cache_dir=_str(opt.get("compile_cache_dir", ""), "optimize.compile_cache_dir"),
-        cuda_graphs=_bool(opt.get("cuda_graphs", False), "optimize.cuda_graphs"),
-        cudnn_benchmark=_bool(opt.get("cudnn_benchmark", False), "optimize.cudnn_benchmark"),
+        compile=choice(opt.get("compile", "none"), COMPILE_MODES, "optimize.compile"),
+        compile_cache_dir=string(opt.get("compile_cache_dir", ""), "optimize.compile_cache_dir"),
+        cuda_graphs=boolean(opt.get("cuda_graphs", False), "optimize.cuda_graphs"),
+        cudnn_benchmark=boolean(opt.get("cudnn_benchmark", False), "optimize.cudnn_benchmark"),
     )
 
 
-def _share(value: Any, key: str) -> float:
-    share = _float(value, key)
-    if not 0.0 <= share <= 1.0:
-        raise ConfigError(f"{key} must lie in 0..1, got {share}")
-    return share
-
-
 def _rollout(roll: dict[str, Any]) -> Rollout:
-    least = _int(roll.get("canary_min_requests", 100), "rollout.canary_min_requests")
+    least = integer(roll.get("canary_min_requests", 100), "rollout.canary_min_requests")
     if least < 1:
         raise ConfigError(f"rollout.canary_min_requests must be >= 1, got {least}")
-    rate = _share(roll.get("canary_max_failure_rate", 1.0), "rollout.canary_max_failure_rate")
+    rate = share(roll.get("canary_max_failure_rate", 1.0), "rollout.canary_max_failure_rate")
     return Rollout(canary_max_failure_rate=rate, canary_min_requests=least)
 
 
@@ -400,67 +390,3 @@ def _check_modes(c: ModelConfig) -> None:
         raise ConfigError(
             "optimize.cuda_graphs needs optimize.batch_buckets: a graph is captured per bucket"
         )
-
-
-# -- typed values: TOML already typed them, so a wrong type is refused, never converted ----------
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    # NaN and inf would pass every range check below (comparisons with NaN are False).
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_list(value: Any) -> bool:
-    return isinstance(value, list | tuple)
-
-
-def _choice(value: Any, allowed: tuple[str, ...], key: str) -> str:
-    if not isinstance(value, str) or value not in allowed:
-        raise ConfigError(f"{key} must be one of {allowed}, got {value!r}")
-    return value
-
-
-def _int(value: Any, key: str) -> int:
-    if not _is_int(value):
-        raise ConfigError(f"{key} must be an integer, got {value!r}")
-    return int(value)
-
-
-def _float(value: Any, key: str) -> float:
-    if not _is_number(value):
-        raise ConfigError(f"{key} must be a finite number, got {value!r}")
-    return float(value)
-
-
-def _bool(value: Any, key: str) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{key} must be true or false, got {value!r}")
-    return value
-
-
-def _str(value: Any, key: str) -> str:
-    if not isinstance(value, str):
-        raise ConfigError(f"{key} must be a string, got {value!r}")
-    return value
-
-
-def _ints(value: Any, key: str) -> tuple[int, ...]:
-    if not (_is_list(value) and all(_is_int(v) for v in value)):
-        raise ConfigError(f"{key} must be a list of integers, got {value!r}")
-    return tuple(int(v) for v in value)
-
-
-def _floats(value: Any, key: str) -> tuple[float, ...]:
-    if not (_is_list(value) and all(_is_number(v) for v in value)):
-        raise ConfigError(f"{key} must be a list of finite numbers, got {value!r}")
-    return tuple(float(v) for v in value)
-
-
-def _strs(value: Any, key: str) -> tuple[str, ...]:
-    if not (_is_list(value) and all(isinstance(v, str) for v in value)):
-        raise ConfigError(f"{key} must be a list of strings, got {value!r}")
-    return tuple(value)

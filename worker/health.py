@@ -92,6 +92,10 @@ class Health:
         with self._lock:
             self._loops[loop] = _Loop(self._clock(), idle=False)
 
+    def tick_here(self) -> None:
+        """``tick`` for the calling thread's loop: loops are watched by their thread's name."""
+        self.tick(threading.current_thread().name)
+
     def idle(self, loop: str) -> None:
         """``loop`` is about to wait for work for as long as none comes."""
         with self._lock:

@@ -14,7 +14,8 @@ import redis
 from inferq.shared import keys
 from inferq.shared.errors import ModelError
 from inferq.shared.redisconn import make_client
-from inferq.worker.broker import STORE_AND_ACK, Broker, Write
+from inferq.worker.broker import Broker, Write
+from inferq.worker.broker_scripts import STORE_AND_ACK
 from inferq.worker.inhand import InHand
 from inferq.worker.intake import InferenceRequest, decode_message
 from inferq.worker.runner import Outcome
