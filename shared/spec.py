@@ -173,21 +173,22 @@ class ModelConfig:
         return parse_config(name or path.parent.name, data, where=str(path))
 
 
+#: The tables a config may hold, in the order ``_parse`` reads them.
+SECTIONS = (
+    "input",
+    "preprocess",
+    "output",
+    "batching",
+    "precision",
+    "instances",
+    "optimize",
+    "validation",
+    "rollout",
+)
+
 #: The keys each table may hold ("" is the top level): anything else is a typo, refused.
 KNOWN_KEYS: dict[str, tuple[str, ...]] = {
-    "": (
-        "platform",
-        "description",
-        "input",
-        "preprocess",
-        "output",
-        "batching",
-        "precision",
-        "instances",
-        "optimize",
-        "validation",
-        "rollout",
-    ),
+    "": ("platform", "description", *SECTIONS),
     "input": ("shape", "dtype", "color"),
     "preprocess": ("resize", "mean", "std", "scale"),
     "output": ("postprocess", "top_k", "labels"),
@@ -217,18 +218,7 @@ def parse_config(name: str, data: dict[str, Any], where: str = "config") -> Mode
 def _parse(name: str, data: dict[str, Any]) -> ModelConfig:
     check_keys(data, "", KNOWN_KEYS)
     inp, pre, out, bat, prec, inst, opt, val, roll = (
-        section(data, s, KNOWN_KEYS)
-        for s in (
-            "input",
-            "preprocess",
-            "output",
-            "batching",
-            "precision",
-            "instances",
-            "optimize",
-            "validation",
-            "rollout",
-        )
+        section(data, s, KNOWN_KEYS) for s in SECTIONS
     )
     shape, color = _input(inp)
     config = ModelConfig(
