@@ -141,9 +141,12 @@ class Fetcher:
         """Requests due now (for the batcher) and rejections; the rest parked or delayed."""
         requests: list[InferenceRequest] = []
         rejections: list[Rejection] = []
-        wall = time.time()
+        # One reading of the clocks for the fetch: its messages arrived together.
+        wall, now = time.time(), time.monotonic()
         for f in fetched:
-            d = decode_message(f.tag, f.raw, self.spec, max_bytes=self._max_bytes)
+            d = decode_message(
+                f.tag, f.raw, self.spec, max_bytes=self._max_bytes, now=now, wall=wall
+            )
             if isinstance(d, Rejection):
                 rejections.append(d)
             elif d.eta is not None and d.eta > wall + ETA_HORIZON_S:
