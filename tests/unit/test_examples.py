@@ -186,4 +186,15 @@ def test_shapes_model_accuracy_on_fresh_images(
 
 
 def test_example_names() -> None:
-    assert EXAMPLE_NAMES == ("shapes", "resnet18", "resnet50")
+    assert EXAMPLE_NAMES == ("shapes", "resnet18", "resnet50", "null32", "null224")
+
+
+@pytest.mark.parametrize("name", ["null32", "null224"])
+def test_null_models_return_each_inputs_first_values(tmp_path: pathlib.Path, name: str) -> None:
+    (model_dir,) = build_examples(tmp_path, [name], log=lambda _: None)
+    shape = SPECS[name].shape
+    x = torch.arange(3 * int(np.prod(shape)), dtype=torch.float32).reshape(3, *shape)
+    out = _load(model_dir)(x)  # the trace holds for any batch size, not only the traced one
+    assert torch.equal(out, x[:, 0, 0, :10])
+    config = tomllib.loads((model_dir / "config.toml").read_text())
+    assert config["input"]["shape"] == list(shape)

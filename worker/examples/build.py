@@ -7,7 +7,9 @@ Layout per model::
     <dest>/<name>/1/model.pt.sha256   "<hex>  model.pt\\n" (sha256sum format)
 
 ``shapes`` is a tiny CNN trained here on ``inferq.producer.tools.synth`` images; ``resnet18`` and
-``resnet50`` have fixed-seed random weights and exist to exercise realistic sizes.
+``resnet50`` have fixed-seed random weights and exist to exercise realistic sizes; ``null32`` and
+``null224`` return their input's first values (no compute), so that ``inferq bench`` on them
+gives the ceiling of the worker's own path for 3x32x32 and 3x224x224 inputs.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from torch import Tensor, nn
 
 from inferq.producer.tools.synth import CLASSES, make_images
 from inferq.worker.examples import EXAMPLE_NAMES
-from inferq.worker.examples.nets import ShapesNet, resnet18, resnet50
+from inferq.worker.examples.nets import FirstValues, ShapesNet, resnet18, resnet50
 
 SHAPES_SIZE = 32
 SHAPES_MEAN = (0.5, 0.5, 0.5)
@@ -113,6 +115,30 @@ SPECS: dict[str, ModelSpec] = {
     ),
     "resnet18": _RESNET,
     "resnet50": dataclasses.replace(_RESNET, description=_RESNET.description.replace("18", "50")),
+    "null32": ModelSpec(
+        description="Null model: each input's first 10 values, no compute (the path's ceiling)",
+        shape=(3, SHAPES_SIZE, SHAPES_SIZE),
+        mean=SHAPES_MEAN,
+        std=SHAPES_STD,
+        top_k=3,
+        max_batch_size=64,
+        max_wait_ms=5.0,
+        preferred_batch_sizes=(16, 32, 64),
+        queue_limit=20000,
+        channels_last=False,  # nothing to gain from a layout change: no convolutions
+    ),
+    "null224": ModelSpec(
+        description="Null model: each input's first 10 values, no compute (the path's ceiling)",
+        shape=(3, 224, 224),
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        top_k=3,
+        max_batch_size=32,
+        max_wait_ms=10.0,
+        preferred_batch_sizes=(8, 16, 32),
+        queue_limit=5000,
+        channels_last=False,
+    ),
 }
 
 
@@ -320,6 +346,8 @@ def write_model(dest: pathlib.Path, name: str, model: nn.Module, spec: ModelSpec
 def _build_module(name: str, seed: int, log: Log) -> nn.Module:
     if name == "shapes":
         return train_shapes(seed, log)
+    if name.startswith("null"):
+        return FirstValues()
     torch.manual_seed(seed)
     factory = {"resnet18": resnet18, "resnet50": resnet50}[name]
     return factory(num_classes=1000).eval()

@@ -13,6 +13,21 @@ import torch
 from torch import Tensor, nn
 
 
+class FirstValues(nn.Module):
+    """The "null model": each input's first ``k`` values (row 0 of channel 0), no compute.
+
+    Served like any model, it measures the most messages per second the worker's own path
+    (fetch, decode, staging, normalisation, post-processing, results) carries on a machine.
+    """
+
+    def __init__(self, k: int = 10) -> None:
+        super().__init__()
+        self.k = k
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x[:, 0, 0, : self.k]
+
+
 def _conv_bn(cin: int, cout: int) -> list[nn.Module]:
     return [
         nn.Conv2d(cin, cout, 3, padding=1, bias=False),
