@@ -129,6 +129,46 @@ def test_producer_envelope_decodes_to_the_same_array(app: Celery) -> None:
     assert result.redelivered is False
 
 
+def _compact(envelope: dict[str, Any]) -> bytes:
+    """As kombu lays an envelope out: compact, its body first."""
+    return json.dumps(envelope, separators=(",", ":")).encode()
+
+
+def test_the_body_first_layout_and_any_other_decode_alike(app: Celery) -> None:
+    raw = _produce(app, codec.encode(_array()), expires=30.0)
+    assert raw.startswith(b'{"body":"')  # the layout decoded without parsing the body's JSON
+    envelope = json.loads(raw)
+    body_last = {k: v for k, v in envelope.items() if k != "body"} | {"body": envelope["body"]}
+    fast, full = _decode(raw), _decode(json.dumps(body_last).encode())
+    assert isinstance(fast, InferenceRequest) and isinstance(full, InferenceRequest)
+    assert fast.array.tobytes() == full.array.tobytes()
+    assert (fast.task_id, fast.deadline, fast.priority, fast.submitted_at) == (
+        full.task_id,
+        full.deadline,
+        full.priority,
+        full.submitted_at,
+    )
+
+
+def test_a_body_with_a_json_escape_is_read_by_the_full_parse(app: Celery) -> None:
+    array = np.full(SPEC.shape, 255, dtype=np.uint8)  # base64 of 0xff bytes is all '/'
+    envelope = json.loads(_produce(app, codec.encode(array)))
+    assert "/" in envelope["body"]
+    raw = _compact(envelope).replace(b"/", b"\\/")  # JSON's optional escape of '/'
+    assert raw.startswith(b'{"body":"') and b"\\/" in raw
+    result = _decode(raw)
+    assert isinstance(result, InferenceRequest), result
+    np.testing.assert_array_equal(result.array, array)
+
+
+def test_a_body_first_rejection_reads_as_the_full_parse_gives_it(app: Celery) -> None:
+    envelope = json.loads(_produce(app, codec.encode(_array())))
+    envelope["body"] = "!!!not base64!!!"
+    body_first, spaced = _decode(_compact(envelope)), _decode(json.dumps(envelope).encode())
+    _rejected(body_first, InvalidInput, r"valid base64")
+    assert str(body_first.error) == str(spaced.error)
+
+
 def test_float32_spec_is_accepted(app: Celery) -> None:
     array = _array(F32)
     result = _decode(_produce(app, codec.encode(array), spec=F32), spec=F32)
