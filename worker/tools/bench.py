@@ -35,6 +35,7 @@ from inferq.shared.settings import Settings, get_settings, set_settings
 from inferq.worker.repository import ModelRepository, record_sha256
 from inferq.worker.tools.localredis import LocalRedis
 from inferq.worker.tools.procs import WorkerProcess, start_worker
+from inferq.worker.tools.threadcpu import thread_cpu, us_per_message
 from inferq.worker.tuning import torch_threads, tune_allocator, tune_threads
 
 
@@ -229,7 +230,7 @@ def _loadgen(env: dict[str, str], *args: str) -> dict[str, Any]:
 
 
 def _drain(
-    cfg: BenchConfig, redis_url: str, env: dict[str, str], log: Path
+    cfg: BenchConfig, redis_url: str, redis_pid: int | None, env: dict[str, str], log: Path
 ) -> tuple[dict[str, Any], WorkerProcess]:
     from inferq.producer.client import reset_runtime, submit_many
 
@@ -244,14 +245,20 @@ def _drain(
         [cfg.model], env, device=cfg.device, log_path=log, supervised=False, events=False
     )
     started = _wait_listed(client, worker)
+    pids = {"worker": worker.process.pid, **({"redis": redis_pid} if redis_pid else {})}
+    cpu_before = {k: thread_cpu(p) for k, p in pids.items()}
     queue = keys.queue_name(cfg.model)
     while client.exists(*keys.queue_keys(queue)) or client.hlen(keys.UNACKED):
         time.sleep(0.005)
     elapsed = time.perf_counter() - started
+    cpu = {
+        k: us_per_message(cpu_before[k], thread_cpu(p), cfg.drain_count) for k, p in pids.items()
+    }
     return {
         "count": cfg.drain_count,
         "seconds": elapsed,
         "throughput": cfg.drain_count / elapsed,
+        "cpu_us_per_message": cpu,
     }, worker
 
 
@@ -297,7 +304,9 @@ def run_bench(cfg: BenchConfig, echo: Any = print) -> BenchResult:
     worker = None
     try:
         echo(f"(b) drain: {cfg.drain_count} requests pre-filled, then a worker started ...")
-        result.drain, worker = _drain(cfg, redis.url, env, tmp / "worker.log")
+        result.drain, worker = _drain(
+            cfg, redis.url, redis.process.pid if redis.process else None, env, tmp / "worker.log"
+        )
         echo(f"(c) end-to-end burst: {cfg.burst_count} requests from another process ...")
         result.burst = _loadgen(env, "burst", "--model", cfg.model, "--count", str(cfg.burst_count))
         rate = result.burst["throughput"] / 2
@@ -356,6 +365,7 @@ def render(result: BenchResult, cfg: BenchConfig, repo: Path) -> str:
         )
         + ")",
         f"{'(b) drain, ' + str(cfg.drain_count) + ' queued':34}{result.drain['throughput']:>12.0f}{r['drain']:>9.2f}",
+        _cpu_line(result.drain.get("cpu_us_per_message", {})),
         f"{'(c) end-to-end burst, ' + str(cfg.burst_count):34}{result.burst['throughput']:>12.0f}{r['end_to_end']:>9.2f}",
         f"(d) latency at {result.steady.get('rate', 0):.0f} req/s (50% of c): "
         f"p50 {lat.get('p50', float('nan')):.1f} ms, p95 {lat.get('p95', float('nan')):.1f} ms, "
@@ -366,6 +376,15 @@ def render(result: BenchResult, cfg: BenchConfig, repo: Path) -> str:
         f"written: {cfg.out / 'bench.json'}, {cfg.out / 'bench.png'}",
     ]
     return "\n".join(lines)
+
+
+def _cpu_line(cpu: dict[str, dict[str, float]]) -> str:
+    threads = cpu.get("worker", {})
+    parts = ", ".join(f"{name} {us:.1f}" for name, us in threads.items() if us >= 0.5)
+    return (
+        f"    CPU per message in the drain: worker {sum(threads.values()):.1f} us ({parts}); "
+        f"redis {sum(cpu.get('redis', {}).values()):.1f} us"
+    )
 
 
 def write_outputs(result: BenchResult, cfg: BenchConfig, repo: Path) -> None:
