@@ -94,7 +94,10 @@ class InferenceService:
             else make_client(settings.result_backend)
         )
         self.broker = Broker(
-            self.client, results, settings.result_ttl_s, make_client(settings.broker_url, retries=0)
+            self.client,
+            results,
+            settings.result_ttl_s,
+            make_client(settings.broker_url, retries=0, large_values=True),
         )
         self.writer = ResultWriter(self.broker, self.hooks)
         self._loader = VersionLoader(

@@ -11,6 +11,7 @@ import pytest
 import redis
 
 from inferq.shared import keys
+from inferq.shared.redisconn import make_client
 from inferq.worker.broker import Broker
 
 pytestmark = pytest.mark.integration
@@ -106,3 +107,16 @@ def test_recording_a_hold_waits_out_refused_writes_and_is_safe_to_repeat(broker:
     assert broker.client.zcard(keys.UNACKED_INDEX) == 3
     assert broker.client.zcard(keys.HOLDING) == 0
     assert broker.client.keys(f"{keys.HOLD_PREFIX}*") == []
+
+
+def test_the_fetch_client_records_large_messages_whole(stack_factory, test_repo: Path) -> None:
+    stack = stack_factory(test_repo)
+    fetch_client = make_client(stack.redis.url, retries=0, large_values=True)
+    broker = Broker(stack.client, stack.client, 60, fetch_client)
+    large = envelope(1).replace(b'"e30="', b'"' + b"A" * 300_000 + b'"')  # over the own-write size
+    push(broker.client, large, envelope(2))
+    got = broker.fetch(QUEUE, 10)
+    assert [f.tag for f in got] == ["tag-1", "tag-2"]
+    for f in got:
+        assert broker.client.hget(keys.UNACKED, f.tag) == f.unacked
+    assert json.loads(broker.client.hget(keys.UNACKED, "tag-1"))[0]["body"] == "A" * 300_000
