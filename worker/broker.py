@@ -47,7 +47,7 @@ from inferq.worker.broker_scripts import (
     STORE_AND_ACK,
     STORE_CHUNK,
 )
-from inferq.worker.intake import read_redelivery, sniff_delivery
+from inferq.worker.delivery import read_redelivery, sniff_delivery
 
 log = get_logger(__name__)
 

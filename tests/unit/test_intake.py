@@ -24,16 +24,14 @@ from inferq.shared.celeryconf import make_celery
 from inferq.shared.errors import InvalidInput, ModelUnavailable, PayloadTooLarge
 from inferq.shared.settings import Settings
 from inferq.shared.spec import InputSpec
-from inferq.worker.intake import (
+from inferq.worker.delivery import (
     Delivery,
-    InferenceRequest,
-    Rejection,
     _by_parsing,
     _by_pattern,
-    decode_message,
     read_redelivery,
     sniff_delivery,
 )
+from inferq.worker.intake import InferenceRequest, Rejection, decode_message
 
 SPEC = InputSpec(model="m", version=2, shape=(3, 4, 4))
 F32 = InputSpec(model="m", version=2, shape=(3, 4, 4), dtype="float32")
