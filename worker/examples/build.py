@@ -93,42 +93,38 @@ _RESNET = ModelSpec(
     channels_last=True,
 )
 
+_SHAPES = ModelSpec(
+    description="Tiny CNN classifying synthetic shapes (inferq.producer.tools.synth), trained in-project",
+    shape=(3, SHAPES_SIZE, SHAPES_SIZE),
+    mean=SHAPES_MEAN,
+    std=SHAPES_STD,
+    top_k=3,
+    max_batch_size=64,
+    max_wait_ms=5.0,
+    preferred_batch_sizes=(16, 32, 64),
+    queue_limit=20000,
+    # Measured on a 2-core CPU (torch 2.13, traced, eval): channels_last is faster
+    # even for this tiny net (batch 64: 2.0 vs 3.7 ms; batch 16: 0.5 vs 1.0 ms;
+    # batch 1: 0.13 vs 0.17 ms) because oneDNN's NHWC convs avoid layout reorders.
+    channels_last=True,
+    labels=CLASSES,
+    # Batch 64 on 2 cores: one instance on both cores 24k img/s, one on one core 15k, two
+    # side by side on one core each 26-29k; intra-op threads barely help a net this small.
+    instances=2,
+)
+
+_NULL = "Null model: each input's first 10 values, no compute (the path's ceiling)"
+
 SPECS: dict[str, ModelSpec] = {
-    "shapes": ModelSpec(
-        description="Tiny CNN classifying synthetic shapes (inferq.producer.tools.synth), trained in-project",
-        shape=(3, SHAPES_SIZE, SHAPES_SIZE),
-        mean=SHAPES_MEAN,
-        std=SHAPES_STD,
-        top_k=3,
-        max_batch_size=64,
-        max_wait_ms=5.0,
-        preferred_batch_sizes=(16, 32, 64),
-        queue_limit=20000,
-        # Measured on a 2-core CPU (torch 2.13, traced, eval): channels_last is faster
-        # even for this tiny net (batch 64: 2.0 vs 3.7 ms; batch 16: 0.5 vs 1.0 ms;
-        # batch 1: 0.13 vs 0.17 ms) because oneDNN's NHWC convs avoid layout reorders.
-        channels_last=True,
-        labels=CLASSES,
-        # Batch 64 on 2 cores: one instance on both cores 24k img/s, one on one core 15k, two
-        # side by side on one core each 26-29k; intra-op threads barely help a net this small.
-        instances=2,
-    ),
+    "shapes": _SHAPES,
     "resnet18": _RESNET,
     "resnet50": dataclasses.replace(_RESNET, description=_RESNET.description.replace("18", "50")),
-    "null32": ModelSpec(
-        description="Null model: each input's first 10 values, no compute (the path's ceiling)",
-        shape=(3, SHAPES_SIZE, SHAPES_SIZE),
-        mean=SHAPES_MEAN,
-        std=SHAPES_STD,
-        top_k=3,
-        max_batch_size=64,
-        max_wait_ms=5.0,
-        preferred_batch_sizes=(16, 32, 64),
-        queue_limit=20000,
-        channels_last=False,  # nothing to gain from a layout change: no convolutions
+    # The classifier's input and batching, with no labels, one instance and nothing to compute.
+    "null32": dataclasses.replace(
+        _SHAPES, description=_NULL, channels_last=False, labels=None, instances=1
     ),
     "null224": ModelSpec(
-        description="Null model: each input's first 10 values, no compute (the path's ceiling)",
+        description=_NULL,
         shape=(3, 224, 224),
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
