@@ -145,7 +145,9 @@ def prepare(img: ImageLike, call: dict[str, Any], options: dict[str, Any]) -> Pr
     expires = options.get("expires")
     if expires is None and spec.default_deadline_ms > 0:
         expires = spec.default_deadline_ms / 1000.0
-    envelope = task_envelope(task_id, payload, kwargs, spec, priority, expires, options, route.queue)
+    envelope = task_envelope(
+        task_id, payload, kwargs, spec, priority, expires, options, route.queue
+    )
     return Prepared(task_id, route.queue, priority, spec.queue_limit, envelope, route.counted)
 
 

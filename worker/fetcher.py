@@ -133,7 +133,9 @@ class Fetcher:
         requests, revoked = split_revoked(requests)
         rejections += revoked
         if rejections:
-            self.writer.put(WriteJob(self.spec.model, self.spec.version, self.in_hand, (), rejections))
+            self.writer.put(
+                WriteJob(self.spec.model, self.spec.version, self.in_hand, (), rejections)
+            )
         self.batcher.put(requests, more_coming=more)
         self.hooks.after_fetch(self.spec.model, self.spec.version, len(fetched), more)
 

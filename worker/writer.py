@@ -114,4 +114,6 @@ class ResultWriter:
         for job in jobs:
             job.in_hand.done(len(job.outcomes) + len(job.rejections))
             with bound(**job.context):
-                self.hooks.after_store(job.model, job.version, job.outcomes, job.rejections, seconds)
+                self.hooks.after_store(
+                    job.model, job.version, job.outcomes, job.rejections, seconds
+                )

@@ -51,7 +51,9 @@ def test_worker_metrics_are_exported_with_their_types() -> None:
     text = generate_latest(m.registry).decode()
     assert "# TYPE inferq_request_latency_seconds histogram" in text
     assert 'inferq_request_latency_seconds_count{model="shapes",version="1"} 2.0' in text
-    assert 'inferq_request_latency_seconds_bucket{le="0.0025",model="shapes",version="1"} 1.0' in text
+    assert (
+        'inferq_request_latency_seconds_bucket{le="0.0025",model="shapes",version="1"} 1.0' in text
+    )
     assert 'inferq_requests_total{model="shapes",outcome="success",version="1"} 2.0' in text
 
 
