@@ -9,7 +9,8 @@ Layout per model::
 ``shapes`` is a tiny CNN trained here on ``inferq.producer.tools.synth`` images; ``resnet18`` and
 ``resnet50`` have fixed-seed random weights and exist to exercise realistic sizes; ``null32`` and
 ``null224`` return their input's first values (no compute), so that ``inferq bench`` on them
-gives the ceiling of the worker's own path for 3x32x32 and 3x224x224 inputs.
+gives the ceiling of the worker's own path for 3x32x32 and 3x224x224 inputs. ``detector``,
+``segmenter`` and ``textcls`` (``structured``) are trained here too and bring their own configs.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from torch import Tensor, nn
 from inferq.producer.tools.synth import CLASSES, make_images
 from inferq.worker.examples import EXAMPLE_NAMES
 from inferq.worker.examples.nets import FirstValues, ShapesNet, resnet18, resnet50
+from inferq.worker.examples.structured import BUILDERS
 
 SHAPES_SIZE = 32
 SHAPES_MEAN = (0.5, 0.5, 0.5)
@@ -325,17 +327,20 @@ def _torchscript_bytes(model: nn.Module, shape: tuple[int, int, int]) -> bytes:
 
 def write_model(dest: pathlib.Path, name: str, model: nn.Module, spec: ModelSpec) -> pathlib.Path:
     """Write config.toml, 1/model.pt and its sha256 sidecar; returns the model dir."""
-    model_dir = dest / name
+    return write_files(dest / name, _torchscript_bytes(model, spec.shape), render_config(spec))
+
+
+def write_files(model_dir: pathlib.Path, blob: bytes, config: str) -> pathlib.Path:
+    """``model_dir``/config.toml, 1/model.pt (``blob``) and its sha256 sidecar."""
     version_dir = model_dir / "1"
     version_dir.mkdir(parents=True, exist_ok=True)
-    blob = _torchscript_bytes(model, spec.shape)
     digest = hashlib.sha256(blob).hexdigest()
     # Each file is replaced atomically, but not the pair: between the two renames a reader
     # can see the new model.pt with the old sidecar, so a mismatch right after a rebuild
     # means "re-read", not "corrupt".
     _atomic_write(version_dir / "model.pt", blob)
     _atomic_write(version_dir / "model.pt.sha256", f"{digest}  model.pt\n".encode())
-    _atomic_write(model_dir / "config.toml", render_config(spec).encode())
+    _atomic_write(model_dir / "config.toml", config.encode())
     return model_dir
 
 
@@ -349,18 +354,26 @@ def _build_module(name: str, seed: int, log: Log) -> nn.Module:
     return factory(num_classes=1000).eval()
 
 
+def _build_one(dest: pathlib.Path, name: str, seed: int, log: Log) -> pathlib.Path:
+    if name in BUILDERS:
+        built = BUILDERS[name](seed, log)
+        return write_files(dest / name, built.torchscript, built.config)
+    return write_model(dest, name, _build_module(name, seed, log), SPECS[name])
+
+
 def build_examples(
     dest: pathlib.Path, names: Sequence[str] = EXAMPLE_NAMES, log: Log = print, seed: int = 0
 ) -> list[pathlib.Path]:
     """Build the named example models into the repository at ``dest``."""
-    unknown = [n for n in names if n not in SPECS]
+    known = (*SPECS, *BUILDERS)
+    unknown = [n for n in names if n not in known]
     if unknown:
-        raise ValueError(f"unknown example model(s) {unknown}; choose from {EXAMPLE_NAMES}")
+        raise ValueError(f"unknown example model(s) {unknown}; choose from {known}")
     dest = pathlib.Path(dest)
     written = []
     for name in names:
         log(f"building {name} ...")
-        model_dir = write_model(dest, name, _build_module(name, seed, log), SPECS[name])
+        model_dir = _build_one(dest, name, seed, log)
         log(f"wrote {model_dir}")
         written.append(model_dir)
     return written
