@@ -1,9 +1,10 @@
-"""The ``detector`` example: training targets, loss, training loop and held-out evaluation.
+"""Training ``SceneNet`` (the ``detector`` and the ``segmenter``) and the detector's evaluation.
 
-Targets are CenterNet's: per class a Gaussian bump on the grid cell holding a shape's centre
-(focal loss), and at that cell the centre's offset in the cell and the box's log size (L1).
-Augmentation applies the eight flips/quarter-turns of the square frame to images and target maps
-together (every shape class is symmetric under them, and they turn letterbox bands into bands).
+Detection targets are CenterNet's: per class a Gaussian bump on the grid cell holding a shape's
+centre (focal loss), and at that cell the centre's offset in the cell and the box's log size
+(L1); the foreground head learns the drawn mask (binary cross-entropy). Augmentation applies the
+eight flips/quarter-turns of the square frame to images, masks and target maps together (every
+shape class is symmetric under them, and they turn letterbox bands into bands).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from inferq.producer.tools.scenes import SCENE_CLASSES
@@ -27,7 +29,7 @@ from inferq.worker.examples.scene_data import (
     boxes_to_original,
     scene_set,
 )
-from inferq.worker.examples.scene_nets import DETECTOR_STRIDE, DetectorNet
+from inferq.worker.examples.scene_nets import DETECTOR_STRIDE, SceneNet
 
 Log = Callable[[str], None]
 NUM_CLASSES = len(SCENE_CLASSES)
@@ -104,20 +106,33 @@ def detector_loss(raw: Tensor, maps: Tensor) -> Tensor:
     return (focal.sum() + offset.sum() + 0.5 * size.sum()) / n
 
 
-def train_detector(
+def _training_tensors(data: SceneSet) -> tuple[Tensor, Tensor]:
+    """Images with the foreground mask as a 4th channel (so augmentation moves both), and maps."""
+    side = data.images.shape[-1]
+    x = torch.cat([normalise(data.images), torch.from_numpy(data.masks > 0)[:, None].float()], 1)
+    maps = np.stack(
+        [target_maps(b, lab, side) for b, lab in zip(data.boxes, data.labels, strict=True)]
+    )
+    return x, torch.from_numpy(maps)
+
+
+def _step_loss(model: SceneNet, x: Tensor, maps: Tensor) -> Tensor:
+    x, maps = _augment(x, maps)
+    det, fg = model.raw(x[:, :3].contiguous(memory_format=torch.channels_last))
+    return detector_loss(det, maps) + F.binary_cross_entropy_with_logits(fg, x[:, 3:])
+
+
+def train_scene_net(
     cfg: DetectorTraining = DetectorTraining(), seed: int = 0, log: Log = print
-) -> DetectorNet:
+) -> SceneNet:
+    """The network behind both the detector and the segmenter, trained once."""
     start = time.perf_counter()
     torch.manual_seed(seed)
-    data = scene_set(cfg.train_per_size, cfg.train_seed, TRAIN_SIZES)
-    side = data.images.shape[-1]
-    x = normalise(data.images)
-    maps = torch.from_numpy(
-        np.stack([target_maps(b, lab, side) for b, lab in zip(data.boxes, data.labels)])
-    )
-    log(f"detector: {len(x)} training scenes in {time.perf_counter() - start:.1f}s")
+    x, maps = _training_tensors(scene_set(cfg.train_per_size, cfg.train_seed, TRAIN_SIZES))
+    log(f"scenes: {len(x)} training scenes in {time.perf_counter() - start:.1f}s")
     # channels_last: oneDNN's NHWC kernels train these narrow convolutions ~1.5x faster on CPU.
-    model = DetectorNet(NUM_CLASSES).to(memory_format=torch.channels_last)
+    model = SceneNet(NUM_CLASSES)
+    model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # stubs lack it
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     steps = cfg.epochs * -(-len(x) // cfg.batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps)
@@ -125,16 +140,16 @@ def train_detector(
         model.train()
         total = 0.0
         for idx in torch.randperm(len(x)).split(cfg.batch):
-            xb, mb = _augment(x[idx], maps[idx])
-            loss = detector_loss(model.raw(xb.contiguous(memory_format=torch.channels_last)), mb)
+            loss = _step_loss(model, x[idx], maps[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             total += loss.item() * len(idx)
-        log(f"detector: epoch {epoch}/{cfg.epochs} loss {total / len(x):.4f}")
-    log(f"detector: trained in {time.perf_counter() - start:.1f}s")
-    return model.eval().to(memory_format=torch.contiguous_format)
+        log(f"scenes: epoch {epoch}/{cfg.epochs} loss {total / len(x):.4f}")
+    log(f"scenes: trained in {time.perf_counter() - start:.1f}s")
+    model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
+    return model.eval()
 
 
 def heldout_scenes(cfg: DetectorTraining = DetectorTraining()) -> SceneSet:
@@ -153,7 +168,5 @@ def evaluate_detector(model: torch.nn.Module, data: SceneSet) -> MatchCounts:
             det = detections(out["boxes"][k].numpy(), out["scores"][k].numpy())
             original = boxes_to_original(det.boxes, data.geometry[i])
             scene = data.scenes[i]
-            counts.add(
-                type(det)(original, det.labels, det.scores), scene.boxes, scene.labels
-            )
+            counts.add(type(det)(original, det.labels, det.scores), scene.boxes, scene.labels)
     return counts

@@ -61,7 +61,9 @@ def detections(
         idx = np.flatnonzero(scores[:, c] > score_threshold)
         kept = idx[nms(boxes[idx], scores[idx, c], iou)]
         found.append((boxes[kept], np.full(kept.size, c, np.int64), scores[kept, c]))
-    all_boxes, all_labels, all_scores = (np.concatenate(parts) for parts in zip(*found))
+    all_boxes, all_labels, all_scores = (
+        np.concatenate(parts) for parts in zip(*found, strict=True)
+    )
     best = np.argsort(-all_scores, kind="stable")[:max_detections]
     return Detections(
         all_boxes[best].astype(np.float32), all_labels[best], all_scores[best].astype(np.float32)

@@ -98,8 +98,10 @@ def letterbox_scenes(scenes: Sequence[Scene], side: int = INPUT_SIDE) -> SceneSe
     images = np.stack(
         [np.asarray(fit(s.image, target, "letterbox")).transpose(2, 0, 1) for s in scenes]
     )
-    masks = np.stack([mask_to_input(s.mask, g, target) for s, g in zip(scenes, geometry)])
-    boxes = tuple(boxes_to_input(s.boxes, g) for s, g in zip(scenes, geometry))
+    masks = np.stack(
+        [mask_to_input(s.mask, g, target) for s, g in zip(scenes, geometry, strict=True)]
+    )
+    boxes = tuple(boxes_to_input(s.boxes, g) for s, g in zip(scenes, geometry, strict=True))
     return SceneSet(
         np.ascontiguousarray(images),
         masks,

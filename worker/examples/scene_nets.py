@@ -1,8 +1,12 @@
-"""Networks for the scene examples: a grid detector and a small encoder-decoder segmenter.
+"""Networks for the scene examples: one ``SceneNet`` trained once, served as two models.
 
-Both take normalised float NCHW (the worker normalises per ``[preprocess]``) and share one small
-backbone with features at strides 2, 4 and 8; dilated convolutions at stride 8 give a receptive
-field wider than the largest shape (40 % of a 128 px side) without another downsampling.
+``SceneNet`` is a small backbone (strides 2, 4, 8; dilated convolutions at stride 8 give a
+receptive field wider than the largest shape, 40 % of a 128 px side) with two heads: a
+CenterNet-like detection head on the stride-8 grid and a per-pixel foreground head. The
+``detector`` serves the first (``DetectorNet``); the ``segmenter`` (``SegmenterNet``) labels each
+foreground pixel with the class of the detected shape that owns it, so classes come from whole
+shapes (what a pixel-wise classifier takes many more training steps to learn on a CPU).
+Both take normalised float NCHW (the worker normalises per ``[preprocess]``).
 """
 
 from __future__ import annotations
@@ -40,45 +44,60 @@ class Backbone(nn.Module):
         return f2, f4, self.s8(f4)
 
 
-class DetectorNet(nn.Module):
-    """CenterNet-like: per stride-8 cell, a heatmap per class (a shape's centre), the centre's
-    offset inside the cell and the box's log size; ``forward`` decodes them into boxes.
-
-    ``forward`` returns {"boxes": [B, A, 4] xyxy in input pixels, "scores": [B, A, C]} with one
-    candidate per cell (A = H/8 * W/8) scored for its best class only, and zeroed where a cell in
-    its 3x3 neighbourhood is surer (a max-pool peak test), so one shape yields one box.
-    ``raw`` gives the undecoded maps for training.
-    """
+class SceneNet(nn.Module):
+    """The trained network: ``raw`` gives the detection maps [B, C + 4, H/8, W/8] (class heat
+    logits; centre offset logits x, y; log box width, height in cells) and the foreground logit
+    [B, 1, H, W]."""
 
     def __init__(self, num_classes: int = 3) -> None:
         super().__init__()
         self.backbone = Backbone()
         self.neck = _conv(48, 48)
         self.head = nn.Conv2d(48, num_classes + 4, 1)
-        nn.init.constant_(self.head.bias[:num_classes], -2.2)  # start near p = 0.1 (focal loss)
+        bias = torch.zeros(num_classes + 4)
+        bias[:num_classes] = -2.2  # heat starts near p = 0.1, as focal loss wants
+        self.head.bias = nn.Parameter(bias)
+        # Foreground at stride 2 from all three scales, 1x1 convolutions only (the widest map is
+        # where a CPU's time goes), as 2x2 sub-pixel logits put in place by a pixel shuffle.
+        self.fg = nn.Sequential(
+            nn.Conv2d(48 + 24 + 16, 16, 1), nn.ReLU(inplace=True), nn.Conv2d(16, 4, 1)
+        )
         self.num_classes = num_classes
+
+    def detect(self, x: Tensor) -> Tensor:
+        return self.head(self.neck(self.backbone(x)[2]))
+
+    def raw(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        f2, f4, f8 = self.backbone(x)
+        det = self.head(self.neck(f8))
+        fused = torch.cat([_upsample_to(f8, f2), _upsample_to(f4, f2), f2], 1)
+        return det, F.pixel_shuffle(self.fg(fused), 2)
+
+
+class DetectorNet(nn.Module):
+    """``forward`` returns {"boxes": [B, A, 4] xyxy in input pixels, "scores": [B, A, C]}, one
+    candidate per stride-8 cell (A = H/8 * W/8) scored for its best class only, and zeroed where a
+    cell in its 3x3 neighbourhood is surer (a max-pool peak test), so one shape yields one box."""
+
+    def __init__(self, net: SceneNet) -> None:
+        super().__init__()
+        self.net = net
+        self.num_classes = net.num_classes
         self.stride = DETECTOR_STRIDE
         self.max_log_size = _MAX_LOG_SIZE
 
-    def raw(self, x: Tensor) -> Tensor:
-        return self.head(self.neck(self.backbone(x)[2]))
-
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        out = self.raw(x)
-        heat = torch.sigmoid(out[:, : self.num_classes])
-        best = heat.amax(1, keepdim=True)
-        # One class per cell, and only where no neighbour is surer of any class: shapes never
-        # overlap, so a second class or a neighbour's echo would only be a false box.
-        keep = (heat == best) & (F.max_pool2d(best, 3, stride=1, padding=1) == best)
-        scores = (heat * keep.to(heat.dtype)).flatten(2).transpose(1, 2)
-        boxes = decode_boxes(out[:, self.num_classes :], self.stride, self.max_log_size)
-        return {"boxes": boxes, "scores": scores}
+        return decode(self.net.detect(x), self.num_classes, self.stride, self.max_log_size)
 
 
-def cell_centres(h: int, w: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    ys = torch.arange(h, device=device, dtype=torch.float32).view(1, h, 1)
-    xs = torch.arange(w, device=device, dtype=torch.float32).view(1, 1, w)
-    return xs, ys
+def decode(raw: Tensor, num_classes: int, stride: int, max_log_size: float) -> dict[str, Tensor]:
+    heat = torch.sigmoid(raw[:, :num_classes])
+    best = heat.amax(1, keepdim=True)
+    # One class per cell, and only where no neighbour is surer of any class: shapes never
+    # overlap, so a second class or a neighbour's echo would only be a false box.
+    keep = (heat == best) & (F.max_pool2d(best, 3, stride=1, padding=1) == best)
+    scores = (heat * keep.to(heat.dtype)).flatten(2).transpose(1, 2)
+    return {"boxes": decode_boxes(raw[:, num_classes:], stride, max_log_size), "scores": scores}
 
 
 def decode_boxes(geometry: Tensor, stride: int, max_log_size: float) -> Tensor:
@@ -86,7 +105,8 @@ def decode_boxes(geometry: Tensor, stride: int, max_log_size: float) -> Tensor:
 
     Constants come in as arguments: TorchScript compiles this and cannot read module globals."""
     b, _, h, w = geometry.shape
-    xs, ys = cell_centres(h, w, geometry.device)
+    ys = torch.arange(h, device=geometry.device, dtype=torch.float32).view(1, h, 1)
+    xs = torch.arange(w, device=geometry.device, dtype=torch.float32).view(1, 1, w)
     cx = (xs + torch.sigmoid(geometry[:, 0])) * stride
     cy = (ys + torch.sigmoid(geometry[:, 1])) * stride
     half_w = torch.exp(geometry[:, 2].clamp(max=max_log_size)) * (stride / 2)
@@ -96,24 +116,49 @@ def decode_boxes(geometry: Tensor, stride: int, max_log_size: float) -> Tensor:
 
 
 class SegmenterNet(nn.Module):
-    """Encoder-decoder working at stride 4: the stride-8 features upsampled, the stride-4 ones and
-    the stride-2 ones folded into channels (pixel unshuffle), merged; then per stride-4 cell the
-    class logits of its 4x4 input pixels (pixel shuffle). Nothing runs at a finer stride, where a
-    CPU would spend most of its time (and bilinear upsampling's backward pass is slow there).
+    """``forward`` returns logits [B, C + 1, H, W] (class 0 = background): a pixel is foreground
+    by the foreground head, and takes the class of the detected shape that owns it, the best of
+    the ``top_k`` surest boxes (score >= ``min_score``) containing it, weighted by how near the
+    box's centre the pixel lies (relative to the box's size), so neighbouring boxes that overlap
+    at their corners split the overlap between their shapes."""
 
-    ``forward`` returns logits [B, num_classes, H, W]; class 0 is background.
-    """
-
-    def __init__(self, num_classes: int = 4) -> None:
+    def __init__(self, net: SceneNet, top_k: int = 8, min_score: float = 0.2) -> None:
         super().__init__()
-        self.backbone = Backbone()
-        self.merge = nn.Sequential(
-            nn.Conv2d(48 + 24 + 4 * 16, 48, 1), nn.ReLU(inplace=True), _conv(48, 48)
-        )
-        self.classify = nn.Conv2d(48, 16 * num_classes, 1)
+        self.net = net
+        self.num_classes = net.num_classes
+        self.stride = DETECTOR_STRIDE
+        self.max_log_size = _MAX_LOG_SIZE
+        self.top_k = top_k
+        self.min_score = min_score
 
     def forward(self, x: Tensor) -> Tensor:
-        f2, f4, f8 = self.backbone(x)
-        up = F.interpolate(f8, size=f4.shape[-2:], mode="nearest")
-        y = self.merge(torch.cat([up, f4, F.pixel_unshuffle(f2, 2)], 1))
-        return F.pixel_shuffle(self.classify(y), 4)
+        raw, fg = self.net.raw(x)
+        det = decode(raw, self.num_classes, self.stride, self.max_log_size)
+        claim = self._claims(det["boxes"], det["scores"], x.shape[-2], x.shape[-1])
+        # The owning class scores exactly ``fg``, against ``-fg`` for background; the others
+        # (and every class where no box claims the pixel) lie far below.
+        owner = claim / (claim.amax(1, keepdim=True) + 1e-6)
+        return torch.cat([-fg, fg + torch.log(owner + 1e-3)], 1)
+
+    def _claims(self, boxes: Tensor, scores: Tensor, h: int, w: int) -> Tensor:
+        """[B, C, H, W]: per class, the strongest claim any of its boxes makes on each pixel."""
+        conf, cls = scores.max(-1)
+        conf, idx = conf.topk(min(self.top_k, conf.shape[1]), dim=1)
+        cls = cls.gather(1, idx)
+        box = boxes.gather(1, idx.unsqueeze(-1).expand(-1, -1, 4))
+        conf = conf * (conf >= self.min_score).to(conf.dtype)
+        xs = torch.arange(w, device=boxes.device, dtype=torch.float32) + 0.5
+        ys = torch.arange(h, device=boxes.device, dtype=torch.float32) + 0.5
+        half_w = ((box[..., 2] - box[..., 0]) / 2).clamp(min=1.0).unsqueeze(-1)
+        half_h = ((box[..., 3] - box[..., 1]) / 2).clamp(min=1.0).unsqueeze(-1)
+        dx = (xs - (box[..., 0:1] + box[..., 2:3]) / 2) / half_w  # [B, K, W], inside when |dx| <= 1
+        dy = (ys - (box[..., 1:2] + box[..., 3:4]) / 2) / half_h  # [B, K, H]
+        near_x = (1 - dx.abs()).clamp(min=0.0)
+        near_y = (1 - dy.abs()).clamp(min=0.0)
+        claim = conf[..., None, None] * near_y.unsqueeze(-1) * near_x.unsqueeze(-2)  # [B,K,H,W]
+        onehot = F.one_hot(cls, self.num_classes).to(claim.dtype)  # [B, K, C]
+        return (claim.unsqueeze(2) * onehot[..., None, None]).amax(1)
+
+
+def _upsample_to(x: Tensor, like: Tensor) -> Tensor:
+    return F.interpolate(x, size=like.shape[-2:], mode="nearest")

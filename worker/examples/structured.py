@@ -19,6 +19,7 @@ from torch import nn
 from inferq.producer.tools.scenes import SCENE_CLASSES
 from inferq.worker.examples import evaluate
 from inferq.worker.examples.scene_data import INPUT_SIDE, SCENE_MEAN, SCENE_STD
+from inferq.worker.examples.scene_nets import DetectorNet, SceneNet, SegmenterNet
 from inferq.worker.examples.textcls import MAX_LEN, TEXT_CLASSES
 
 Log = Callable[[str], None]
@@ -145,10 +146,22 @@ def textcls_config() -> str:
     return "\n".join(lines + _batching(64, (16, 32, 64), 20000)) + "\n"
 
 
-def build_detector(seed: int, log: Log) -> Built:
-    from inferq.worker.examples.detector import evaluate_detector, heldout_scenes, train_detector
+_SCENE_NETS: dict[int, SceneNet] = {}
 
-    model = train_detector(seed=seed, log=log)
+
+def _scene_net(seed: int, log: Log) -> SceneNet:
+    """One training serves both scene examples: building both trains once."""
+    from inferq.worker.examples.detector import train_scene_net
+
+    if seed not in _SCENE_NETS:
+        _SCENE_NETS[seed] = train_scene_net(seed=seed, log=log)
+    return _SCENE_NETS[seed]
+
+
+def build_detector(seed: int, log: Log) -> Built:
+    from inferq.worker.examples.detector import evaluate_detector, heldout_scenes
+
+    model = DetectorNet(_scene_net(seed, log))
     counts = evaluate_detector(model, heldout_scenes())
     log(
         f"detector: held-out {counts.shapes} shapes: found {counts.recall:.1%}, "
@@ -159,9 +172,9 @@ def build_detector(seed: int, log: Log) -> Built:
 
 def build_segmenter(seed: int, log: Log) -> Built:
     from inferq.worker.examples.detector import heldout_scenes
-    from inferq.worker.examples.segmenter import evaluate_segmenter, train_segmenter
+    from inferq.worker.examples.segmenter import evaluate_segmenter
 
-    model = train_segmenter(seed=seed, log=log)
+    model = SegmenterNet(_scene_net(seed, log))
     counts = evaluate_segmenter(model, heldout_scenes())
     log(
         f"segmenter: held-out mIoU {counts.mean_iou:.3f} (per class "
