@@ -263,7 +263,7 @@ def bench(
         from inferq.worker.tools import wirebench
 
         counts = {32: drain_count, 224: max(100, drain_count // 5)}
-        cases = wirebench.run(counts, wires or wirebench.WIRES, echo=click.echo)
+        cases = wirebench.run(counts, wires or wirebench.WIRES, echo=click.echo, device=device)
         out.mkdir(parents=True, exist_ok=True)
         (out / "wirebench.json").write_text(json.dumps(wirebench.as_dicts(cases), indent=2))
         return

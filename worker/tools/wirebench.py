@@ -116,7 +116,9 @@ def null_repo(root: Path, size: int, wire: str) -> Path:
     return repo
 
 
-def run_case(root: Path, size: int, wire: str, count: int, pool: Sequence[np.ndarray]) -> Case:
+def run_case(
+    root: Path, size: int, wire: str, count: int, pool: Sequence[np.ndarray], device: str = "cpu"
+) -> Case:
     from inferq.producer.client import reset_runtime, submit_many
     from inferq.worker.repository import ModelRepository
 
@@ -147,7 +149,10 @@ def run_case(root: Path, size: int, wire: str, count: int, pool: Sequence[np.nda
         # is up, so that neither its start-up nor the bench's waiting is counted in the drain.
         parked = f"{queue}:parked"
         client.rename(queue, parked)
-        worker = start_worker([model], env, supervised=False, events=False, log_path=root / "w.log")
+        log = root / "worker.log"
+        worker = start_worker(
+            [model], env, device=device, supervised=False, events=False, log_path=log
+        )
         _wait_listed(client, model, worker)
         start, wcpu0 = RedisCpu.read(client), _cpu(worker.process.pid)
         began = time.perf_counter()
@@ -220,7 +225,10 @@ def _cpu(pid: int) -> float:
 
 
 def run(
-    counts: dict[int, int], wires: Sequence[str] = WIRES, echo: Callable[[str], Any] = print
+    counts: dict[int, int],
+    wires: Sequence[str] = WIRES,
+    echo: Callable[[str], Any] = print,
+    device: str = "cpu",
 ) -> list[Case]:
     root = Path(tempfile.mkdtemp(prefix="inferq-wirebench-"))
     cases = []
@@ -228,7 +236,7 @@ def run(
         pool = images(size, 64)
         for wire in wires:
             echo(f"{MODELS[size]} ({size}x{size}), wire {wire}: {count} requests ...")
-            cases.append(run_case(root, size, wire, count, pool))
+            cases.append(run_case(root, size, wire, count, pool, device))
     shutil.rmtree(root, ignore_errors=True)
     echo(render(cases))
     return cases
