@@ -333,6 +333,11 @@ def _encoded(payload: bytes, max_bytes: int) -> EncodedImage | None:
 
 
 def _checked_array(payload: bytes, spec: InputSpec, max_bytes: int) -> np.ndarray:
+    if (fmt := format_of(payload)) is not None:  # only here, past the fast path: no cost to it
+        raise InvalidInput(
+            f"model {spec.model!r} takes tensors in the codec (input.wire {spec.wire!r}), "
+            f"got a {fmt.upper()} image of {len(payload)} bytes"
+        )
     header = codec.read_header(payload, max_bytes)
     if header.dtype != codec.BY_NAME.get(spec.dtype) or header.shape != spec.shape:
         raise InvalidInput(
