@@ -31,6 +31,7 @@ from inferq.worker.decode import (
 from inferq.worker.handlers import ModuleHandler
 from inferq.worker.intake import InferenceRequest, Rejection, decode_message
 from inferq.worker.runner import Runner
+from inferq.worker.versions import same_input
 
 SHAPE = (3, 16, 16)
 CPU = torch.device("cpu")
@@ -356,3 +357,14 @@ def test_runner_fails_only_the_undecodable_image_and_computes_the_rest_in_order(
     raw = _wire_runner("raw").run([_request(i, _image(i)) for i in (0, 1, 3, 4)])
     computed = [o.value["outputs"] for o in outcomes if o.value is not None]
     assert computed == [o.value["outputs"] for o in raw if o.value is not None]  # png: exact
+
+
+@pytest.mark.parametrize(
+    ("queued", "serving", "readable"),
+    [("raw", "raw", True), ("raw", "jpeg", True), ("png", "jpeg", True), ("jpeg", "raw", False)],
+)
+def test_a_failed_versions_queue_is_answered_only_where_its_wire_is_read(
+    queued: str, serving: str, readable: bool
+) -> None:
+    a, b = InputSpec("m", 2, SHAPE, wire=queued), InputSpec("m", 1, SHAPE, wire=serving)
+    assert same_input(a, b) is readable
