@@ -70,10 +70,15 @@ def decode_pool() -> ThreadPoolExecutor:
 class HostDecoder:
     """Pillow on the decode pool; a batch is cut into one contiguous chunk per thread."""
 
-    def __init__(self, shape: tuple[int, ...], pool: ThreadPoolExecutor | None = None) -> None:
+    def __init__(
+        self,
+        shape: tuple[int, ...],
+        pool: ThreadPoolExecutor | None = None,
+        threads: int = DECODE_THREADS,
+    ) -> None:
         self.shape = shape
         self._pool = pool or decode_pool()
-        self._chunks = self._pool._max_workers
+        self._chunks = threads  # the pool's threads: one chunk of the batch each
 
     def arrays(self, requests: Sequence[InferenceRequest]) -> list[np.ndarray | InvalidInput]:
         """Each request's array or its error, in order."""

@@ -232,7 +232,7 @@ def _levels(x: torch.Tensor) -> list[int]:
 @pytest.mark.parametrize("threads", [1, 3, 8])
 def test_host_decoder_keeps_batch_order_and_isolates_bad_images(threads: int) -> None:
     requests = _requests(21, bad={4, 13}, fmt="png")
-    decoder = HostDecoder(SHAPE, ThreadPoolExecutor(threads))
+    decoder = HostDecoder(SHAPE, ThreadPoolExecutor(threads), threads)
     decoded = decoder.stage(requests, _collator())
     assert [r.task_id for r in decoded.live] == [f"t{i}" for i in range(21) if i not in {4, 13}]
     assert decoded.staged is not None
