@@ -139,24 +139,26 @@ class DeviceJpegDecoder:
     def _device_decode(
         self, requests: Sequence[InferenceRequest]
     ) -> list[torch.Tensor | InvalidInput]:
-        result: list[torch.Tensor | InvalidInput] = [
-            _header_error(r, self.shape) or _NONE for r in requests
-        ]
-        todo = [i for i, v in enumerate(result) if v is _NONE]
-        data = [_bytes_tensor(requests[i]) for i in todo]
-        decoded: list[torch.Tensor | InvalidInput]
+        errors = [_header_error(r, self.shape) for r in requests]
+        todo = [i for i, e in enumerate(errors) if e is None]
+        tensors = self._decode_all([_bytes_tensor(requests[i]) for i in todo])
+        decoded = dict(zip(todo, tensors, strict=True))
+        return [decoded[i] if e is None else e for i, e in enumerate(errors)]
+
+    def _decode_all(self, data: list[torch.Tensor]) -> list[torch.Tensor | InvalidInput]:
+        if not data:
+            return []
         try:
-            decoded = list(self._decode_jpeg(data, device=self.device)) if data else []
-        except RuntimeError:  # one bad image fails the call: find it
-            decoded = [self._decode_alone(d) for d in data]
-        for i, t in zip(todo, decoded, strict=True):
-            result[i] = t
-        return result
+            return list(self._decode_jpeg(data, device=self.device))
+        except RuntimeError as exc:  # one bad image fails the call: find it
+            _raise_if_device_broken(exc)
+            return [self._decode_alone(d) for d in data]
 
     def _decode_alone(self, data: torch.Tensor) -> torch.Tensor | InvalidInput:
         try:
             return self._decode_jpeg([data], device=self.device)[0]
         except RuntimeError as exc:
+            _raise_if_device_broken(exc)
             return InvalidInput(
                 f"encoded image must be a decodable JPEG, got one nvJPEG refuses: {exc}"
             )
@@ -220,7 +222,10 @@ def _is_jpeg(r: InferenceRequest) -> bool:
     return isinstance(r.array, EncodedImage) and r.array.format == "jpeg"
 
 
-_NONE = torch.empty(0)  # a JPEG not decoded yet
+def _raise_if_device_broken(exc: RuntimeError) -> None:
+    """A device error is no bad image: it goes up, and the runner restarts the worker."""
+    if isinstance(exc, getattr(torch, "AcceleratorError", ())):
+        raise exc
 
 
 def _header_error(r: InferenceRequest, shape: tuple[int, ...]) -> InvalidInput | None:

@@ -368,3 +368,11 @@ def test_a_failed_versions_queue_is_answered_only_where_its_wire_is_read(
 ) -> None:
     a, b = InputSpec("m", 2, SHAPE, wire=queued), InputSpec("m", 1, SHAPE, wire=serving)
     assert same_input(a, b) is readable
+
+
+def test_a_device_error_in_the_decode_is_no_bad_image_and_goes_up() -> None:
+    def broken(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+        raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered")
+
+    with pytest.raises(torch.AcceleratorError):
+        DeviceJpegDecoder(SHAPE, CPU, broken).stage(_requests(3, bad=set()), _collator())
