@@ -28,7 +28,7 @@ def test_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @dataclass(frozen=True)
 class ShapesBuild:
-    """The example classifier as ``build_examples`` left it: what it wrote and what it logged."""
+    """Example models as ``build_examples`` left them: what it wrote and what it logged."""
 
     repo: Path
     written: tuple[Path, ...]
@@ -44,6 +44,19 @@ def shapes_build(tmp_path_factory: pytest.TempPathFactory) -> ShapesBuild:
     root = tmp_path_factory.mktemp("shapes-repo")
     lines: list[str] = []
     written = build_examples(root, ["shapes"], log=lines.append, seed=0)
+    return ShapesBuild(root, tuple(written), tuple(lines))
+
+
+@pytest.fixture(scope="session")
+def structured_build(tmp_path_factory: pytest.TempPathFactory) -> ShapesBuild:
+    """The detector, segmenter (one training) and text classifier as ``build_examples`` writes
+    them, trained once per session (about 110 CPU seconds) for the tests that need real ones."""
+    from inferq.worker.examples.build import build_examples
+
+    root = tmp_path_factory.mktemp("structured-repo")
+    lines: list[str] = []
+    names = ["detector", "segmenter", "textcls"]
+    written = build_examples(root, names, log=lines.append, seed=0)
     return ShapesBuild(root, tuple(written), tuple(lines))
 
 

@@ -130,3 +130,17 @@ def test_augmentation_moves_images_and_targets_together() -> None:
                 assert moved[int((y1 + y2) / 2), int((x1 + x2) / 2)] == label + 1
                 checked += 1
     assert checked > 20
+
+
+@pytest.mark.parametrize("size", [(200, 150), (150, 220)])
+def test_labels_come_back_at_the_original_size(size: tuple[int, int]) -> None:
+    from inferq.worker.examples.segmenter import labels_at_original
+
+    data = letterbox_scenes(make_scenes(4, 9, size))
+    for mask, scene, box in zip(data.masks, data.scenes, data.geometry, strict=True):
+        # Perfect logits in the input frame: the one-hot of the letterboxed mask.
+        logits = torch.nn.functional.one_hot(torch.from_numpy(mask).long(), 4).permute(2, 0, 1)
+        back = labels_at_original(logits.float(), box)
+        assert back.shape == scene.mask.shape and back.dtype == np.uint8
+        # Only the shapes' edges differ (two nearest-neighbour resamplings).
+        assert (back == scene.mask).mean() > 0.97

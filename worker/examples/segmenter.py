@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from inferq.producer.tools.scenes import SCENE_CLASSES
@@ -18,12 +17,15 @@ NUM_CLASSES = len(SCENE_CLASSES) + 1  # 0 = background
 
 
 def labels_at_original(logits: Tensor, box: Letterbox) -> np.ndarray:
-    """One image's [C, S, S] logits -> uint8 class ids (H, W) of the original image: the letterbox
-    band cut off, the content's logits resized bilinearly to the original size, argmax."""
-    (cw, ch), (w, h) = box.content, box.size
-    content = logits[:, box.pad_y : box.pad_y + ch, box.pad_x : box.pad_x + cw]
-    resized = F.interpolate(content[None], size=(h, w), mode="bilinear", align_corners=False)
-    return resized[0].argmax(0).to(torch.uint8).numpy()
+    """One image's [C, S, S] logits -> uint8 class ids (H, W) of the original image: the argmax at
+    the model's input size, read at each original pixel's centre (nearest), which is what the
+    worker's ``segmentation`` post-processing returns."""
+    labels = logits.argmax(0).to(torch.uint8).numpy()
+    w, h = box.size
+    cols = np.floor((np.arange(w) + 0.5) * box.scale_x + box.pad_x).astype(np.int64)
+    rows = np.floor((np.arange(h) + 0.5) * box.scale_y + box.pad_y).astype(np.int64)
+    side_h, side_w = labels.shape
+    return labels.take(rows.clip(0, side_h - 1), axis=0).take(cols.clip(0, side_w - 1), axis=1)
 
 
 @torch.no_grad()
