@@ -74,3 +74,30 @@ def test_iou_counts_dataset_and_per_image() -> None:
     np.testing.assert_allclose(counts.class_iou(), [1.0, 3 / 4, 2 / 3])
     assert abs(counts.mean_iou - np.mean([1.0, 3 / 4, 2 / 3])) < 1e-9
     assert abs(counts.mean_image_iou - np.mean([(1 / 2 + 1 / 2) / 2, 1.0])) < 1e-9
+
+
+def test_served_results_are_scored_like_in_process_ones() -> None:
+    from inferq.producer.tools.scenes import make_scenes
+    from inferq.worker.examples.served import score_detections, score_segmentation, text_correct
+
+    scenes = make_scenes(3, 1, (90, 60))
+    perfect = [
+        {
+            "outputs": [
+                {"box": b.tolist(), "label": ["circle", "square", "triangle"][lab], "score": 0.9}
+                for b, lab in zip(s.boxes, s.labels, strict=True)
+            ]
+        }
+        for s in scenes
+    ]
+    counts = score_detections(perfect, scenes)
+    assert counts.found == counts.shapes == counts.boxes > 0
+    first = perfect[0]["outputs"][0]
+    first["label"] = "square" if first["label"] != "square" else "circle"
+    assert score_detections(perfect, scenes).found == counts.shapes - 1
+    masks = [{"outputs": s.mask} for s in scenes]
+    assert score_segmentation(masks, scenes).mean_iou == 1.0
+    assert (
+        text_correct([{"outputs": [{"label": "BCA"}]}, {"outputs": [{"label": "ABC"}]}], [3, 1])
+        == 1
+    )

@@ -39,10 +39,11 @@ _OFF, _SIZE, _POS = NUM_CLASSES, NUM_CLASSES + 2, NUM_CLASSES + 4
 
 @dataclass(frozen=True)
 class DetectorTraining:
-    train_per_size: int = 600
-    epochs: int = 10
-    batch: int = 32
-    lr: float = 4e-3
+    # Measured trade-off (README): 7 epochs fall under the detector's 90 % recall, 8 clear it.
+    train_per_size: int = 300
+    epochs: int = 8
+    batch: int = 16
+    lr: float = 8e-3
     train_seed: int = 2001
     heldout_per_size: int = 150
     heldout_seed: int = 9101

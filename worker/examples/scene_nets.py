@@ -57,11 +57,11 @@ class SceneNet(nn.Module):
         bias = torch.zeros(num_classes + 4)
         bias[:num_classes] = -2.2  # heat starts near p = 0.1, as focal loss wants
         self.head.bias = nn.Parameter(bias)
-        # Foreground per stride-2 cell as 2x2 sub-pixel logits (put in place by a pixel shuffle)
-        # from all three scales, with 1x1 convolutions only: the widest map is where a CPU's
-        # training time would go.
+        # Foreground per stride-4 cell as 4x4 sub-pixel logits (put in place by a pixel shuffle)
+        # from all three scales, the stride-2 features folded into channels: nothing runs on a
+        # finer map, where a CPU's training time would go.
         self.fg = nn.Sequential(
-            nn.Conv2d(48 + 24 + 16, 16, 1), nn.ReLU(inplace=True), nn.Conv2d(16, 4, 1)
+            nn.Conv2d(48 + 24 + 4 * 16, 32, 1), nn.ReLU(inplace=True), nn.Conv2d(32, 16, 1)
         )
         self.num_classes = num_classes
 
@@ -71,10 +71,8 @@ class SceneNet(nn.Module):
     def raw(self, x: Tensor) -> tuple[Tensor, Tensor]:
         f2, f4, f8 = self.backbone(x)
         det = self.head(self.neck(f8))
-        # The foreground head reads the backbone without training it: the detector's features,
-        # which its classes depend on, stay exactly what the detection loss makes them.
-        fused = torch.cat([_upsample_to(f8, f2), _upsample_to(f4, f2), f2], 1).detach()
-        return det, F.pixel_shuffle(self.fg(fused), 2)
+        fused = torch.cat([_upsample_to(f8, f4), f4, F.pixel_unshuffle(f2, 2)], 1)
+        return det, F.pixel_shuffle(self.fg(fused), 4)
 
 
 class DetectorNet(nn.Module):
