@@ -25,7 +25,8 @@ class LuaScript:
 
     def queue(self, pipe: Any, keys: Sequence[Any], args: Sequence[Any]) -> None:
         """Add a call to ``pipe``; run the pipe with :func:`execute_with_scripts`."""
-        pipe.evalsha(self.sha, len(keys), *keys, *args)
+        # As a plain command: a cluster pipeline refuses ``evalsha`` by name, not EVALSHA itself.
+        pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
 
 
 def execute_with_scripts(pipe: Any, client: redis.Redis, scripts: Sequence[LuaScript]) -> list[Any]:
