@@ -160,4 +160,3 @@ def write_placement(client: redis.Redis, placement: Placement) -> None:
 
 def clear_placement(client: redis.Redis, model: str) -> bool:
     return bool(client.delete(placement_key(model)))
-
