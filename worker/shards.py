@@ -17,16 +17,20 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TypeVar
 
 import redis
 from redis.cluster import RedisCluster
 
-from inferq.shared.cluster import Book, shard_books
+from inferq.shared.cluster import CLUSTER_CONNECTION_ERRORS, Book, shard_books
+from inferq.shared.logs import get_logger
 from inferq.worker.broker import Broker, Fetched, Taken, Write
 
 T = TypeVar("T")
+
+log = get_logger(__name__)
 
 
 class ShardedBroker:
@@ -55,18 +59,28 @@ class ShardedBroker:
     # -- fetching -----------------------------------------------------------------------------
 
     def take(self, queue: str, count: int) -> Taken | None:
-        """Up to ``count`` messages from the first shard, in rotation, that has any."""
+        """Up to ``count`` messages from the first shard, in rotation, that has any. A shard
+        whose master is down is passed over (the others keep being served); only if every
+        shard failed does the error reach the fetch loop."""
         start = next(self._next)
+        failed: Exception | None = None
         for i in range(len(self.shards)):
             s = (start + i) % len(self.shards)
-            taken = self.shards[s].take(self.books[s].queue(queue), count)
+            try:
+                taken = self.shards[s].take(self.books[s].queue(queue), count)
+            except CLUSTER_CONNECTION_ERRORS as exc:
+                failed = exc
+                continue
             if taken is not None:
                 return taken
+        if failed is not None:
+            raise _as_connection_error(failed)
         return None
 
     def record(self, taken: Taken) -> None:
         s = self._shard_of_queue(taken.queue)
-        self.shards[s].record(taken)
+        with _unreachable_as_connection_error():
+            self.shards[s].record(taken)
         with self._lock:
             for f in taken.fetched:
                 self._shard_of[f.tag] = s
@@ -82,45 +96,60 @@ class ShardedBroker:
         """Block on one shard (in rotation) for a share of ``timeout_s``: a cluster cannot block
         on lists of several slots in one command."""
         s = next(self._next) % len(self.shards)
-        return self.shards[s].wait(self.books[s].queue(queue), timeout_s / len(self.shards))
+        with _unreachable_as_connection_error():
+            return self.shards[s].wait(self.books[s].queue(queue), timeout_s / len(self.shards))
 
     # -- results and acks ---------------------------------------------------------------------
 
     def store_and_ack(self, writes: Sequence[Write]) -> None:
         """Each shard's writes: results on the result Redis first, then the shard's acks. Safe
-        to repeat (``until_redis_takes``): a tag is forgotten only once its shard took the ack."""
-        for s, part in self._by_shard([w.tag for w in writes], writes).items():
-            self.shards[s].store_and_ack(part)
-            self._forget([w.tag for w in part])
+        to repeat (``until_redis_takes``): tags are forgotten once every shard took its acks."""
+        with _unreachable_as_connection_error():
+            for s, part in self._by_shard([w.tag for w in writes], writes).items():
+                self.shards[s].store_and_ack(part)
+        self._forget([w.tag for w in writes])
 
     def schedule(self, tag: str, eta: float, queue: str, priority: int, raw: bytes) -> bool:
         s = self._shard(tag)
-        parked = self.shards[s].schedule(tag, eta, self.books[s].queue(queue), priority, raw)
+        with _unreachable_as_connection_error():
+            parked = self.shards[s].schedule(tag, eta, self.books[s].queue(queue), priority, raw)
         self._forget([tag])
         return parked
 
     def restore(self, tags: Sequence[str]) -> int:
         restored = 0
-        for s, part in self._by_shard(tags, tags).items():
-            restored += self.shards[s].restore(part)
-            self._forget(part)
+        with _unreachable_as_connection_error():
+            for s, part in self._by_shard(tags, tags).items():
+                restored += self.shards[s].restore(part)
+                self._forget(part)
         return restored
 
     # -- housekeeping -------------------------------------------------------------------------
 
     def promote_due(self, limit: int = 1000) -> int:
-        return sum(b.promote_due(limit) for b in self.shards)
+        return self._each(lambda b, _: b.promote_due(limit))
 
     def restore_expired(self, visibility_timeout_s: float, limit: int = 500) -> int:
-        return sum(b.restore_expired(visibility_timeout_s, limit) for b in self.shards)
+        return self._each(lambda b, _: b.restore_expired(visibility_timeout_s, limit))
 
     def return_holds(self, older_than_s: float, limit: int = 100) -> int:
-        return sum(b.return_holds(older_than_s, limit) for b in self.shards)
+        return self._each(lambda b, _: b.return_holds(older_than_s, limit))
 
     def depth(self, queue: str) -> int:
-        return sum(
-            b.depth(book.queue(queue)) for b, book in zip(self.shards, self.books, strict=True)
-        )
+        return self._each(lambda b, book: b.depth(book.queue(queue)))
+
+    def _each(self, step: Callable[[Broker, Book], int]) -> int:
+        """``step`` on every shard, summed; a shard whose master is down is skipped this time
+        (its sweep runs at the next tick), so the others are kept."""
+        total = 0
+        for shard, book in zip(self.shards, self.books, strict=True):
+            try:
+                total += step(shard, book)
+            except CLUSTER_CONNECTION_ERRORS as exc:
+                log.warning(
+                    "a shard's master is unreachable; skipped", shard=book.tag, error=str(exc)
+                )
+        return total
 
     # -- which shard --------------------------------------------------------------------------
 
@@ -147,3 +176,19 @@ class ShardedBroker:
         with self._lock:
             for tag in tags:
                 self._shard_of.pop(tag, None)
+
+
+def _as_connection_error(exc: Exception) -> Exception:
+    """A cluster's "slot not served" errors as redis-py's ConnectionError: what the fetch loop
+    and ``until_redis_takes`` wait out (they are not all RedisError subclasses)."""
+    if isinstance(exc, redis.RedisError | OSError):
+        return exc
+    return redis.ConnectionError(f"{type(exc).__name__}: {exc}")
+
+
+@contextmanager
+def _unreachable_as_connection_error() -> Iterator[None]:
+    try:
+        yield
+    except CLUSTER_CONNECTION_ERRORS as exc:
+        raise _as_connection_error(exc) from exc
