@@ -16,7 +16,7 @@ from inferq.producer.client import reset_runtime
 from inferq.shared import codec, keys
 from inferq.shared.placement import make_placement, placement_key, write_placement
 from inferq.shared.redisconn import make_client
-from inferq.worker.tools.localredis import LocalRedis
+from inferq.worker.tools.localredis import LocalRedis, self_signed_tls
 
 pytestmark = pytest.mark.integration
 
@@ -95,3 +95,19 @@ def test_a_worker_refuses_models_on_different_redis(
     stack = placed_stack(stack_factory, test_repo, hot, "tiny")
     with pytest.raises(RuntimeError, match="share one placement"):
         stack.worker("tiny", "slow", supervised=False)
+
+
+def test_a_model_placed_on_a_tls_redis_with_a_password(
+    stack_factory, test_repo: Path, tmp_path: Path
+) -> None:
+    tls = LocalRedis(password=SECRET, tls_dir=self_signed_tls(tmp_path / "tls")).start()
+    try:
+        assert tls.url.startswith("rediss://")
+        stack = placed_stack(stack_factory, test_repo, tls, "tiny")
+        w = stack.worker("tiny")
+        values = gather(submit_many([chw(i) for i in range(20)], model="tiny"), timeout=60)
+        assert [v["model"] for v in values] == ["tiny"] * 20
+        assert make_client(tls.url).hlen(keys.UNACKED) == 0
+        assert SECRET not in w.log_tail(100_000)
+    finally:
+        tls.stop()
