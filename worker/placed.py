@@ -14,8 +14,8 @@ from collections.abc import Sequence
 
 import redis
 
-from inferq.shared.cluster import make_cluster_client
-from inferq.shared.errors import ConfigError
+from inferq.shared.cluster import CLUSTER_CONNECTION_ERRORS, make_cluster_client
+from inferq.shared.errors import BrokerUnavailable, ConfigError
 from inferq.shared.logs import get_logger
 from inferq.shared.placement import Where, read_placement, resolve
 from inferq.shared.redisconn import make_client
@@ -55,7 +55,13 @@ def make_broker(
         log.info(
             "serving a sharded queue", cluster=redact_url(where.broker_url), shards=where.shards
         )
-        cluster = make_cluster_client(where.broker_url)
+        try:
+            cluster = make_cluster_client(where.broker_url)
+        except CLUSTER_CONNECTION_ERRORS as exc:
+            raise BrokerUnavailable(
+                f"Redis Cluster at {redact_url(where.broker_url)} must answer before a worker "
+                f"loads its models, got {type(exc).__name__}: {exc}"
+            ) from None
         return ShardedBroker(cluster, results, settings.result_ttl_s, models[0], where.shards)
     client = home if where.broker_url == settings.broker_url else make_client(where.broker_url)
     if client is not home:

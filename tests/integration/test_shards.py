@@ -160,3 +160,21 @@ def test_warm_shutdown_restores_to_the_shard_each_came_from(
     assert broker.restore(tags) == 6
     assert depths(broker.client) == [2, 2, 2]
     assert [broker.client.hlen(b.unacked) for b in shard_books(MODEL, SHARDS)] == [0, 0, 0]
+
+
+def test_a_message_parked_for_its_eta_comes_back_to_its_shard(
+    pusher: ShardPusher, broker: ShardedBroker
+) -> None:
+    for n in range(3):
+        pusher.push([prepared(n)])
+    parked = []
+    while (taken := broker.take(QUEUE, 10)) is not None:
+        broker.record(taken)
+        for f in taken.fetched:
+            parked.append(broker.schedule(f.tag, 0.0, QUEUE, keys.DEFAULT_PRIORITY, f.raw))
+    assert parked == [True, True, True]
+    books = shard_books(MODEL, SHARDS)
+    assert [broker.client.zcard(b.scheduled) for b in books] == [1, 1, 1]
+    assert [broker.client.hlen(b.unacked) for b in books] == [0, 0, 0]
+    assert broker.promote_due() == 3
+    assert depths(broker.client) == [1, 1, 1]
