@@ -24,7 +24,7 @@ import redis
 
 from inferq.producer.backend import ListenerBackend
 from inferq.producer.pusher import Prepared, Pusher
-from inferq.shared.cluster import make_cluster_client
+from inferq.shared.cluster import CLUSTER_CONNECTION_ERRORS, make_cluster_client
 from inferq.shared.placement import Where, home, resolve
 from inferq.shared.redisconn import make_client
 from inferq.shared.settings import redact_url
@@ -99,8 +99,14 @@ class Lanes:
         if where.cluster:
             from inferq.producer.shards import ShardPusher  # redis.cluster only where used
 
-            cluster = make_cluster_client(where.broker_url)
             where_shown = redact_url(where.broker_url)
+            try:
+                cluster = make_cluster_client(where.broker_url)
+            except CLUSTER_CONNECTION_ERRORS as exc:
+                raise BrokerUnavailable(
+                    f"Redis Cluster at {where_shown} must be reachable to submit to {model!r}, "
+                    f"got {type(exc).__name__}: {exc}"
+                ) from None
             pusher: Pushes = ShardPusher(cluster, model, where.shards, where_shown)
             return Lane(where, pusher, backend, cluster, results)
         client = make_client(where.broker_url)
