@@ -25,6 +25,7 @@ import redis
 from inferq.producer.backend import ListenerBackend
 from inferq.producer.pusher import Prepared, Pusher
 from inferq.shared.cluster import CLUSTER_CONNECTION_ERRORS, make_cluster_client
+from inferq.shared.errors import BrokerUnavailable
 from inferq.shared.placement import Where, home, resolve
 from inferq.shared.redisconn import make_client
 from inferq.shared.settings import redact_url
