@@ -24,6 +24,7 @@ import redis
 
 from inferq.producer.backend import ListenerBackend
 from inferq.producer.pusher import Prepared, Pusher
+from inferq.producer.shards import ShardPusher
 from inferq.shared.cluster import CLUSTER_CONNECTION_ERRORS, make_cluster_client
 from inferq.shared.errors import BrokerUnavailable
 from inferq.shared.placement import Where, home, resolve
@@ -98,8 +99,6 @@ class Lanes:
         results = results or make_client(where.results_url)
         backend = ListenerBackend(app=rt.app, url=where.results_url)
         if where.cluster:
-            from inferq.producer.shards import ShardPusher  # redis.cluster only where used
-
             where_shown = redact_url(where.broker_url)
             try:
                 cluster = make_cluster_client(where.broker_url)
