@@ -3,6 +3,8 @@ and the sharded broker keep the standalone guarantees shard by shard."""
 
 from __future__ import annotations
 
+import time
+
 import orjson
 import pytest
 import redis
@@ -12,7 +14,11 @@ from inferq.producer.shards import ShardPusher
 from inferq.shared import keys
 from inferq.shared.cluster import make_cluster_client, shard_books
 from inferq.shared.errors import QueueFull
+from inferq.shared.placement import make_placement, write_placement
+from inferq.shared.registry import Registry
+from inferq.shared.settings import Settings, set_settings
 from inferq.worker.broker import Write
+from inferq.worker.fleet import fleet_status
 from inferq.worker.shards import ShardedBroker
 from inferq.worker.tools.localcluster import LocalCluster
 from inferq.worker.tools.localredis import LocalRedis
@@ -178,3 +184,34 @@ def test_a_message_parked_for_its_eta_comes_back_to_its_shard(
     assert [broker.client.hlen(b.unacked) for b in books] == [0, 0, 0]
     assert broker.promote_due() == 3
     assert depths(broker.client) == [1, 1, 1]
+
+
+def test_the_backlog_kedas_exporter_reads_sums_every_shard(
+    redis_cluster: LocalCluster,
+    local_redis: LocalRedis,
+    results: redis.Redis,
+    pusher: ShardPusher,
+    broker: ShardedBroker,
+) -> None:
+    settings = Settings(broker_url=local_redis.url, redis_instances=f"cl={redis_cluster.url}")
+    set_settings(settings)
+    try:
+        write_placement(results, make_placement(MODEL, settings, "cl", shards=SHARDS))
+        for n in range(12):
+            pusher.push([prepared(n, priority=0 if n < 3 else keys.DEFAULT_PRIORITY)])
+        taken = broker.take(QUEUE, 2)  # a fetch in hand, then one parked for its eta
+        assert taken is not None
+        broker.record(taken)
+        broker.schedule(taken.fetched[0].tag, time.time() + 600, QUEUE, 5, taken.fetched[0].raw)
+        held = broker.take(QUEUE, 3)  # and a fetch caught between its two round trips
+        assert held is not None
+        [status] = fleet_status(results, Registry(results), [MODEL]).models
+        assert (status.backlog.waiting, status.backlog.in_hand, status.backlog.scheduled) == (
+            7,
+            1 + 3,
+            1,
+        )
+        assert status.backlog.by_queue[QUEUE] == 7
+        assert sum(status.backlog.by_priority.values()) == 7
+    finally:
+        set_settings(None)
