@@ -92,12 +92,15 @@ def shard_books(model: str, shards: int) -> list[Book]:
     return [shard_book(model, s) for s in range(shards)]
 
 
-def make_cluster_client(url: str, *, socket_timeout: float | None = 30.0) -> RedisCluster:
+def make_cluster_client(
+    url: str, *, retries: int = 6, socket_timeout: float | None = 30.0
+) -> RedisCluster:
     """A RedisCluster client for ``url`` (any node; ``rediss://`` and passwords as for
     ``make_client``): it finds the other nodes and routes each command to its slot's master,
-    following MOVED after a failover; dropped connections are retried with backoff."""
+    following MOVED after a failover; dropped connections are retried with backoff (``retries``
+    0: never, for a call that is not safe to send twice)."""
     options: dict[str, Any] = {
-        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), 6),
+        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), retries),
         "socket_keepalive": True,
         "socket_connect_timeout": 5,
         "socket_timeout": socket_timeout,

@@ -57,12 +57,15 @@ def make_broker(
         )
         try:
             cluster = make_cluster_client(where.broker_url)
+            fetch = make_cluster_client(where.broker_url, retries=0)
         except CLUSTER_CONNECTION_ERRORS as exc:
             raise BrokerUnavailable(
                 f"Redis Cluster at {redact_url(where.broker_url)} must answer before a worker "
                 f"loads its models, got {type(exc).__name__}: {exc}"
             ) from None
-        return ShardedBroker(cluster, results, settings.result_ttl_s, models[0], where.shards)
+        return ShardedBroker(
+            cluster, results, settings.result_ttl_s, models[0], where.shards, fetch
+        )
     client = home if where.broker_url == settings.broker_url else make_client(where.broker_url)
     if client is not home:
         log.info("serving a placed model", redis=redact_url(where.broker_url))

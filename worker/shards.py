@@ -19,7 +19,7 @@ import itertools
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import redis
 from redis.cluster import RedisCluster
@@ -43,13 +43,18 @@ class ShardedBroker:
         result_ttl_s: int,
         model: str,
         shards: int,
+        fetch_cluster: RedisCluster | None = None,
     ) -> None:
         self.client = cluster
         self.results = result_client
         self.result_ttl_s = result_ttl_s
         self.books: list[Book] = shard_books(model, shards)
+        # As on a standalone Redis, the hold script goes through a client that never resends
+        # it: a resent hold would overwrite the first one's lists (what a lost reply took comes
+        # back after the visibility timeout instead).
+        fetch: Any = fetch_cluster or cluster
         self.shards = [
-            Broker(cluster, result_client, result_ttl_s, book=book)  # type: ignore[arg-type]
+            Broker(cluster, result_client, result_ttl_s, fetch, book)  # type: ignore[arg-type]
             for book in self.books
         ]
         self._next = itertools.count()

@@ -14,11 +14,12 @@ from inferq.producer.shards import ShardPusher
 from inferq.shared import keys
 from inferq.shared.cluster import make_cluster_client, shard_books
 from inferq.shared.errors import QueueFull
-from inferq.shared.placement import make_placement, write_placement
+from inferq.shared.placement import Where, make_placement, write_placement
 from inferq.shared.registry import Registry
 from inferq.shared.settings import Settings, set_settings
 from inferq.worker.broker import Write
 from inferq.worker.fleet import fleet_status
+from inferq.worker.placed import make_broker
 from inferq.worker.shards import ShardedBroker
 from inferq.worker.tools.localcluster import LocalCluster
 from inferq.worker.tools.localredis import LocalRedis
@@ -215,3 +216,16 @@ def test_the_backlog_kedas_exporter_reads_sums_every_shard(
         assert sum(status.backlog.by_priority.values()) == 7
     finally:
         set_settings(None)
+
+
+def test_a_workers_hold_script_is_never_resent(
+    redis_cluster: LocalCluster, local_redis: LocalRedis, results: redis.Redis
+) -> None:
+    """A resent hold would overwrite the first one's lists: its client must not retry (the
+    other calls are safe to repeat and do)."""
+    settings = Settings(broker_url=local_redis.url)
+    where = Where(redis_cluster.url, local_redis.url, cluster=True, shards=SHARDS)
+    built = make_broker(results, settings, [MODEL], where)
+    assert isinstance(built, ShardedBroker)
+    assert {b.fetch_client.retry.get_retries() for b in built.shards} == {0}  # type: ignore[attr-defined]
+    assert built.client.retry.get_retries() > 0
