@@ -63,12 +63,16 @@ def _quiet(_: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("which", nargs="*", choices=["scenes", "textcls"], default=[])
+    parser.add_argument("which", nargs="*", help="scenes and/or textcls (default: both)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     print(f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '(unset)')}")
-    for which in args.which or ["scenes", "textcls"]:
-        {"scenes": measure_scenes, "textcls": measure_textcls}[which](args.seed)
+    runs = {"scenes": measure_scenes, "textcls": measure_textcls}
+    unknown = set(args.which) - set(runs)
+    if unknown:
+        parser.error(f"unknown {sorted(unknown)}; choose from {sorted(runs)}")
+    for which in args.which or list(runs):
+        runs[which](args.seed)
 
 
 if __name__ == "__main__":
