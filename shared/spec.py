@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from inferq.shared.errors import ConfigError
+from inferq.shared.inputs import TensorInput, check_follows, check_tensor_modes, declared_inputs
 from inferq.shared.tomlcheck import (
     boolean,
     check_keys,
@@ -52,6 +53,9 @@ class InputSpec:
     resize: str = "crop"
     queue_limit: int = 10_000
     default_deadline_ms: float = 0.0
+    #: Named tensor inputs ([[inputs]]); empty for the image form ([input]), which ``shape``,
+    #: ``dtype``, ``color`` and ``resize`` describe.
+    inputs: tuple[TensorInput, ...] = ()
 
     @property
     def nbytes(self) -> int:
@@ -59,12 +63,16 @@ class InputSpec:
         return math.prod(self.shape) * itemsize
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self))
+        data = asdict(self)
+        if not self.inputs:  # an image model's spec reads as it always has, for older producers
+            del data["inputs"]
+        return json.dumps(data)
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> InputSpec:
         data = json.loads(raw)
         data["shape"] = tuple(data["shape"])
+        data["inputs"] = tuple(TensorInput.from_dict(i) for i in data.get("inputs", ()))
         return cls(**data)
 
 
@@ -81,6 +89,9 @@ class Output:
     postprocess: str = "topk"
     top_k: int = 5
     labels: tuple[str, ...] = ()
+    #: An input whose variable dimension the outputs follow: each request's output rows are cut
+    #: back to that input's length (``worker/padding.py``).
+    follows: str = ""
 
 
 @dataclass(frozen=True)
@@ -151,6 +162,8 @@ class ModelConfig:
     rollout: Rollout = field(default_factory=Rollout)
     # Run threads computing this model's batches side by side (Triton's instance_group count).
     instances: int = 1
+    #: [[inputs]]: named tensor inputs instead of the one image (``shape`` is then empty).
+    inputs: tuple[TensorInput, ...] = ()
 
     def input_spec(self, version: int) -> InputSpec:
         return InputSpec(
@@ -162,6 +175,7 @@ class ModelConfig:
             resize=self.resize,
             queue_limit=self.batching.queue_limit,
             default_deadline_ms=self.batching.default_deadline_ms,
+            inputs=self.inputs,
         )
 
     @classmethod
@@ -188,10 +202,10 @@ SECTIONS = (
 
 #: The keys each table may hold ("" is the top level): anything else is a typo, refused.
 KNOWN_KEYS: dict[str, tuple[str, ...]] = {
-    "": ("platform", "description", *SECTIONS),
+    "": ("platform", "description", "inputs", *SECTIONS),
     "input": ("shape", "dtype", "color"),
     "preprocess": ("resize", "mean", "std", "scale"),
-    "output": ("postprocess", "top_k", "labels"),
+    "output": ("postprocess", "top_k", "labels", "follows"),
     "batching": (
         "max_batch_size",
         "max_wait_ms",
@@ -220,23 +234,25 @@ def _parse(name: str, data: dict[str, Any]) -> ModelConfig:
     inp, pre, out, bat, prec, inst, opt, val, roll = (
         section(data, s, KNOWN_KEYS) for s in SECTIONS
     )
-    shape, color = _input(inp)
+    tensors = declared_inputs(data, pre)
+    shape, color = _input(inp) if not tensors else ((), "RGB")
     config = ModelConfig(
         name=name,
         platform=choice(data.get("platform", "torchscript"), PLATFORMS, "platform"),
         shape=shape,
-        dtype=choice(inp.get("dtype", "uint8"), WIRE_DTYPES, "input.dtype"),
+        dtype=choice(inp.get("dtype", "uint8"), WIRE_DTYPES, "input.dtype") if shape else "",
         color=color,
         resize=choice(pre.get("resize", "crop"), RESIZE_MODES, "preprocess.resize"),
         description=string(data.get("description", ""), "description"),
-        preprocess=_preprocess(pre, channels=shape[0]),
-        output=_output(out),
+        preprocess=_preprocess(pre, channels=shape[0]) if shape else Preprocess(),
+        output=_output(out, tensors),
         batching=_batching(bat),
         precision=_precision(prec),
         instances=_instances(inst),
         optimize=_optimize(opt),
         validation=Validation(share(val.get("min_agreement", 0.99), "validation.min_agreement")),
         rollout=_rollout(roll),
+        inputs=tensors,
     )
     _check_modes(config)
     return config
@@ -269,14 +285,17 @@ def _preprocess(pre: dict[str, Any], channels: int) -> Preprocess:
     return Preprocess(mean=mean, std=std, scale=scale)
 
 
-def _output(out: dict[str, Any]) -> Output:
+def _output(out: dict[str, Any], inputs: tuple[TensorInput, ...]) -> Output:
     top_k = integer(out.get("top_k", 5), "output.top_k")
     if top_k < 1:
         raise ConfigError(f"output.top_k must be >= 1, got {top_k}")
+    follows = string(out.get("follows", ""), "output.follows")
+    check_follows(follows, inputs)
     return Output(
         postprocess=choice(out.get("postprocess", "topk"), POSTPROCESS, "output.postprocess"),
         top_k=top_k,
         labels=strings(out.get("labels", []), "output.labels"),
+        follows=follows,
     )
 
 
@@ -357,6 +376,8 @@ def _check_modes(c: ModelConfig) -> None:
     """Refuse the combinations that cannot work (the device-dependent ones are refused at load,
     in ``worker/variants.py``)."""
     o, max_batch = c.optimize, c.batching.max_batch_size
+    if c.inputs:
+        check_tensor_modes(c.output, o.batch_buckets, o.compile, o.cuda_graphs)
     if o.batch_buckets and o.batch_buckets[-1] < max_batch:
         raise ConfigError(
             f"optimize.batch_buckets must reach batching.max_batch_size ({max_batch}) so every "

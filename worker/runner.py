@@ -22,14 +22,19 @@ from inferq.shared.errors import DeadlineExceeded, InferqError, ModelError, Work
 from inferq.shared.logs import get_logger
 from inferq.shared.results import InferenceResult, Timing
 from inferq.shared.spec import ModelConfig
+from inferq.worker.batchcap import BatchCap
 from inferq.worker.collate import Collator, Staged
 from inferq.worker.fused import fuse
 from inferq.worker.handlers import ModelHandler
 from inferq.worker.intake import InferenceRequest
+from inferq.worker.padding import cut_back
+from inferq.worker.tensor_inputs import StagedTensors, TensorBatch, TensorSide
 
 log = get_logger(__name__)
 
 _AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
+#: A staged batch: an image model's one tensor, or an [[inputs]] model's named tensors.
+Batch = torch.Tensor | TensorBatch
 _TORCH_DTYPES = {"uint8": torch.uint8, "float16": torch.float16, "float32": torch.float32}
 
 
@@ -62,45 +67,6 @@ def is_fatal_device_error(exc: BaseException) -> bool:
     )
 
 
-class BatchCap:
-    """The effective max batch size: halved on OOM, doubled back after a run of clean batches.
-
-    ``on_change`` hears the starting value and every change after it (the batch-cap gauge and
-    log), from whichever thread made the change."""
-
-    def __init__(
-        self,
-        maximum: int,
-        recover_after: int = 50,
-        on_change: Callable[[int], None] | None = None,
-    ) -> None:
-        self.maximum = maximum
-        self.value = maximum
-        self.recover_after = recover_after
-        self._clean = 0
-        self._on_change = on_change
-        if on_change is not None:
-            on_change(maximum)
-
-    def shrink(self, failed_size: int) -> None:
-        self._set(max(1, min(self.value, failed_size // 2)))
-        self._clean = 0
-
-    def ok(self) -> None:
-        if self.value >= self.maximum:
-            return
-        self._clean += 1
-        if self._clean >= self.recover_after:
-            self._set(min(self.maximum, self.value * 2))
-            self._clean = 0
-
-    def _set(self, value: int) -> None:
-        changed = value != self.value
-        self.value = value
-        if changed and self._on_change is not None:
-            self._on_change(value)
-
-
 class Runner:
     def __init__(
         self,
@@ -123,6 +89,17 @@ class Runner:
         self._clock = clock
         self._wall = wall
         self._autocast = _AUTOCAST.get(config.precision.mode)
+        self._tensors: TensorSide | None = None
+        if config.inputs:  # named tensors, no normalisation (worker/tensor_inputs.py)
+            self._tensors = TensorSide(config, handler, device)
+            self._fused = None
+        else:
+            self._image_side(config, handler, device)
+        self._labels = config.output.labels
+        self._names: list[str] = []
+        self._device_name = str(device)
+
+    def _image_side(self, config: ModelConfig, handler: ModelHandler, device: torch.device) -> None:
         channels = config.shape[0]
         std = torch.tensor(config.preprocess.std, dtype=torch.float32)
         mean = torch.tensor(config.preprocess.mean, dtype=torch.float32)
@@ -140,9 +117,6 @@ class Runner:
             device,
             slots=config.instances + 2,
         )
-        self._labels = config.output.labels
-        self._names: list[str] = []
-        self._device_name = str(device)
 
     # -- public -------------------------------------------------------------------------------
 
@@ -157,7 +131,7 @@ class Runner:
         expired = {id(r): Outcome(r, error=_expired(r, now)) for r in batch if _late(r, now)}
         live = [r for r in batch if id(r) not in expired]
         try:
-            staged = self.collator.stage([r.array for r in live]) if live else None
+            staged = self._stage(live) if live else None
         except Exception as exc:
             if is_fatal_device_error(exc):
                 raise DeviceFailure(str(exc)) from exc
@@ -189,7 +163,12 @@ class Runner:
         assert len(result) == len(prepared.requests)
         return result
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _stage(self, live: Sequence[InferenceRequest]) -> Staged | StagedTensors:
+        if self._tensors is not None:
+            return self._tensors.collator.stage([r.tensors for r in live])
+        return self.collator.stage([r.array for r in live])
+
+    def forward(self, x: Batch) -> torch.Tensor:
         """The model's output rows (on the CPU) for a batch of wire tensors: validation."""
         return self._forward(x.to(self.device))
 
@@ -202,7 +181,11 @@ class Runner:
         )
         seconds: dict[int, float] = {}
         for size in sizes:
-            x = torch.zeros((size, *self.config.shape), dtype=self._wire_dtype)
+            x: Any = (
+                self._tensors.collator.zeros(size)
+                if self._tensors is not None
+                else torch.zeros((size, *self.config.shape), dtype=self._wire_dtype)
+            )
             try:
                 for _ in range(rounds):
                     start = time.perf_counter()
@@ -220,11 +203,15 @@ class Runner:
     def _run_live(self, prepared: PreparedBatch) -> dict[int, Outcome]:
         assert prepared.staged is not None
         start = self._clock()
-        chunks = self._compute(self.collator.claim(prepared.staged))
+        tensors = self._tensors
+        chunks = self._compute(self._claim(prepared.staged))
         if len(chunks) == 1 and isinstance(chunks[0], torch.Tensor):
             self.cap.ok()  # only a batch that ran whole counts towards raising the cap again
         computed = self._clock()
-        values = [v for chunk in chunks for v in self._postprocess(chunk)]
+        lengths = tensors.lengths(prepared.live) if tensors is not None else None
+        values: list[Any] = []
+        for chunk in chunks:  # len(values): the chunk's first row
+            values += self._postprocess(chunk, lengths[len(values) :] if lengths else None)
         done = self._clock()
         times = _BatchTimes(
             start - prepared.collate_ms / 1e3,  # waiting ends where this batch's work began
@@ -234,7 +221,13 @@ class Runner:
         )
         return self._outcomes(prepared.live, values, times)
 
-    def _compute(self, x: torch.Tensor) -> list[torch.Tensor | InferqError]:
+    def _claim(self, staged: Staged | StagedTensors) -> Batch:
+        if isinstance(staged, StagedTensors):
+            assert self._tensors is not None
+            return self._tensors.collator.claim(staged)
+        return self.collator.claim(staged)
+
+    def _compute(self, x: Batch) -> list[torch.Tensor | InferqError]:
         """In row order: output chunks (CPU, one per forward that succeeded) and, for each row
         that alone makes the model fail, its error."""
         try:
@@ -245,7 +238,7 @@ class Runner:
             return self._split(x, exc)
         return [out]
 
-    def _split(self, x: torch.Tensor, exc: Exception) -> list[torch.Tensor | InferqError]:
+    def _split(self, x: Batch, exc: Exception) -> list[torch.Tensor | InferqError]:
         n = len(x)
         if is_oom(exc):
             self.cap.shrink(n)
@@ -260,15 +253,19 @@ class Runner:
         half = n // 2
         return self._compute(x[:half]) + self._compute(x[half:])
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: Batch) -> torch.Tensor:
         if self._fused is not None:
             with torch.inference_mode(), self._autocast_ctx():
                 out = self._fused(x)
+        elif isinstance(x, TensorBatch):
+            assert self._tensors is not None
+            with torch.inference_mode(), self._autocast_ctx():
+                out = self._tensors.call(x)
         else:
             out = self._unfused(x)
-        if not isinstance(out, torch.Tensor) or out.shape[0] != x.shape[0]:
+        if not isinstance(out, torch.Tensor) or out.shape[0] != len(x):
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ModelError(f"model must return one row per input ({x.shape[0]}), got {got}")
+            raise ModelError(f"model must return one row per input ({len(x)}), got {got}")
         return out.cpu()
 
     def _unfused(self, x: torch.Tensor) -> Any:
@@ -286,11 +283,16 @@ class Runner:
             return torch.autocast(self.device.type, enabled=False)
         return torch.autocast(self.device.type, dtype=self._autocast)
 
-    def _postprocess(self, chunk: torch.Tensor | InferqError) -> list[Any]:
-        """One value per row of ``chunk``, computed for the whole chunk at once."""
+    def _postprocess(
+        self, chunk: torch.Tensor | InferqError, lengths: Sequence[int] | None = None
+    ) -> list[Any]:
+        """One value per row of ``chunk``, computed for the whole chunk at once; ``lengths``:
+        its rows' lengths of the input the output follows, each row cut back to its own."""
         if isinstance(chunk, InferqError):
             return [chunk]
         out = self.config.output
+        if lengths is not None:
+            return [row.tolist() for row in cut_back(chunk, lengths[: len(chunk)])]
         if out.postprocess == "raw":
             return list(chunk.tolist())
         probs = torch.softmax(chunk.flatten(1), dim=1)
@@ -361,7 +363,7 @@ class PreparedBatch:
     requests: list[InferenceRequest]
     live: list[InferenceRequest]
     expired: dict[int, Outcome]
-    staged: Staged | None
+    staged: Staged | StagedTensors | None
     closed_at: float
     collate_ms: float
 

@@ -66,10 +66,18 @@ def test_big_endian_and_non_contiguous_inputs_round_trip_as_little_endian_c_orde
     np.testing.assert_array_equal(codec.decode(codec.encode(strided)), strided)
 
 
-@pytest.mark.parametrize("dtype", [np.int64, np.float64, np.bool_, np.int8])
+@pytest.mark.parametrize("dtype", [np.float64, np.int8, np.uint16, np.complex64])
 def test_encode_refuses_dtypes_outside_the_wire_set(dtype: type) -> None:
-    with pytest.raises(InvalidInput, match=r"uint8, float16, float32, got"):
+    with pytest.raises(InvalidInput, match=r"uint8, float16, float32, int32, int64, bool, got"):
         codec.encode(np.zeros((2, 2), dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, ">i8", np.bool_])
+def test_token_and_mask_dtypes_round_trip(dtype: str) -> None:
+    array = (np.arange(12).reshape(3, 4) % 2).astype(dtype)
+    decoded = codec.decode(codec.encode(array))
+    assert decoded.dtype == np.dtype(dtype).newbyteorder("<") or decoded.dtype == np.bool_
+    np.testing.assert_array_equal(decoded, array)
 
 
 def test_encode_refuses_more_than_eight_dims() -> None:
