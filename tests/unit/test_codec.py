@@ -150,9 +150,11 @@ def test_bad_version() -> None:
         codec.decode(_header(version=2) + bytes(6))
 
 
-@pytest.mark.parametrize("code", [0, 4, 255])
+@pytest.mark.parametrize("code", [0, 7, 255])
 def test_bad_dtype_code(code: int) -> None:
-    with pytest.raises(InvalidInput, match=rf"dtype code must be one of \[1, 2, 3\], got {code}"):
+    with pytest.raises(
+        InvalidInput, match=rf"dtype code must be one of \[1, 2, 3, 4, 5, 6\], got {code}"
+    ):
         codec.decode(_header(code=code) + bytes(6))
 
 
