@@ -28,7 +28,7 @@ from inferq.worker.fused import fuse
 from inferq.worker.handlers import ModelHandler
 from inferq.worker.intake import InferenceRequest
 from inferq.worker.padding import cut_back
-from inferq.worker.tensor_inputs import StagedTensors, TensorBatch, TensorSide
+from inferq.worker.tensor_inputs import StagedTensors, TensorBatch, TensorSide, zero_batch
 
 log = get_logger(__name__)
 
@@ -182,8 +182,8 @@ class Runner:
         seconds: dict[int, float] = {}
         for size in sizes:
             x: Any = (
-                self._tensors.collator.zeros(size)
-                if self._tensors is not None
+                zero_batch(self.config.inputs, size)
+                if self.config.inputs
                 else torch.zeros((size, *self.config.shape), dtype=self._wire_dtype)
             )
             try:

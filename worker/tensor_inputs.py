@@ -55,6 +55,14 @@ class StagedTensors:
     ready: Any = None  # torch.cuda.Event on CUDA
 
 
+def zero_batch(inputs: tuple[TensorInput, ...], n: int) -> TensorBatch:
+    """A batch of ``n`` requests of every input's full shape (warm-up, validation): zeros are
+    valid token ids and masks for any model."""
+    return TensorBatch(
+        tuple(torch.zeros((n, *i.shape), dtype=TORCH_DTYPES[i.dtype]) for i in inputs)
+    )
+
+
 class TensorCollator:
     """Stages several inputs per batch in rotating host buffers, each sized for the largest batch
     at every input's maximum shape; a batch's tensors are contiguous views of their front."""
@@ -100,12 +108,6 @@ class TensorCollator:
             for t in staged.x.tensors:
                 t.record_stream(current)
         return staged.x
-
-    def zeros(self, n: int) -> TensorBatch:
-        """A batch of ``n`` requests of every input's full shape, for warm-up."""
-        return TensorBatch(
-            tuple(torch.zeros((n, *i.shape), dtype=TORCH_DTYPES[i.dtype]) for i in self.inputs)
-        )
 
     def _fill(
         self, inp: TensorInput, flat: torch.Tensor, rows: Sequence[tuple[np.ndarray, ...]]

@@ -16,7 +16,8 @@ import torch
 
 from inferq.shared.errors import ValidationFailed
 from inferq.worker.repository import ModelVersion
-from inferq.worker.runner import Runner
+from inferq.worker.runner import Batch, Runner
+from inferq.worker.tensor_inputs import zero_batch
 
 VALIDATION_FILE = "validation.npz"
 _SAMPLE_SEED = 0
@@ -38,7 +39,9 @@ def _sample_sizes(model: ModelVersion) -> list[int]:
     return sorted({1, min(model.config.batching.max_batch_size, _SAMPLE_BATCH)})
 
 
-def _samples(model: ModelVersion, size: int) -> torch.Tensor:
+def _samples(model: ModelVersion, size: int) -> Batch:
+    if model.config.inputs:
+        return zero_batch(model.config.inputs, size)
     rng = np.random.default_rng(_SAMPLE_SEED)
     shape = (size, *model.config.shape)
     if model.config.dtype == "uint8":
@@ -46,12 +49,12 @@ def _samples(model: ModelVersion, size: int) -> torch.Tensor:
     return torch.from_numpy(rng.random(shape).astype(model.config.dtype))
 
 
-def _forward(runner: Runner, x: torch.Tensor, model: ModelVersion) -> torch.Tensor:
+def _forward(runner: Runner, x: Batch, model: ModelVersion) -> torch.Tensor:
     try:
         return runner.forward(x).float()
     except Exception as exc:
         raise ValidationFailed(
-            f"model {model.name!r} version {model.version} must compute a batch of {x.shape[0]} "
+            f"model {model.name!r} version {model.version} must compute a batch of {len(x)} "
             f"sample inputs, got {type(exc).__name__}: {exc}"
         ) from exc
 
