@@ -16,6 +16,7 @@ function, so a foreign client's mistake reads as a producer's would.
 from __future__ import annotations
 
 import binascii
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -48,6 +49,10 @@ class TensorInput:
     def sent(self) -> bool:
         """Whether a request carries it (a mask is generated on the worker)."""
         return not self.mask_of
+
+    @functools.cached_property
+    def np_dtype(self) -> np.dtype:
+        return np.dtype(self.dtype)
 
     @property
     def max_length(self) -> int:
@@ -214,7 +219,7 @@ def sent_inputs(inputs: tuple[TensorInput, ...]) -> tuple[TensorInput, ...]:
 
 def check_array(array: np.ndarray, inp: TensorInput, model: str) -> None:
     """Raise InvalidInput unless ``array`` is a valid value of ``inp`` (dtype exact)."""
-    if array.dtype != np.dtype(inp.dtype) or not _fits(array.shape, inp):
+    if array.dtype != inp.np_dtype or not _fits(array.shape, inp):
         raise InvalidInput(
             f"input {inp.name!r} of model {model!r} must be {inp.describe()}, got "
             f"{array.dtype.name}{list(array.shape)}"
@@ -226,12 +231,10 @@ def check_array(array: np.ndarray, inp: TensorInput, model: str) -> None:
 
 
 def _fits(shape: tuple[int, ...], inp: TensorInput) -> bool:
-    if len(shape) != len(inp.shape):
-        return False
-    return all(
-        1 <= got <= want if i == inp.variable else got == want
-        for i, (got, want) in enumerate(zip(shape, inp.shape, strict=True))
-    )
+    v, want = inp.variable, inp.shape
+    if v is None or len(shape) != len(want):
+        return shape == want
+    return 1 <= shape[v] <= want[v] and shape[:v] == want[:v] and shape[v + 1 :] == want[v + 1 :]
 
 
 def encode_request(value: Any, inputs: tuple[TensorInput, ...], model: str) -> dict[str, bytes]:
@@ -293,7 +296,8 @@ def decode_request(
                 f"{[i.name for i in sent]} as first argument, got {type(arg).__name__}"
             )
         arg = {sent[0].name: arg}
-    _named(arg, sent, model)
+    if len(arg) != len(sent) or any(i.name not in arg for i in sent):
+        _named(arg, sent, model)  # raises, naming what is missing or unknown
     arrays = []
     for inp in sent:
         array = codec.decode(_payload(arg[inp.name], inp), max_bytes)
@@ -311,3 +315,18 @@ def _payload(value: Any, inp: TensorInput) -> bytes:
     if not isinstance(value, bytes | bytearray):
         raise InvalidInput(f"input {inp.name!r} must be codec bytes, got {type(value).__name__}")
     return bytes(value)
+
+
+def sample_request(inputs: tuple[TensorInput, ...], rng: np.random.Generator) -> dict[str, Any]:
+    """A request of made-up values (bench and load tools): each variable dimension a length
+    drawn from 1..its maximum, integers 0 or 1 (valid token ids for any vocabulary), floats
+    from a standard normal."""
+    request: dict[str, Any] = {}
+    for inp in sent_inputs(inputs):
+        shape = list(inp.shape)
+        if inp.variable is not None:
+            shape[inp.variable] = int(rng.integers(1, inp.max_length + 1))
+        kind = np.dtype(inp.dtype).kind
+        values = rng.standard_normal(shape) if kind == "f" else rng.integers(0, 2, shape)
+        request[inp.name] = values.astype(inp.dtype)
+    return request
