@@ -75,7 +75,13 @@ def wanted(policy: ServingPolicy) -> list[int]:
 
 def same_input(a: InputSpec, b: InputSpec) -> bool:
     """Whether a request prepared for ``a`` is a valid input of ``b``."""
-    return (a.shape, a.dtype, a.color, a.resize) == (b.shape, b.dtype, b.color, b.resize)
+    return (a.shape, a.dtype, a.color, a.resize, a.inputs) == (
+        b.shape,
+        b.dtype,
+        b.color,
+        b.resize,
+        b.inputs,
+    )
 
 
 @dataclass
