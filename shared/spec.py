@@ -59,6 +59,8 @@ class InputSpec:
 
     @property
     def nbytes(self) -> int:
+        if self.inputs:  # the most a request carries: every sent input at its maximum
+            return sum(math.prod(i.shape) * i.np_dtype.itemsize for i in self.inputs if i.sent)
         itemsize = {"uint8": 1, "float16": 2, "float32": 4}[self.dtype]
         return math.prod(self.shape) * itemsize
 
