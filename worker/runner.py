@@ -203,12 +203,11 @@ class Runner:
     def _run_live(self, prepared: PreparedBatch) -> dict[int, Outcome]:
         assert prepared.staged is not None
         start = self._clock()
-        tensors = self._tensors
         chunks = self._compute(self._claim(prepared.staged))
         if len(chunks) == 1 and isinstance(chunks[0], torch.Tensor):
             self.cap.ok()  # only a batch that ran whole counts towards raising the cap again
         computed = self._clock()
-        lengths = tensors.lengths(prepared.live) if tensors is not None else None
+        lengths = self._tensors.lengths(prepared.live) if self._tensors is not None else None
         values: list[Any] = []
         for chunk in chunks:  # len(values): the chunk's first row
             values += self._postprocess(chunk, lengths[len(values) :] if lengths else None)

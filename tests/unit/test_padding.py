@@ -193,3 +193,32 @@ def test_intake_decodes_a_named_tensor_message_and_refuses_a_bad_one() -> None:
     rejected = decode_message("tag", bad, spec, max_bytes=1 << 20)
     assert isinstance(rejected, Rejection) and rejected.task_id == "t2"
     assert isinstance(rejected.error, InvalidInput) and "missing ['flags']" in str(rejected.error)
+
+
+def test_an_onnx_model_takes_its_named_inputs_in_declared_order(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from inferq.worker.handlers import OnnxHandler
+
+    path = tmp_path / "tagger.onnx"
+    ids, m = torch.zeros((2, 5), dtype=torch.int64), torch.ones((2, 5), dtype=torch.bool)
+    torch.onnx.export(
+        Tagger().eval(),
+        (ids, m),
+        str(path),
+        input_names=["input_ids", "attention_mask"],
+        output_names=["rows"],
+        dynamic_axes={"input_ids": {0: "n", 1: "l"}, "attention_mask": {0: "n", 1: "l"}},
+        dynamo=False,
+    )
+    text = 'platform = "onnx"\n' + textwrap.dedent(TENSOR_CONFIGS["tagger"])
+    handler = OnnxHandler(path)
+    handler.setup(CPU, channels_last=False)
+    runner = Runner(handler, parse_config("tagger", tomllib.loads(text)), 1, CPU, "w")
+    lengths = [2, 7, 4]
+    outcomes = runner.run([_request(np.arange(n) + 30) for n in lengths])
+    table = Tagger().table
+    assert (
+        [o.value["outputs"] for o in outcomes]
+        == [  # type: ignore[index]
+            table[30 : 30 + n].tolist() for n in lengths
+        ]
+    )
