@@ -1,10 +1,11 @@
 """What a new version must pass before it takes requests (a hot rollout's gate).
 
-On sample inputs at each of its batch sizes, its outputs must be finite and of the declared
-shape (one row per input; as many classes as labels when it declares labels). When the version
-directory holds ``validation.npz`` (``inputs``: uint8 NCHW, ``top1``: the expected class per
-input), its top-1 must agree with ``top1`` on at least ``[validation] min_agreement`` of them.
-Runs on the version's own run thread, after warm-up, before any request reaches it.
+On sample inputs at each of its batch sizes (zeros for an [[inputs]] model's named tensors), its
+outputs must be finite and of the declared shape (one row per input; as many classes as labels
+when it declares labels). When the version directory holds ``validation.npz`` (``inputs``: uint8
+NCHW, ``top1``: the expected class per input), its top-1 must agree with ``top1`` on at least
+``[validation] min_agreement`` of them. Runs on the version's own run thread, after warm-up,
+before any request reaches it.
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ def validate(runner: Runner, model: ModelVersion) -> None:
         out = _forward(runner, _samples(model, size), model)
         _check_output(out, size, model)
     path = model.path.parent / VALIDATION_FILE
+    if path.is_file() and model.config.inputs:
+        raise ValidationFailed(
+            f"{path} holds image inputs for an [input] model; model {model.name!r} declares "
+            "[[inputs]], whose versions are checked on sample inputs only: remove the file"
+        )
     if path.is_file():
         _check_agreement(runner, model, path)
 

@@ -222,3 +222,18 @@ def test_an_onnx_model_takes_its_named_inputs_in_declared_order(tmp_path) -> Non
             table[30 : 30 + n].tolist() for n in lengths
         ]
     )
+
+
+def test_a_new_version_of_a_named_tensor_model_is_validated_on_zero_samples(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from inferq.shared.errors import ValidationFailed
+    from inferq.worker.repository import ModelRepository
+    from inferq.worker.validation import VALIDATION_FILE, validate
+    from tests.models import write_tensor_model
+
+    write_tensor_model(tmp_path, "tokens")
+    model = ModelRepository(tmp_path).resolve("tokens")
+    runner = _runner("tokens", Tokens())
+    validate(runner, model)
+    np.savez(model.path.parent / VALIDATION_FILE, inputs=np.zeros((1, 3, 8, 8), np.uint8))
+    with pytest.raises(ValidationFailed, match=r"declares \[\[inputs\]\].*remove the file"):
+        validate(runner, model)
