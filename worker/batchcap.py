@@ -1,8 +1,31 @@
-"""The effective batch cap of a runner: lowered on out-of-memory, raised back after clean batches."""
+"""The runner's device-side verdicts: which exceptions mean out of memory or a dead device,
+and the batch cap that out-of-memory errors lower (``worker/runner.py`` re-exports them)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+
+import torch
+
+
+class DeviceFailure(Exception):
+    """The device is unusable (e.g. a device-side assert): the process must restart."""
+
+
+def is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def is_fatal_device_error(exc: BaseException) -> bool:
+    text = str(exc)
+    return isinstance(exc, getattr(torch, "AcceleratorError", ())) or any(
+        marker in text
+        for marker in (
+            "device-side assert",
+            "illegal memory access",
+            "CUDA error: unspecified launch",
+        )
+    )
 
 
 class BatchCap:

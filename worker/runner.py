@@ -22,13 +22,15 @@ from inferq.shared.errors import DeadlineExceeded, InferqError, ModelError, Work
 from inferq.shared.logs import get_logger
 from inferq.shared.results import InferenceResult, Timing
 from inferq.shared.spec import ModelConfig
-from inferq.worker.batchcap import BatchCap
+from inferq.worker.batchcap import BatchCap, DeviceFailure, is_fatal_device_error, is_oom
 from inferq.worker.collate import Collator, Staged
 from inferq.worker.fused import fuse
 from inferq.worker.handlers import ModelHandler
 from inferq.worker.intake import InferenceRequest
 from inferq.worker.padding import cut_back
 from inferq.worker.tensor_inputs import StagedTensors, TensorBatch, TensorSide, zero_batch
+
+__all__ = ["BatchCap", "DeviceFailure", "Outcome", "Runner", "is_fatal_device_error", "is_oom"]
 
 log = get_logger(__name__)
 
@@ -45,26 +47,6 @@ class Outcome:
     request: InferenceRequest
     value: InferenceResult | None = None
     error: InferqError | None = None
-
-
-class DeviceFailure(Exception):
-    """The device is unusable (e.g. a device-side assert): the process must restart."""
-
-
-def is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
-
-
-def is_fatal_device_error(exc: BaseException) -> bool:
-    text = str(exc)
-    return isinstance(exc, getattr(torch, "AcceleratorError", ())) or any(
-        marker in text
-        for marker in (
-            "device-side assert",
-            "illegal memory access",
-            "CUDA error: unspecified launch",
-        )
-    )
 
 
 class Runner:
@@ -89,26 +71,22 @@ class Runner:
         self._clock = clock
         self._wall = wall
         self._autocast = _AUTOCAST.get(config.precision.mode)
-        self._tensors: TensorSide | None = None
-        if config.inputs:  # named tensors, no normalisation (worker/tensor_inputs.py)
-            self._tensors = TensorSide(config, handler, device)
-            self._fused = None
-        else:
-            self._image_side(config, handler, device)
-        self._labels = config.output.labels
-        self._names: list[str] = []
-        self._device_name = str(device)
-
-    def _image_side(self, config: ModelConfig, handler: ModelHandler, device: torch.device) -> None:
-        channels = config.shape[0]
+        # Named tensors ([[inputs]], worker/tensor_inputs.py) take no normalisation and no image
+        # collator: what follows is built for the image form alone.
+        self._tensors = TensorSide(config, handler, device) if config.inputs else None
+        channels = config.shape[0] if config.shape else 1
         std = torch.tensor(config.preprocess.std, dtype=torch.float32)
         mean = torch.tensor(config.preprocess.mean, dtype=torch.float32)
         # x / scale - mean) / std  ==  x * a + b, one fused pass on the device
         self._a = (1.0 / (config.preprocess.scale * std)).view(1, channels, 1, 1).to(device)
         self._b = (-mean / std).view(1, channels, 1, 1).to(device)
-        self._wire_dtype = _TORCH_DTYPES[config.dtype]
+        self._wire_dtype = _TORCH_DTYPES.get(config.dtype, torch.uint8)
         # Under AMP the fused call runs inside the same autocast context as the unfused path.
-        self._fused = fuse(handler, self._a, self._b, config.precision.channels_last)
+        self._fused = (
+            fuse(handler, self._a, self._b, config.precision.channels_last)
+            if self._tensors is None
+            else None
+        )
         # One slot per instance computing, one waiting, one being staged.
         self.collator = Collator(
             config.shape,
@@ -117,6 +95,9 @@ class Runner:
             device,
             slots=config.instances + 2,
         )
+        self._labels = config.output.labels
+        self._names: list[str] = []
+        self._device_name = str(device)
 
     # -- public -------------------------------------------------------------------------------
 
