@@ -34,7 +34,7 @@ DTYPES: dict[int, np.dtype] = {
     1: np.dtype(np.uint8),
     2: np.dtype("<f2"),
     3: np.dtype("<f4"),
-    # Token ids and masks (issue 14); codes only ever added, so version 1 headers stay valid.
+    # Beside images: token ids and masks on the way in, labels and masks in results.
     4: np.dtype("<i4"),
     5: np.dtype("<i8"),
     6: np.dtype(np.bool_),
