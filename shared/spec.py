@@ -247,7 +247,7 @@ def _parse(name: str, data: dict[str, Any]) -> ModelConfig:
         resize=choice(pre.get("resize", "crop"), RESIZE_MODES, "preprocess.resize"),
         description=string(data.get("description", ""), "description"),
         preprocess=_preprocess(pre, channels=shape[0]) if shape else Preprocess(),
-        output=_output(out, tensors),
+        output=_output(out),
         batching=_batching(bat),
         precision=_precision(prec),
         instances=_instances(inst),
@@ -287,17 +287,15 @@ def _preprocess(pre: dict[str, Any], channels: int) -> Preprocess:
     return Preprocess(mean=mean, std=std, scale=scale)
 
 
-def _output(out: dict[str, Any], inputs: tuple[TensorInput, ...]) -> Output:
+def _output(out: dict[str, Any]) -> Output:
     top_k = integer(out.get("top_k", 5), "output.top_k")
     if top_k < 1:
         raise ConfigError(f"output.top_k must be >= 1, got {top_k}")
-    follows = string(out.get("follows", ""), "output.follows")
-    check_follows(follows, inputs)
     return Output(
         postprocess=choice(out.get("postprocess", "topk"), POSTPROCESS, "output.postprocess"),
         top_k=top_k,
         labels=strings(out.get("labels", []), "output.labels"),
-        follows=follows,
+        follows=string(out.get("follows", ""), "output.follows"),
     )
 
 
@@ -378,6 +376,7 @@ def _check_modes(c: ModelConfig) -> None:
     """Refuse the combinations that cannot work (the device-dependent ones are refused at load,
     in ``worker/variants.py``)."""
     o, max_batch = c.optimize, c.batching.max_batch_size
+    check_follows(c.output.follows, c.inputs)
     if c.inputs:
         check_tensor_modes(c.output, o.batch_buckets, o.compile, o.cuda_graphs)
     if o.batch_buckets and o.batch_buckets[-1] < max_batch:
