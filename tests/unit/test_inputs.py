@@ -195,3 +195,14 @@ def test_float_inputs_must_be_finite_and_one_sent_input_may_come_bare() -> None:
     assert decode_request(bare, inputs, "m", 1 << 20)[0].tolist() == [1.0, 2.0, 3.0]
     with pytest.raises(InvalidInput, match="'x' of model 'm' must be finite"):
         decode_request(codec.encode(np.array([1, np.nan, 3], np.float32)), inputs, "m", 1 << 20)
+
+
+def test_the_input_bench_measures_messages_the_worker_accepts() -> None:
+    from inferq.worker.intake import InferenceRequest, decode_message
+    from inferq.worker.tools.inputbench import image_messages, token_messages
+
+    for raws, spec in (image_messages(4), token_messages(16)):
+        decoded = [decode_message("t", r, spec, max_bytes=1 << 20) for r in raws]
+        assert all(isinstance(d, InferenceRequest) for d in decoded)
+    lengths = {len(d.tensors[0]) for d in decoded if isinstance(d, InferenceRequest)}
+    assert len(lengths) > 4 and max(lengths) <= 64  # lengths spread over 1..64
