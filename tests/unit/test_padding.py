@@ -237,3 +237,14 @@ def test_a_new_version_of_a_named_tensor_model_is_validated_on_zero_samples(tmp_
     np.savez(model.path.parent / VALIDATION_FILE, inputs=np.zeros((1, 3, 8, 8), np.uint8))
     with pytest.raises(ValidationFailed, match=r"declares \[\[inputs\]\].*remove the file"):
         validate(runner, model)
+
+
+def test_optimize_refuses_a_named_tensor_model_before_writing_anything(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from inferq.shared.errors import ConfigError
+    from inferq.worker.optimize.command import OptimizeRequest, optimize
+    from tests.models import write_tensor_model
+
+    write_tensor_model(tmp_path, "tokens")
+    with pytest.raises(ConfigError, match=r"\[input\] image model, got tokens with \[\[inputs\]\]"):
+        optimize(OptimizeRequest(tmp_path, "tokens", 1, "int8"), echo=lambda _: None)
+    assert sorted(p.name for p in (tmp_path / "tokens").iterdir()) == ["1", "config.toml"]
