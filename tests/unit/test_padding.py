@@ -3,8 +3,6 @@ buckets, padding, generated masks, outputs cut back per request."""
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import pytest
 import torch
@@ -16,7 +14,6 @@ from inferq.worker.tensor_inputs import TensorCollator
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 CPU = torch.device("cpu")
-_ids = itertools.count()
 
 
 def test_padded_length_is_the_longest_or_the_next_bucket() -> None:
