@@ -102,8 +102,9 @@ def parse_inputs(value: Any) -> tuple[TensorInput, ...]:
 
 
 def _one(table: dict[str, Any], where: str) -> TensorInput:
-    dtype = choice(table.get("dtype", ""), TENSOR_DTYPES, f"{where}.dtype")
     mask_of = string(table.get("mask_of", ""), f"{where}.mask_of")
+    # A mask is int64 unless declared otherwise (what attention masks usually are).
+    dtype = choice(table.get("dtype", "int64" if mask_of else ""), TENSOR_DTYPES, f"{where}.dtype")
     if mask_of:
         extra = sorted(set(table) - {"name", "dtype", "mask_of"})
         if extra:

@@ -114,6 +114,13 @@ def test_each_bad_declaration_is_refused_naming_it(text: str, message: str) -> N
         _config(text)
 
 
+def test_a_mask_is_int64_unless_declared_otherwise() -> None:
+    declared = 'mask_of = "input_ids"\ndtype = "int64"'
+    omitted = _config(_replace(declared, 'mask_of = "input_ids"')).inputs[2]
+    boolean = _config(_replace(declared, 'mask_of = "input_ids"\ndtype = "bool"')).inputs[2]
+    assert (omitted.dtype, boolean.dtype) == ("int64", "bool")
+
+
 def test_a_model_must_have_an_input_that_requests_carry() -> None:
     with pytest.raises(ConfigError, match="must be one or more tables"):
         parse_config("m", {"inputs": []})
