@@ -24,6 +24,7 @@ from inferq.shared.spec import InputSpec
 from inferq.shared.trace import producer_context
 
 ORIGIN = f"gen{os.getpid()}@{socket.gethostname()}"  # what Celery's anon_nodename() gives
+_ARG_KIND = {"raw": "tensor", "jpeg": "jpeg", "png": "png"}
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 
@@ -43,7 +44,7 @@ def iso_after(value: Any, now: datetime, what: str) -> str | None:
 def _argsrepr(spec: InputSpec) -> str:
     if spec.inputs:
         return f"({{{', '.join(f'{i.name!r}: <{i.describe()}>' for i in spec.inputs if i.sent)}}},)"
-    return f"(<tensor {spec.dtype}{list(spec.shape)}>,)"
+    return f"(<{_ARG_KIND[spec.wire]} {spec.dtype}{list(spec.shape)}>,)"
 
 
 def task_envelope(
