@@ -47,17 +47,26 @@ def shapes_build(tmp_path_factory: pytest.TempPathFactory) -> ShapesBuild:
     return ShapesBuild(root, tuple(written), tuple(lines))
 
 
-@pytest.fixture(scope="session")
-def structured_build(tmp_path_factory: pytest.TempPathFactory) -> ShapesBuild:
-    """The detector, segmenter (one training) and text classifier as ``build_examples`` writes
-    them, trained once per session (about 110 CPU seconds) for the tests that need real ones."""
+def _build(factory: pytest.TempPathFactory, names: list[str]) -> ShapesBuild:
     from inferq.worker.examples.build import build_examples
 
-    root = tmp_path_factory.mktemp("structured-repo")
+    root = factory.mktemp("-".join(names))
     lines: list[str] = []
-    names = ["detector", "segmenter", "textcls"]
     written = build_examples(root, names, log=lines.append, seed=0)
     return ShapesBuild(root, tuple(written), tuple(lines))
+
+
+@pytest.fixture(scope="session")
+def scenes_build(tmp_path_factory: pytest.TempPathFactory) -> ShapesBuild:
+    """The detector and the segmenter as ``build_examples`` writes them (one training, about 70
+    CPU seconds), once per session for the tests that need the real ones."""
+    return _build(tmp_path_factory, ["detector", "segmenter"])
+
+
+@pytest.fixture(scope="session")
+def textcls_build(tmp_path_factory: pytest.TempPathFactory) -> ShapesBuild:
+    """The text classifier as ``build_examples`` writes it (about 50 CPU seconds), once."""
+    return _build(tmp_path_factory, ["textcls"])
 
 
 @pytest.fixture(scope="session")

@@ -2,4 +2,11 @@
 the code that trains or initialises them and writes them into a model repository (``build``)."""
 
 # Here, not in ``build``, so that the CLI can offer them as choices without importing torch.
-EXAMPLE_NAMES: tuple[str, ...] = ("shapes", "resnet18", "resnet50", "null32", "null224")
+EXAMPLE_NAMES: tuple[str, ...] = (
+    "shapes",
+    "resnet18",
+    "resnet50",
+    "null32",
+    "null224",
+    "textcls",
+)
