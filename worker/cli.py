@@ -184,11 +184,16 @@ def submit(model: str, synthetic: int | None, timeout: float, files: tuple[str, 
 @main.command()
 @click.option("--count", default=300, show_default=True, help="Fresh images to classify.")
 @click.option("--model-repository", type=click.Path(path_type=Path), default=None)
-def demo(count: int, model_repository: Path | None) -> None:
+@click.option(
+    "--examples",
+    is_flag=True,
+    help="Then the detector, segmenter and text classifier too (builds them if missing: minutes).",
+)
+def demo(count: int, model_repository: Path | None, examples: bool) -> None:
     """Everything end to end: Redis (embedded if none answers), example model, worker, producer."""
     from inferq.worker.tools.demo import run_demo
 
-    sys.exit(run_demo(count=count, repo=model_repository))
+    sys.exit(run_demo(count=count, repo=model_repository, examples=examples))
 
 
 @main.command()

@@ -40,7 +40,7 @@ def score_segmentation(values: Sequence[Any], scenes: Sequence[Scene]) -> IoUCou
     return counts
 
 
-def text_correct(values: Sequence[Any], labels: Sequence[int]) -> int:
+def text_correct(values: Sequence[Any], labels: Sequence[int] | np.ndarray) -> int:
     return sum(
         value["outputs"][0]["label"] == TEXT_CLASSES[int(label)]
         for value, label in zip(values, labels, strict=True)

@@ -16,7 +16,7 @@ from inferq.worker.tools.procs import start_worker
 DEMO_MODEL = "shapes"
 
 
-def run_demo(count: int, repo: Path | None) -> int:
+def run_demo(count: int, repo: Path | None, examples: bool = False) -> int:
     settings = get_settings()
     if repo is not None:
         settings = settings.replace(model_repository=repo)
@@ -27,13 +27,13 @@ def run_demo(count: int, repo: Path | None) -> int:
         settings = settings.replace(broker_url=local.url, result_backend=local.url)
     set_settings(settings)
     try:
-        return _run(settings.model_repository, count, local)
+        return _run(settings.model_repository, count, examples)
     finally:
         if local is not None:
             local.stop()
 
 
-def _run(repo: Path, count: int, local: LocalRedis | None) -> int:
+def _run(repo: Path, count: int, examples: bool) -> int:
     from inferq.producer.client import reset_runtime
     from inferq.producer.tools.demo import run_submissions
 
@@ -59,4 +59,9 @@ def _run(repo: Path, count: int, local: LocalRedis | None) -> int:
     finally:
         click.echo("stopping the worker (warm shutdown)")
         worker.terminate()
-    return 0 if summary.failed == 0 else 1
+    failed = summary.failed
+    if examples:
+        from inferq.worker.tools.demo_examples import run_examples
+
+        failed += run_examples(repo, min(count, 120), env, settings.broker_url)
+    return 0 if failed == 0 else 1
