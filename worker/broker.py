@@ -28,7 +28,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import redis
@@ -47,18 +47,15 @@ from inferq.worker.broker_scripts import (
     STORE_AND_ACK,
     STORE_CHUNK,
 )
-from inferq.worker.delivery import read_redelivery, sniff_delivery
+from inferq.worker.delivery import Delivery, read_redelivery, sniff_delivery
 
 log = get_logger(__name__)
 
 _DEFAULT_LIST = keys.priority_list_index(keys.DEFAULT_PRIORITY)
 
 
-@dataclass(frozen=True)
-class Fetched:
-    tag: str
-    raw: bytes
-    unacked: bytes  # kombu's unacked entry for it: [message, exchange, routing_key]
+#: A fetched message: its delivery tag, the envelope, and kombu's unacked entry for it.
+Fetched = Delivery
 
 
 @dataclass(frozen=True)
@@ -72,9 +69,9 @@ class Taken:
     dead: tuple[bytes, ...]
 
 
-@dataclass(frozen=True)
-class Write:
-    """One result to store (``meta`` None: nothing to store, only the ack)."""
+class Write(NamedTuple):
+    """One result to store (``meta`` None: nothing to store, only the ack). A named tuple: one
+    is made per request on the writer thread (see ``Outcome``)."""
 
     tag: str
     task_id: str | None
@@ -127,9 +124,9 @@ class Broker:
         pipe = self.fetch_client.pipeline(transaction=True)
         if taken.fetched:
             pipe.hset(keys.UNACKED, mapping={f.tag: f.unacked for f in taken.fetched})
-            pipe.zadd(
-                keys.UNACKED_INDEX, dict.fromkeys((f.tag for f in taken.fetched), time.time())
-            )
+            # The score as text: hiredis turns each float into text again, 1 us a member.
+            now = repr(time.time())
+            pipe.zadd(keys.UNACKED_INDEX, dict.fromkeys((f.tag for f in taken.fetched), now))
         if taken.dead:  # not kombu envelopes: set aside, never retried forever
             pipe.lpush(keys.DEAD_LETTER, *taken.dead)
             pipe.ltrim(keys.DEAD_LETTER, 0, keys.DEAD_LETTER_MAX - 1)
@@ -323,5 +320,5 @@ def _sort_out(held: Sequence[Sequence[bytes]], queue: str) -> tuple[list[Fetched
             if delivery is None:
                 dead.append(raw)
             else:
-                fetched.append(Fetched(delivery.tag, raw, delivery.unacked))
+                fetched.append(delivery)
     return fetched, dead
