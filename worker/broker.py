@@ -37,7 +37,7 @@ from redis.exceptions import NoScriptError
 from inferq.shared import keys
 from inferq.shared.logs import get_logger
 from inferq.shared.lua import execute_with_scripts
-from inferq.shared.redisconn import as_text
+from inferq.shared.redisconn import as_text, raw_pipeline, raw_transaction
 from inferq.worker.broker_scripts import (
     HOLD,
     PROMOTE,
@@ -121,19 +121,25 @@ class Broker:
         """Record a hold's messages in kombu's unacked bookkeeping and drop the hold, in one
         transaction. Safe to repeat (after a lost reply, or while Redis refuses writes); a
         worker must not start on the messages before this returns."""
-        pipe = self.fetch_client.pipeline(transaction=True)
+        commands: list[tuple[Any, ...]] = []
         if taken.fetched:
-            pipe.hset(keys.UNACKED, mapping={f.tag: f.unacked for f in taken.fetched})
             # The score as text: hiredis turns each float into text again, 1 us a member.
             now = repr(time.time())
-            pipe.zadd(keys.UNACKED_INDEX, dict.fromkeys((f.tag for f in taken.fetched), now))
+            commands += [
+                ("HSET", keys.UNACKED, *[x for f in taken.fetched for x in (f.tag, f.unacked)]),
+                ("ZADD", keys.UNACKED_INDEX, *[x for f in taken.fetched for x in (now, f.tag)]),
+            ]
         if taken.dead:  # not kombu envelopes: set aside, never retried forever
-            pipe.lpush(keys.DEAD_LETTER, *taken.dead)
-            pipe.ltrim(keys.DEAD_LETTER, 0, keys.DEAD_LETTER_MAX - 1)
+            commands += [
+                ("LPUSH", keys.DEAD_LETTER, *taken.dead),
+                ("LTRIM", keys.DEAD_LETTER, 0, keys.DEAD_LETTER_MAX - 1),
+            ]
         held = keys.hold_lists(taken.hold)
-        pipe.delete(*(held[i] for i, n in enumerate(taken.counts) if n))
-        pipe.zrem(keys.HOLDING, keys.holding_member(taken.hold, taken.queue))
-        pipe.execute()
+        commands += [
+            ("DEL", *(held[i] for i, n in enumerate(taken.counts) if n)),
+            ("ZREM", keys.HOLDING, keys.holding_member(taken.hold, taken.queue)),
+        ]
+        raw_transaction(self.fetch_client, commands)
 
     def _hold(
         self, lists: Sequence[str], hold: str, queue: str, count: int
@@ -142,11 +148,11 @@ class Broker:
         trip, and a second only when other priorities had messages too."""
         held = keys.hold_lists(hold)
         args = [count, repr(time.time()), keys.holding_member(hold, queue)]
+        script = HOLD.command([*lists, *held, keys.HOLDING], args)
         for attempt in (1, 2):
-            pipe = self.fetch_client.pipeline(transaction=False)
-            HOLD.queue(pipe, [*lists, *held, keys.HOLDING], args)
-            pipe.lrange(held[_DEFAULT_LIST], 0, -1)
-            counts, default = pipe.execute(raise_on_error=False)
+            counts, default = raw_pipeline(
+                self.fetch_client, [script, ("LRANGE", held[_DEFAULT_LIST], 0, -1)]
+            )
             if isinstance(counts, NoScriptError) and attempt == 1:
                 # A restarted Redis lost its scripts; the script did not run, nothing was taken.
                 self.fetch_client.script_load(HOLD.source)
@@ -165,10 +171,11 @@ class Broker:
         read: dict[int, list[bytes]] = {_DEFAULT_LIST: default}
         if others:
             held = keys.hold_lists(hold)
-            pipe = self.fetch_client.pipeline(transaction=False)
-            for i in others:
-                pipe.lrange(held[i], 0, -1)
-            read.update(zip(others, pipe.execute(), strict=True))
+            lists = raw_pipeline(self.fetch_client, [("LRANGE", held[i], 0, -1) for i in others])
+            for i, part in zip(others, lists, strict=True):
+                if isinstance(part, Exception):
+                    raise part
+                read[i] = part
         return [read.get(i, []) for i in range(len(counts))]
 
     def wait(self, queue: str, timeout_s: float) -> bool:
@@ -193,13 +200,16 @@ class Broker:
                 results += (keys.RESULT_PREFIX + w.task_id, w.meta)
         tags = [w.tag for w in writes]
         unacked = [keys.UNACKED, keys.UNACKED_INDEX]
+        # Without redis-py's retries: the writer repeats the whole call until Redis takes it.
         if self._same:
-            STORE_AND_ACK(
+            STORE_AND_ACK.call_raw(
                 self.client, unacked, [self.result_ttl_s, len(results) // 2, *results, *tags]
             )
             return
-        STORE_AND_ACK(self.results, unacked, [self.result_ttl_s, len(results) // 2, *results])
-        STORE_AND_ACK(self.client, unacked, [self.result_ttl_s, 0, *tags])
+        STORE_AND_ACK.call_raw(
+            self.results, unacked, [self.result_ttl_s, len(results) // 2, *results]
+        )
+        STORE_AND_ACK.call_raw(self.client, unacked, [self.result_ttl_s, 0, *tags])
 
     def schedule(self, tag: str, eta: float, queue: str, priority: int, raw: bytes) -> bool:
         """Park a message until ``eta`` (seconds since the epoch); False if no longer held."""
