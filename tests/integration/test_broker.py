@@ -147,3 +147,21 @@ def test_a_transaction_raises_the_error_of_a_command_inside_it(broker: Broker) -
         raw_transaction(broker.client, [("SET", "b", "1"), ("HSET", "a-string", "f", "v")])
     assert broker.client.get("b") == b"1"  # Redis runs the rest of a transaction: no rollback
     assert raw_transaction(broker.client, [("INCR", "n"), ("INCR", "n")]) == [1, 2]
+
+
+class _Routing:
+    """A client that is not a ``redis.Redis`` (as a cluster client is not): only its pipeline."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.pipeline = client.pipeline
+
+
+def test_a_client_that_routes_commands_itself_gets_the_same_replies(broker: Broker) -> None:
+    from inferq.shared.redisconn import raw_pipeline, raw_transaction
+
+    routing = _Routing(broker.client)
+    assert raw_pipeline(routing, [("SET", "k", "v"), ("GET", "k")]) == [True, b"v"]
+    assert raw_transaction(routing, [("INCR", "m"), ("INCR", "m")]) == [1, 2]
+    broker.client.set("a-string", "x")
+    (error,) = raw_pipeline(routing, [("HSET", "a-string", "f", "v")])
+    assert isinstance(error, redis.ResponseError) and "WRONGTYPE" in str(error)
