@@ -33,6 +33,7 @@ from inferq.producer.spec_cache import SpecCache
 from inferq.shared import codec, keys
 from inferq.shared.celeryconf import make_celery
 from inferq.shared.errors import InferqError, QueueFull
+from inferq.shared.inputs import encode_request
 from inferq.shared.redisconn import make_client
 from inferq.shared.registry import Registry
 from inferq.shared.settings import Settings, get_settings, redact_url
@@ -139,11 +140,15 @@ def prepare(img: ImageLike, call: dict[str, Any], options: dict[str, Any]) -> Pr
     route = rt.specs.route(model, call.get("version"))
     spec = route.spec
     started = time.perf_counter()
-    tensor = to_tensor(img, spec, rt.settings.max_image_pixels)
-    if spec.wire == "raw":
-        payload = rt.tensor_header(spec.shape, spec.dtype) + tensor.tobytes()
-    else:  # the model takes encoded images: its worker decodes them (worker/decode.py)
-        payload = encode_image(tensor, spec.wire, spec.jpeg_quality)
+    payload: bytes | dict[str, bytes]
+    if spec.inputs:  # named tensors: {name: codec bytes} (shared/inputs.py)
+        payload = encode_request(img, spec.inputs, model)
+    else:
+        tensor = to_tensor(img, spec, rt.settings.max_image_pixels)
+        if spec.wire == "raw":
+            payload = rt.tensor_header(spec.shape, spec.dtype) + tensor.tobytes()
+        else:  # the model takes encoded images: its worker decodes them (worker/decode.py)
+            payload = encode_image(tensor, spec.wire, spec.jpeg_quality)
     preprocess_ms = (time.perf_counter() - started) * 1000.0
     kwargs = {
         "model": model,

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from inferq.shared.errors import ConfigError
+from inferq.shared.inputs import TensorInput, check_follows, check_tensor_modes, declared_inputs
 from inferq.shared.tomlcheck import (
     boolean,
     check_keys,
@@ -59,19 +60,28 @@ class InputSpec:
     default_deadline_ms: float = 0.0
     wire: str = "raw"
     jpeg_quality: int = DEFAULT_JPEG_QUALITY
+    #: Named tensor inputs ([[inputs]]); empty for the image form ([input]), which ``shape``,
+    #: ``dtype``, ``color`` and ``resize`` describe.
+    inputs: tuple[TensorInput, ...] = ()
 
     @property
     def nbytes(self) -> int:
+        if self.inputs:  # the most a request carries: every sent input at its maximum
+            return sum(math.prod(i.shape) * i.np_dtype.itemsize for i in self.inputs if i.sent)
         itemsize = {"uint8": 1, "float16": 2, "float32": 4}[self.dtype]
         return math.prod(self.shape) * itemsize
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self))
+        data = asdict(self)
+        if not self.inputs:  # an image model's spec reads as it always has, for older producers
+            del data["inputs"]
+        return json.dumps(data)
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> InputSpec:
         data = json.loads(raw)
         data["shape"] = tuple(data["shape"])
+        data["inputs"] = tuple(TensorInput.from_dict(i) for i in data.get("inputs", ()))
         # Keys a newer worker publishes and this version does not know are left out, so that a
         # producer keeps working beside workers of a later release.
         known = {f.name for f in fields(cls)}
@@ -91,6 +101,9 @@ class Output:
     postprocess: str = "topk"
     top_k: int = 5
     labels: tuple[str, ...] = ()
+    #: An input whose variable dimension the outputs follow: each request's output rows are cut
+    #: back to that input's length (``worker/padding.py``).
+    follows: str = ""
 
 
 @dataclass(frozen=True)
@@ -163,6 +176,8 @@ class ModelConfig:
     rollout: Rollout = field(default_factory=Rollout)
     # Run threads computing this model's batches side by side (Triton's instance_group count).
     instances: int = 1
+    #: [[inputs]]: named tensor inputs instead of the one image (``shape`` is then empty).
+    inputs: tuple[TensorInput, ...] = ()
 
     def input_spec(self, version: int) -> InputSpec:
         return InputSpec(
@@ -176,6 +191,7 @@ class ModelConfig:
             default_deadline_ms=self.batching.default_deadline_ms,
             wire=self.wire,
             jpeg_quality=self.jpeg_quality,
+            inputs=self.inputs,
         )
 
     @classmethod
@@ -202,10 +218,10 @@ SECTIONS = (
 
 #: The keys each table may hold ("" is the top level): anything else is a typo, refused.
 KNOWN_KEYS: dict[str, tuple[str, ...]] = {
-    "": ("platform", "description", *SECTIONS),
+    "": ("platform", "description", "inputs", *SECTIONS),
     "input": ("shape", "dtype", "color", "wire", "jpeg_quality"),
     "preprocess": ("resize", "mean", "std", "scale"),
-    "output": ("postprocess", "top_k", "labels"),
+    "output": ("postprocess", "top_k", "labels", "follows"),
     "batching": (
         "max_batch_size",
         "max_wait_ms",
@@ -234,8 +250,9 @@ def _parse(name: str, data: dict[str, Any]) -> ModelConfig:
     inp, pre, out, bat, prec, inst, opt, val, roll = (
         section(data, s, KNOWN_KEYS) for s in SECTIONS
     )
-    shape, color = _input(inp)
-    dtype = choice(inp.get("dtype", "uint8"), WIRE_DTYPES, "input.dtype")
+    tensors = declared_inputs(data, pre)
+    shape, color = _input(inp) if not tensors else ((), "RGB")
+    dtype = choice(inp.get("dtype", "uint8"), WIRE_DTYPES, "input.dtype") if shape else ""
     wire, quality = _wire(inp, dtype)
     config = ModelConfig(
         name=name,
@@ -247,7 +264,7 @@ def _parse(name: str, data: dict[str, Any]) -> ModelConfig:
         wire=wire,
         jpeg_quality=quality,
         description=string(data.get("description", ""), "description"),
-        preprocess=_preprocess(pre, channels=shape[0]),
+        preprocess=_preprocess(pre, channels=shape[0]) if shape else Preprocess(),
         output=_output(out),
         batching=_batching(bat),
         precision=_precision(prec),
@@ -255,6 +272,7 @@ def _parse(name: str, data: dict[str, Any]) -> ModelConfig:
         optimize=_optimize(opt),
         validation=Validation(share(val.get("min_agreement", 0.99), "validation.min_agreement")),
         rollout=_rollout(roll),
+        inputs=tensors,
     )
     _check_modes(config)
     return config
@@ -307,6 +325,7 @@ def _output(out: dict[str, Any]) -> Output:
         postprocess=choice(out.get("postprocess", "topk"), POSTPROCESS, "output.postprocess"),
         top_k=top_k,
         labels=strings(out.get("labels", []), "output.labels"),
+        follows=string(out.get("follows", ""), "output.follows"),
     )
 
 
@@ -387,6 +406,9 @@ def _check_modes(c: ModelConfig) -> None:
     """Refuse the combinations that cannot work (the device-dependent ones are refused at load,
     in ``worker/variants.py``)."""
     o, max_batch = c.optimize, c.batching.max_batch_size
+    check_follows(c.output.follows, c.inputs)
+    if c.inputs:
+        check_tensor_modes(c.output, o.batch_buckets, o.compile, o.cuda_graphs)
     if o.batch_buckets and o.batch_buckets[-1] < max_batch:
         raise ConfigError(
             f"optimize.batch_buckets must reach batching.max_batch_size ({max_batch}) so every "

@@ -21,7 +21,7 @@ from inferq.worker.repository import ModelVersion, verify
 class ModelHandler(Protocol):
     def setup(self, device: torch.device, channels_last: bool) -> None: ...
 
-    def predict(self, batch: torch.Tensor) -> torch.Tensor: ...
+    def predict(self, *batch: torch.Tensor) -> torch.Tensor: ...
 
 
 class ModuleHandler:
@@ -35,8 +35,8 @@ class ModuleHandler:
         if channels_last:
             self.module = self.module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
-    def predict(self, batch: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.module(batch)
+    def predict(self, *batch: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.module(*batch)
         return out
 
 
@@ -74,8 +74,8 @@ class AotiHandler:
         self.runner: Any = aoti_load_package(str(self.path), device_index=index or 0)
         self.device = device
 
-    def predict(self, batch: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.runner(batch)
+    def predict(self, *batch: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.runner(*batch)
         return out
 
 
@@ -94,12 +94,13 @@ class OnnxHandler:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(self.path), options, providers=providers)
-        self.input_name = self.session.get_inputs()[0].name
+        self.input_names = [i.name for i in self.session.get_inputs()]
         self.device = device
 
-    def predict(self, batch: torch.Tensor) -> torch.Tensor:
-        host = batch.detach().float().contiguous().cpu().numpy()
-        (out, *_) = self.session.run(None, {self.input_name: host})
+    def predict(self, *batch: torch.Tensor) -> torch.Tensor:
+        # An image arrives normalised (float32); named tensors keep their declared dtypes.
+        host = [b.detach().contiguous().cpu().numpy() for b in batch]
+        (out, *_) = self.session.run(None, dict(zip(self.input_names, host, strict=True)))
         return torch.from_numpy(out).to(self.device)
 
 

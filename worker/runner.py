@@ -22,15 +22,22 @@ from inferq.shared.errors import DeadlineExceeded, InferqError, ModelError, Work
 from inferq.shared.logs import get_logger
 from inferq.shared.results import InferenceResult, Timing
 from inferq.shared.spec import ModelConfig
+from inferq.worker.batchcap import BatchCap, DeviceFailure, is_fatal_device_error, is_oom
 from inferq.worker.collate import Collator, Staged
-from inferq.worker.decode import make_decoder, stage_decoded
+from inferq.worker.decode import DecodedBatch, make_decoder, stage_decoded
 from inferq.worker.fused import fuse
 from inferq.worker.handlers import ModelHandler
 from inferq.worker.intake import InferenceRequest
+from inferq.worker.padding import cut_back
+from inferq.worker.tensor_inputs import StagedTensors, TensorBatch, TensorSide, zero_batch
+
+__all__ = ["BatchCap", "DeviceFailure", "Outcome", "Runner", "is_fatal_device_error", "is_oom"]
 
 log = get_logger(__name__)
 
 _AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
+#: A staged batch: an image model's one tensor, or an [[inputs]] model's named tensors.
+Batch = torch.Tensor | TensorBatch
 _TORCH_DTYPES = {"uint8": torch.uint8, "float16": torch.float16, "float32": torch.float32}
 
 
@@ -42,65 +49,6 @@ class Outcome(NamedTuple):
     request: InferenceRequest
     value: InferenceResult | None = None
     error: InferqError | None = None
-
-
-class DeviceFailure(Exception):
-    """The device is unusable (e.g. a device-side assert): the process must restart."""
-
-
-def is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
-
-
-def is_fatal_device_error(exc: BaseException) -> bool:
-    text = str(exc)
-    return isinstance(exc, getattr(torch, "AcceleratorError", ())) or any(
-        marker in text
-        for marker in (
-            "device-side assert",
-            "illegal memory access",
-            "CUDA error: unspecified launch",
-        )
-    )
-
-
-class BatchCap:
-    """The effective max batch size: halved on OOM, doubled back after a run of clean batches.
-
-    ``on_change`` hears the starting value and every change after it (the batch-cap gauge and
-    log), from whichever thread made the change."""
-
-    def __init__(
-        self,
-        maximum: int,
-        recover_after: int = 50,
-        on_change: Callable[[int], None] | None = None,
-    ) -> None:
-        self.maximum = maximum
-        self.value = maximum
-        self.recover_after = recover_after
-        self._clean = 0
-        self._on_change = on_change
-        if on_change is not None:
-            on_change(maximum)
-
-    def shrink(self, failed_size: int) -> None:
-        self._set(max(1, min(self.value, failed_size // 2)))
-        self._clean = 0
-
-    def ok(self) -> None:
-        if self.value >= self.maximum:
-            return
-        self._clean += 1
-        if self._clean >= self.recover_after:
-            self._set(min(self.maximum, self.value * 2))
-            self._clean = 0
-
-    def _set(self, value: int) -> None:
-        changed = value != self.value
-        self.value = value
-        if changed and self._on_change is not None:
-            self._on_change(value)
 
 
 class Runner:
@@ -125,15 +73,22 @@ class Runner:
         self._clock = clock
         self._wall = wall
         self._autocast = _AUTOCAST.get(config.precision.mode)
-        channels = config.shape[0]
+        # Named tensors ([[inputs]], worker/tensor_inputs.py) take no normalisation and no image
+        # collator: what follows is built for the image form alone.
+        self._tensors = TensorSide(config, handler, device) if config.inputs else None
+        channels = config.shape[0] if config.shape else 1
         std = torch.tensor(config.preprocess.std, dtype=torch.float32)
         mean = torch.tensor(config.preprocess.mean, dtype=torch.float32)
         # x / scale - mean) / std  ==  x * a + b, one fused pass on the device
         self._a = (1.0 / (config.preprocess.scale * std)).view(1, channels, 1, 1).to(device)
         self._b = (-mean / std).view(1, channels, 1, 1).to(device)
-        self._wire_dtype = _TORCH_DTYPES[config.dtype]
+        self._wire_dtype = _TORCH_DTYPES.get(config.dtype, torch.uint8)
         # Under AMP the fused call runs inside the same autocast context as the unfused path.
-        self._fused = fuse(handler, self._a, self._b, config.precision.channels_last)
+        self._fused = (
+            fuse(handler, self._a, self._b, config.precision.channels_last)
+            if self._tensors is None
+            else None
+        )
         # One slot per instance computing, one waiting, one being staged.
         self.collator = Collator(
             config.shape,
@@ -161,7 +116,7 @@ class Runner:
         expired = {id(r): Outcome(r, error=_expired(r, now)) for r in batch if _late(r, now)}
         live = [r for r in batch if id(r) not in expired]
         try:
-            decoded = stage_decoded(self.decoder, self.collator, live)
+            decoded = self._stage(live)
         except Exception as exc:
             if is_fatal_device_error(exc):
                 raise DeviceFailure(str(exc)) from exc
@@ -196,7 +151,15 @@ class Runner:
         assert len(computed) == len(prepared.requests)
         return computed
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _stage(self, live: list[InferenceRequest]) -> DecodedBatch:
+        """``live`` staged: an [[inputs]] model's named tensors padded (worker/tensor_inputs.py),
+        or images, decoded first when they come encoded (worker/decode.py)."""
+        if self._tensors is None:
+            return stage_decoded(self.decoder, self.collator, live)
+        staged = self._tensors.collator.stage([r.tensors for r in live]) if live else None
+        return DecodedBatch(live, staged, [])
+
+    def forward(self, x: Batch) -> torch.Tensor:
         """The model's output rows (on the CPU) for a batch of wire tensors: validation."""
         return self._forward(x.to(self.device))
 
@@ -209,7 +172,11 @@ class Runner:
         )
         seconds: dict[int, float] = {}
         for size in sizes:
-            x = torch.zeros((size, *self.config.shape), dtype=self._wire_dtype)
+            x: Any = (
+                zero_batch(self.config.inputs, size)
+                if self.config.inputs
+                else torch.zeros((size, *self.config.shape), dtype=self._wire_dtype)
+            )
             try:
                 for _ in range(rounds):
                     start = time.perf_counter()
@@ -227,11 +194,14 @@ class Runner:
     def _run_live(self, prepared: PreparedBatch) -> list[Outcome]:
         assert prepared.staged is not None
         start = self._clock()
-        chunks = self._compute(self.collator.claim(prepared.staged))
+        chunks = self._compute(self._claim(prepared.staged))
         if len(chunks) == 1 and isinstance(chunks[0], torch.Tensor):
             self.cap.ok()  # only a batch that ran whole counts towards raising the cap again
         computed = self._clock()
-        values = [v for chunk in chunks for v in self._postprocess(chunk)]
+        lengths = self._tensors.lengths(prepared.live) if self._tensors is not None else None
+        values: list[Any] = []
+        for chunk in chunks:  # len(values): the chunk's first row
+            values += self._postprocess(chunk, lengths[len(values) :] if lengths else None)
         done = self._clock()
         times = _BatchTimes(
             start - prepared.collate_ms / 1e3,  # waiting ends where this batch's work began
@@ -241,7 +211,13 @@ class Runner:
         )
         return self._outcomes(prepared.live, values, times)
 
-    def _compute(self, x: torch.Tensor) -> list[torch.Tensor | InferqError]:
+    def _claim(self, staged: Staged | StagedTensors) -> Batch:
+        if isinstance(staged, StagedTensors):
+            assert self._tensors is not None
+            return self._tensors.collator.claim(staged)
+        return self.collator.claim(staged)
+
+    def _compute(self, x: Batch) -> list[torch.Tensor | InferqError]:
         """In row order: output chunks (CPU, one per forward that succeeded) and, for each row
         that alone makes the model fail, its error."""
         try:
@@ -252,7 +228,7 @@ class Runner:
             return self._split(x, exc)
         return [out]
 
-    def _split(self, x: torch.Tensor, exc: Exception) -> list[torch.Tensor | InferqError]:
+    def _split(self, x: Batch, exc: Exception) -> list[torch.Tensor | InferqError]:
         n = len(x)
         if is_oom(exc):
             self.cap.shrink(n)
@@ -267,15 +243,19 @@ class Runner:
         half = n // 2
         return self._compute(x[:half]) + self._compute(x[half:])
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: Batch) -> torch.Tensor:
         if self._fused is not None:
             with torch.inference_mode(), self._autocast_ctx():
                 out = self._fused(x)
+        elif isinstance(x, TensorBatch):
+            assert self._tensors is not None
+            with torch.inference_mode(), self._autocast_ctx():
+                out = self._tensors.call(x)
         else:
             out = self._unfused(x)
-        if not isinstance(out, torch.Tensor) or out.shape[0] != x.shape[0]:
+        if not isinstance(out, torch.Tensor) or out.shape[0] != len(x):
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ModelError(f"model must return one row per input ({x.shape[0]}), got {got}")
+            raise ModelError(f"model must return one row per input ({len(x)}), got {got}")
         return out.cpu()
 
     def _unfused(self, x: torch.Tensor) -> Any:
@@ -293,11 +273,16 @@ class Runner:
             return torch.autocast(self.device.type, enabled=False)
         return torch.autocast(self.device.type, dtype=self._autocast)
 
-    def _postprocess(self, chunk: torch.Tensor | InferqError) -> list[Any]:
-        """One value per row of ``chunk``, computed for the whole chunk at once."""
+    def _postprocess(
+        self, chunk: torch.Tensor | InferqError, lengths: Sequence[int] | None = None
+    ) -> list[Any]:
+        """One value per row of ``chunk``, computed for the whole chunk at once; ``lengths``:
+        its rows' lengths of the input the output follows, each row cut back to its own."""
         if isinstance(chunk, InferqError):
             return [chunk]
         out = self.config.output
+        if lengths is not None:
+            return [row.tolist() for row in cut_back(chunk, lengths[: len(chunk)])]
         if out.postprocess == "raw":
             return list(chunk.tolist())
         probs = torch.softmax(chunk.flatten(1), dim=1)
@@ -368,7 +353,7 @@ class PreparedBatch:
     requests: list[InferenceRequest]
     live: list[InferenceRequest]
     expired: dict[int, Outcome]  # answered before compute: expired, or an image that won't decode
-    staged: Staged | None
+    staged: Staged | StagedTensors | None
     closed_at: float
     collate_ms: float
 

@@ -94,7 +94,7 @@ def measure(
     assert all(isinstance(r, InferenceRequest) for r in requests)
     live: list[InferenceRequest] = requests  # type: ignore[assignment]
     output = runner.handler.predict(torch.zeros((batch, *spec.shape)))
-    runner.handler.predict = lambda batch: output  # type: ignore[method-assign]
+    runner.handler.predict = lambda *batch: output  # type: ignore[method-assign]
     runner._fused = None  # the model stubbed out: what is left is the Python around it
     outcomes = runner.execute(runner.prepare(live))
     app = Celery(broker="memory://")
