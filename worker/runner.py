@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -41,9 +41,10 @@ Batch = torch.Tensor | TensorBatch
 _TORCH_DTYPES = {"uint8": torch.uint8, "float16": torch.float16, "float32": torch.float32}
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """Exactly one per request: ``value`` (the result) or ``error``."""
+class Outcome(NamedTuple):
+    """Exactly one per request: ``value`` (the result) or ``error``. Immutable; a named tuple
+    rather than a frozen dataclass because one is made per request on the run thread, where a
+    frozen dataclass's ``__init__`` costs twice as much."""
 
     request: InferenceRequest
     value: InferenceResult | None = None
@@ -143,12 +144,12 @@ class Runner:
 
     def execute(self, prepared: PreparedBatch) -> list[Outcome]:
         """Compute a prepared batch; one outcome per request, in order."""
-        outcomes = dict(prepared.expired)
-        if prepared.staged is not None:
-            outcomes.update(self._run_live(prepared))
-        result = [outcomes[id(r)] for r in prepared.requests]
-        assert len(result) == len(prepared.requests)
-        return result
+        computed = self._run_live(prepared) if prepared.staged is not None else []
+        if prepared.expired:  # back in batch order, among the expired
+            by_id = {**prepared.expired, **{id(o.request): o for o in computed}}
+            computed = [by_id[id(r)] for r in prepared.requests]
+        assert len(computed) == len(prepared.requests)
+        return computed
 
     def _stage(self, live: list[InferenceRequest]) -> DecodedBatch:
         """``live`` staged: an [[inputs]] model's named tensors padded (worker/tensor_inputs.py),
@@ -190,7 +191,7 @@ class Runner:
 
     # -- one batch ---------------------------------------------------------------------------
 
-    def _run_live(self, prepared: PreparedBatch) -> dict[int, Outcome]:
+    def _run_live(self, prepared: PreparedBatch) -> list[Outcome]:
         assert prepared.staged is not None
         start = self._clock()
         chunks = self._compute(self._claim(prepared.staged))
@@ -301,8 +302,8 @@ class Runner:
 
     def _outcomes(
         self, live: Sequence[InferenceRequest], values: Sequence[Any], t: _BatchTimes
-    ) -> dict[int, Outcome]:
-        """One outcome per live request; what the batch shares is computed once."""
+    ) -> list[Outcome]:
+        """One outcome per live request, in order; what the batch shares is computed once."""
         ready = self._wall()
         size = len(live)
         name, version, worker, device = (
@@ -312,10 +313,10 @@ class Runner:
             self._device_name,
         )
         collate_ms, infer_ms, post_ms = t.collate_ms, t.infer_ms, t.post_ms
-        out: dict[int, Outcome] = {}
+        out: list[Outcome] = []
         for r, value in zip(live, values, strict=True):
             if isinstance(value, InferqError):
-                out[id(r)] = Outcome(r, error=value)
+                out.append(Outcome(r, error=value))
                 continue
             queue_ms = (r.received_wall - r.submitted_at) * 1e3
             wait_ms = (t.waited_until - r.received_at) * 1e3
@@ -333,7 +334,7 @@ class Runner:
                 "device": device,
             }
             result = InferenceResult(model=name, version=version, outputs=value, timing=timing)
-            out[id(r)] = Outcome(r, value=result)
+            out.append(Outcome(r, result))
         return out
 
 
