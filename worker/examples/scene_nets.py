@@ -58,10 +58,10 @@ class SceneNet(nn.Module):
         bias[:num_classes] = -2.2  # heat starts near p = 0.1, as focal loss wants
         self.head.bias = nn.Parameter(bias)
         # Foreground per stride-4 cell as 4x4 sub-pixel logits (put in place by a pixel shuffle)
-        # from all three scales, the stride-2 features folded into channels: nothing runs on a
-        # finer map, where a CPU's training time would go.
+        # from all three scales, the stride-2 features and the pixels folded into channels:
+        # nothing runs on a finer map, where a CPU's training time would go.
         self.fg = nn.Sequential(
-            nn.Conv2d(48 + 24 + 4 * 16, 32, 1), nn.ReLU(inplace=True), nn.Conv2d(32, 16, 1)
+            nn.Conv2d(48 + 24 + 4 * 16 + 16 * 3, 32, 1), nn.ReLU(inplace=True), nn.Conv2d(32, 16, 1)
         )
         self.num_classes = num_classes
 
@@ -71,7 +71,10 @@ class SceneNet(nn.Module):
     def raw(self, x: Tensor) -> tuple[Tensor, Tensor]:
         f2, f4, f8 = self.backbone(x)
         det = self.head(self.neck(f8))
-        fused = torch.cat([_upsample_to(f8, f4), f4, F.pixel_unshuffle(f2, 2)], 1)
+        # The cell's own 16 input pixels too: each sub-pixel logit needs its pixel's colour,
+        # which the features only summarise.
+        pixels = F.pixel_unshuffle(x, 4)
+        fused = torch.cat([_upsample_to(f8, f4), f4, F.pixel_unshuffle(f2, 2), pixels], 1)
         return det, F.pixel_shuffle(self.fg(fused), 4)
 
 
