@@ -26,7 +26,7 @@ from inferq.producer.backend import InferqResult
 from inferq.producer.calls import default_model, refuse_workflow, split_call
 from inferq.producer.envelope import task_envelope
 from inferq.producer.listener import close_listeners
-from inferq.producer.preprocess import ImageLike, to_tensor
+from inferq.producer.preprocess import ImageLike, fitted_tensor, to_tensor
 from inferq.producer.pusher import Prepared, Pusher
 from inferq.producer.spec_cache import SpecCache
 from inferq.shared import codec, keys
@@ -131,15 +131,22 @@ def prepare(img: ImageLike, call: dict[str, Any], options: dict[str, Any]) -> Pr
     route = rt.specs.route(model, call.get("version"))
     spec = route.spec
     started = time.perf_counter()
-    tensor = to_tensor(img, spec, rt.settings.max_image_pixels)
+    geometry = None
+    if spec.geometry:  # results mapped back to the original image: say how it was resized
+        tensor, fitted = fitted_tensor(img, spec, rt.settings.max_image_pixels)
+        geometry = fitted.to_wire()
+    else:
+        tensor = to_tensor(img, spec, rt.settings.max_image_pixels)
     payload = rt.tensor_header(spec.shape, spec.dtype) + tensor.tobytes()
     preprocess_ms = (time.perf_counter() - started) * 1000.0
-    kwargs = {
+    kwargs: dict[str, Any] = {
         "model": model,
         "version": route.version,
         "preprocess_ms": preprocess_ms,
         "submitted_at": time.time(),
     }
+    if geometry is not None:
+        kwargs["geometry"] = geometry
     task_id = str(options.get("task_id") or uuid.uuid4())
     priority = _priority(options.get("priority"))
     expires = options.get("expires")

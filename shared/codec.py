@@ -4,7 +4,7 @@ Layout (little endian)::
 
     magic  b"IQT"   3 bytes
     version         u8   (1)
-    dtype code      u8   (1 uint8, 2 float16, 3 float32)
+    dtype code      u8   (1 uint8, 2 float16, 3 float32, 4 int32, 5 int64, 6 bool)
     ndim            u8   (1..8)
     reserved        u16  (0)
     dims            ndim x u32
@@ -34,9 +34,13 @@ DTYPES: dict[int, np.dtype] = {
     1: np.dtype(np.uint8),
     2: np.dtype("<f2"),
     3: np.dtype("<f4"),
+    # Beside images: token ids and masks on the way in, labels and masks in results.
+    4: np.dtype("<i4"),
+    5: np.dtype("<i8"),
+    6: np.dtype(np.bool_),
 }
 _CODES = {dt: code for code, dt in DTYPES.items()}
-#: By name ("uint8", "float16", "float32"), to compare with a spec's dtype without asking each
+#: By name ("uint8", "float16", "float32", ...), to compare with a spec's dtype without asking each
 #: header's dtype for its name (numpy builds names in Python: 4 us a call).
 BY_NAME: dict[str, np.dtype] = {dt.name: dt for dt in DTYPES.values()}
 
@@ -56,7 +60,8 @@ def header_for(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
     """The header alone: producers build it once per spec and prepend it to raw bytes."""
     code = _CODES.get(np.dtype(dtype).newbyteorder("<"))
     if code is None:
-        raise InvalidInput(f"wire dtype must be one of uint8, float16, float32, got {dtype}")
+        names = ", ".join(dt.name for dt in DTYPES.values())
+        raise InvalidInput(f"wire dtype must be one of {names}, got {dtype}")
     if not 1 <= len(shape) <= MAX_NDIM:
         raise InvalidInput(f"tensor must have 1..{MAX_NDIM} dimensions, got shape {shape}")
     return _FIXED.pack(MAGIC, VERSION, code, len(shape), 0) + struct.pack(f"<{len(shape)}I", *shape)

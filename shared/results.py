@@ -13,6 +13,7 @@ from typing import Any, TypedDict, cast
 
 import orjson
 
+from inferq.shared.arrays import decode_result, json_default
 from inferq.shared.errors import ERROR_TYPES, InferqError, Revoked
 
 
@@ -41,7 +42,10 @@ class InferenceResult(TypedDict):
     plain JSON dict, so any Celery client reads it.
 
     ``outputs`` is what the model's ``[output]`` post-processing gives: for ``topk``, a list of
-    ``{index, label, score}`` best first; for ``raw``, the model's output row as nested lists.
+    ``{index, label, score}`` best first; for ``raw``, the request's output as a numpy array (a
+    dict or list of them for a model with several outputs); for ``detection``, a list of
+    ``{box, label, score}``; for ``segmentation``, a uint8 array of class ids. Arrays are stored
+    as the wire codec inside the JSON (``shared/arrays.py``) and read back as numpy arrays.
     """
 
     model: str
@@ -85,7 +89,7 @@ def _meta(task_id: str, status: str, result: Any, date_done: str | None) -> byte
         "date_done": date_done or now_iso(),
         "task_id": task_id,
     }
-    return orjson.dumps(meta)
+    return orjson.dumps(meta, default=json_default)
 
 
 #: Error classes by stored ``exc_type``: inferq's own, and Celery's revoke.
@@ -116,5 +120,5 @@ def value_from_meta(raw: bytes | str) -> InferenceResult:
 def value_from_decoded(meta: dict[str, Any]) -> InferenceResult:
     """:func:`value_from_meta` for a meta already decoded."""
     if meta.get("status") == "SUCCESS":
-        return cast(InferenceResult, dict(meta["result"]))
+        return cast(InferenceResult, decode_result(dict(meta["result"])))
     raise error_from_meta(meta.get("result"))

@@ -15,6 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from inferq.shared.errors import ConfigError
+from inferq.shared.outputspec import (
+    OUTPUT_KEYS,
+    HandlerRef,
+    Output,
+    parse_handler,
+    parse_output,
+)
 from inferq.shared.tomlcheck import (
     boolean,
     check_keys,
@@ -28,13 +35,11 @@ from inferq.shared.tomlcheck import (
     section,
     share,
     string,
-    strings,
 )
 
 RESIZE_MODES = ("crop", "letterbox", "stretch")
 COLOR_MODES = {"RGB": 3, "L": 1}
 WIRE_DTYPES = ("uint8", "float16", "float32")
-POSTPROCESS = ("topk", "raw")
 PRECISIONS = ("fp32", "fp16", "bf16")
 PLATFORMS = ("torchscript", "onnx", "exported", "aoti")
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
@@ -52,6 +57,9 @@ class InputSpec:
     resize: str = "crop"
     queue_limit: int = 10_000
     default_deadline_ms: float = 0.0
+    #: Whether a request carries the resize geometry the producer applied (kwarg ``geometry``),
+    #: for results mapped back to the original image (detection boxes, segmentation masks).
+    geometry: bool = False
 
     @property
     def nbytes(self) -> int:
@@ -74,13 +82,6 @@ class Preprocess:
     std: tuple[float, ...] = (1.0,)
     #: uint8 values are divided by this before mean/std.
     scale: float = 255.0
-
-
-@dataclass(frozen=True)
-class Output:
-    postprocess: str = "topk"
-    top_k: int = 5
-    labels: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,7 @@ class ModelConfig:
     rollout: Rollout = field(default_factory=Rollout)
     # Run threads computing this model's batches side by side (Triton's instance_group count).
     instances: int = 1
+    handler: HandlerRef | None = None
 
     def input_spec(self, version: int) -> InputSpec:
         return InputSpec(
@@ -162,6 +164,7 @@ class ModelConfig:
             resize=self.resize,
             queue_limit=self.batching.queue_limit,
             default_deadline_ms=self.batching.default_deadline_ms,
+            geometry=self.output.needs_geometry or self.handler is not None,
         )
 
     @classmethod
@@ -184,6 +187,7 @@ SECTIONS = (
     "optimize",
     "validation",
     "rollout",
+    "handler",
 )
 
 #: The keys each table may hold ("" is the top level): anything else is a typo, refused.
@@ -191,7 +195,7 @@ KNOWN_KEYS: dict[str, tuple[str, ...]] = {
     "": ("platform", "description", *SECTIONS),
     "input": ("shape", "dtype", "color"),
     "preprocess": ("resize", "mean", "std", "scale"),
-    "output": ("postprocess", "top_k", "labels"),
+    "output": OUTPUT_KEYS["output"],
     "batching": (
         "max_batch_size",
         "max_wait_ms",
@@ -204,6 +208,7 @@ KNOWN_KEYS: dict[str, tuple[str, ...]] = {
     "optimize": ("batch_buckets", "compile", "compile_cache_dir", "cuda_graphs", "cudnn_benchmark"),
     "validation": ("min_agreement",),
     "rollout": ("canary_max_failure_rate", "canary_min_requests"),
+    "handler": OUTPUT_KEYS["handler"],
 }
 
 
@@ -217,7 +222,7 @@ def parse_config(name: str, data: dict[str, Any], where: str = "config") -> Mode
 
 def _parse(name: str, data: dict[str, Any]) -> ModelConfig:
     check_keys(data, "", KNOWN_KEYS)
-    inp, pre, out, bat, prec, inst, opt, val, roll = (
+    inp, pre, out, bat, prec, inst, opt, val, roll, hand = (
         section(data, s, KNOWN_KEYS) for s in SECTIONS
     )
     shape, color = _input(inp)
@@ -230,13 +235,14 @@ def _parse(name: str, data: dict[str, Any]) -> ModelConfig:
         resize=choice(pre.get("resize", "crop"), RESIZE_MODES, "preprocess.resize"),
         description=string(data.get("description", ""), "description"),
         preprocess=_preprocess(pre, channels=shape[0]),
-        output=_output(out),
+        output=parse_output(out),
         batching=_batching(bat),
         precision=_precision(prec),
         instances=_instances(inst),
         optimize=_optimize(opt),
         validation=Validation(share(val.get("min_agreement", 0.99), "validation.min_agreement")),
         rollout=_rollout(roll),
+        handler=parse_handler(hand),
     )
     _check_modes(config)
     return config
@@ -267,17 +273,6 @@ def _preprocess(pre: dict[str, Any], channels: int) -> Preprocess:
     if scale <= 0:
         raise ConfigError(f"preprocess.scale must be > 0, got {scale}")
     return Preprocess(mean=mean, std=std, scale=scale)
-
-
-def _output(out: dict[str, Any]) -> Output:
-    top_k = integer(out.get("top_k", 5), "output.top_k")
-    if top_k < 1:
-        raise ConfigError(f"output.top_k must be >= 1, got {top_k}")
-    return Output(
-        postprocess=choice(out.get("postprocess", "topk"), POSTPROCESS, "output.postprocess"),
-        top_k=top_k,
-        labels=strings(out.get("labels", []), "output.labels"),
-    )
 
 
 MAX_INSTANCES = 64

@@ -25,6 +25,7 @@ import pybase64
 
 from inferq.shared import codec, keys
 from inferq.shared.errors import InferqError, InvalidInput, ModelUnavailable
+from inferq.shared.geometry import Geometry
 from inferq.shared.spec import InputSpec
 from inferq.shared.trace import TraceContext
 
@@ -50,6 +51,7 @@ class InferenceRequest:
     priority: int
     redelivered: bool = False
     trace: TraceContext | None = None  # W3C trace context from the message headers
+    geometry: Geometry | None = None  # how the producer resized the original (None: it did not say)
 
 
 @dataclass(frozen=True)
@@ -166,6 +168,7 @@ def _decode(
     eta = headers.get("eta")
     info = _table(props.get("delivery_info"), "properties.delivery_info")
     redelivered = headers.get("redelivered") or info.get("redelivered")
+    geometry = kwargs.get("geometry")
     return InferenceRequest(
         task_id,
         tag,
@@ -180,6 +183,7 @@ def _decode(
         _priority(props.get("priority")),
         bool(redelivered),
         TraceContext.from_headers(headers),
+        None if geometry is None else Geometry.from_wire(geometry),
     )
 
 

@@ -22,10 +22,16 @@ from inferq.shared.errors import DeadlineExceeded, InferqError, ModelError, Work
 from inferq.shared.logs import get_logger
 from inferq.shared.results import InferenceResult, Timing
 from inferq.shared.spec import ModelConfig
+from inferq.worker.batchcap import BatchCap, DeviceFailure, is_fatal_device_error, is_oom
 from inferq.worker.collate import Collator, Staged
+from inferq.worker.custom import HookFailed, Hooks, load_hooks
 from inferq.worker.fused import fuse
 from inferq.worker.handlers import ModelHandler
 from inferq.worker.intake import InferenceRequest
+from inferq.worker.outputs import Chunk, OutputLayout, sizes
+from inferq.worker.postprocess import make_postprocessor
+
+__all__ = ["BatchCap", "DeviceFailure", "Outcome", "Runner", "is_fatal_device_error", "is_oom"]
 
 log = get_logger(__name__)
 
@@ -42,65 +48,6 @@ class Outcome:
     error: InferqError | None = None
 
 
-class DeviceFailure(Exception):
-    """The device is unusable (e.g. a device-side assert): the process must restart."""
-
-
-def is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
-
-
-def is_fatal_device_error(exc: BaseException) -> bool:
-    text = str(exc)
-    return isinstance(exc, getattr(torch, "AcceleratorError", ())) or any(
-        marker in text
-        for marker in (
-            "device-side assert",
-            "illegal memory access",
-            "CUDA error: unspecified launch",
-        )
-    )
-
-
-class BatchCap:
-    """The effective max batch size: halved on OOM, doubled back after a run of clean batches.
-
-    ``on_change`` hears the starting value and every change after it (the batch-cap gauge and
-    log), from whichever thread made the change."""
-
-    def __init__(
-        self,
-        maximum: int,
-        recover_after: int = 50,
-        on_change: Callable[[int], None] | None = None,
-    ) -> None:
-        self.maximum = maximum
-        self.value = maximum
-        self.recover_after = recover_after
-        self._clean = 0
-        self._on_change = on_change
-        if on_change is not None:
-            on_change(maximum)
-
-    def shrink(self, failed_size: int) -> None:
-        self._set(max(1, min(self.value, failed_size // 2)))
-        self._clean = 0
-
-    def ok(self) -> None:
-        if self.value >= self.maximum:
-            return
-        self._clean += 1
-        if self._clean >= self.recover_after:
-            self._set(min(self.maximum, self.value * 2))
-            self._clean = 0
-
-    def _set(self, value: int) -> None:
-        changed = value != self.value
-        self.value = value
-        if changed and self._on_change is not None:
-            self._on_change(value)
-
-
 class Runner:
     def __init__(
         self,
@@ -113,6 +60,7 @@ class Runner:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         on_cap_change: Callable[[int], None] | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         self.handler = handler
         self.config = config
@@ -130,8 +78,16 @@ class Runner:
         self._a = (1.0 / (config.preprocess.scale * std)).view(1, channels, 1, 1).to(device)
         self._b = (-mean / std).view(1, channels, 1, 1).to(device)
         self._wire_dtype = _TORCH_DTYPES[config.dtype]
-        # Under AMP the fused call runs inside the same autocast context as the unfused path.
-        self._fused = fuse(handler, self._a, self._b, config.precision.channels_last)
+        self._hooks = hooks if hooks is not None else load_hooks(config.handler)
+        self._preprocess = self._hooks.preprocess if self._hooks is not None else None
+        # Under AMP the fused call runs inside the same autocast context as the unfused path; a
+        # preprocess hook runs between normalisation and the model, so it runs unfused.
+        fused = self._preprocess is None
+        self._fused = (
+            fuse(handler, self._a, self._b, config.precision.channels_last) if fused else None
+        )
+        self._layout = OutputLayout(config.output)
+        self._post = make_postprocessor(config)
         # One slot per instance computing, one waiting, one being staged.
         self.collator = Collator(
             config.shape,
@@ -140,8 +96,6 @@ class Runner:
             device,
             slots=config.instances + 2,
         )
-        self._labels = config.output.labels
-        self._names: list[str] = []
         self._device_name = str(device)
 
     # -- public -------------------------------------------------------------------------------
@@ -189,8 +143,8 @@ class Runner:
         assert len(result) == len(prepared.requests)
         return result
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The model's output rows (on the CPU) for a batch of wire tensors: validation."""
+    def forward(self, x: torch.Tensor) -> Chunk:
+        """The model's outputs (on the CPU) for a batch of wire tensors: validation."""
         return self._forward(x.to(self.device))
 
     def warmup(self, sizes: Sequence[int] | None = None, rounds: int = 3) -> dict[int, float]:
@@ -221,10 +175,10 @@ class Runner:
         assert prepared.staged is not None
         start = self._clock()
         chunks = self._compute(self.collator.claim(prepared.staged))
-        if len(chunks) == 1 and isinstance(chunks[0], torch.Tensor):
+        if len(chunks) == 1 and not isinstance(chunks[0], InferqError):
             self.cap.ok()  # only a batch that ran whole counts towards raising the cap again
         computed = self._clock()
-        values = [v for chunk in chunks for v in self._postprocess(chunk)]
+        values = self._postprocess(chunks, prepared.live)
         done = self._clock()
         times = _BatchTimes(
             start - prepared.collate_ms / 1e3,  # waiting ends where this batch's work began
@@ -234,7 +188,7 @@ class Runner:
         )
         return self._outcomes(prepared.live, values, times)
 
-    def _compute(self, x: torch.Tensor) -> list[torch.Tensor | InferqError]:
+    def _compute(self, x: torch.Tensor) -> list[Chunk | InferqError]:
         """In row order: output chunks (CPU, one per forward that succeeded) and, for each row
         that alone makes the model fail, its error."""
         try:
@@ -245,7 +199,7 @@ class Runner:
             return self._split(x, exc)
         return [out]
 
-    def _split(self, x: torch.Tensor, exc: Exception) -> list[torch.Tensor | InferqError]:
+    def _split(self, x: torch.Tensor, exc: Exception) -> list[Chunk | InferqError]:
         n = len(x)
         if is_oom(exc):
             self.cap.shrink(n)
@@ -255,21 +209,20 @@ class Runner:
                 return [
                     ModelError(f"model must fit in device memory for one input, got OOM: {exc}")
                 ]
+        elif n == 1 and isinstance(exc, HookFailed) and self._hooks is not None:
+            return [self._hooks.error("preprocess", exc)]
         elif n == 1:
             return [ModelError(f"model raised on this input: {type(exc).__name__}: {exc}")]
         half = n // 2
         return self._compute(x[:half]) + self._compute(x[half:])
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor) -> Chunk:
         if self._fused is not None:
             with torch.inference_mode(), self._autocast_ctx():
                 out = self._fused(x)
         else:
             out = self._unfused(x)
-        if not isinstance(out, torch.Tensor) or out.shape[0] != x.shape[0]:
-            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ModelError(f"model must return one row per input ({x.shape[0]}), got {got}")
-        return out.cpu()
+        return self._layout.collect(out, x.shape[0])
 
     def _unfused(self, x: torch.Tensor) -> Any:
         with torch.inference_mode(), self._autocast_ctx():
@@ -278,6 +231,8 @@ class Runner:
             z = x.to(torch.float32, copy=True).mul_(self._a).add_(self._b)
             if self.config.precision.channels_last:
                 z = z.contiguous(memory_format=torch.channels_last)
+            if self._preprocess is not None:
+                z = self._hooks.run_preprocess(z)  # type: ignore[union-attr]
             out = self.handler.predict(z)
         return out.float() if isinstance(out, torch.Tensor) else out
 
@@ -286,27 +241,35 @@ class Runner:
             return torch.autocast(self.device.type, enabled=False)
         return torch.autocast(self.device.type, dtype=self._autocast)
 
-    def _postprocess(self, chunk: torch.Tensor | InferqError) -> list[Any]:
-        """One value per row of ``chunk``, computed for the whole chunk at once."""
-        if isinstance(chunk, InferqError):
-            return [chunk]
-        out = self.config.output
-        if out.postprocess == "raw":
-            return list(chunk.tolist())
-        probs = torch.softmax(chunk.flatten(1), dim=1)
-        scores, idx = probs.topk(min(out.top_k, probs.shape[1]), dim=1)
-        names = self._label_names(probs.shape[1])
-        return [
-            [{"index": i, "label": names[i], "score": s} for i, s in zip(ri, rs, strict=True)]
-            for ri, rs in zip(idx.tolist(), scores.tolist(), strict=True)
-        ]
+    def _postprocess(
+        self, chunks: Sequence[Chunk | InferqError], live: Sequence[InferenceRequest]
+    ) -> list[Any]:
+        """One value (or error) per live request, each chunk post-processed at once."""
+        if len(chunks) == 1 and not isinstance(chunks[0], InferqError):
+            values = self._post_chunk(chunks[0], live)  # the batch ran whole
+        else:
+            values, at = [], 0
+            for chunk, size in zip(chunks, sizes(chunks), strict=True):
+                values += (
+                    [chunk]
+                    if isinstance(chunk, InferqError)
+                    else self._post_chunk(chunk, live[at : at + size])
+                )
+                at += size
+        if self._hooks is not None and self._hooks.postprocess is not None:
+            values = self._hooks.finish(values, live)
+        return values
 
-    def _label_names(self, classes: int) -> list[str]:
-        if len(self._names) != classes:
-            self._names = [
-                self._labels[i] if i < len(self._labels) else str(i) for i in range(classes)
-            ]
-        return self._names
+    def _post_chunk(self, chunk: Chunk, requests: Sequence[InferenceRequest]) -> list[Any]:
+        try:
+            return self._post(chunk, requests)
+        except InferqError as exc:  # a model whose outputs do not fit its [output] config
+            return [exc] * len(requests)
+        except Exception as exc:
+            error = ModelError(
+                f"model outputs must post-process as [output] says, got {type(exc).__name__}: {exc}"
+            )
+            return [error] * len(requests)
 
     def _outcomes(
         self, live: Sequence[InferenceRequest], values: Sequence[Any], t: _BatchTimes
