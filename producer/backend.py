@@ -25,7 +25,7 @@ from celery.result import AsyncResult
 
 from inferq.producer.listener import Meta, ResultListener, fast_get, listener_for, ready_meta
 from inferq.shared import keys
-from inferq.shared.arrays import decode_result
+from inferq.shared.arrays import ARRAYS_KEY, decode_result
 
 
 class ListenerBackend(RedisBackend):
@@ -44,7 +44,7 @@ class ListenerBackend(RedisBackend):
         """Celery's, with the arrays in a result's outputs (``shared/arrays.py``) read back as
         numpy arrays: every read (``get``, ``async_get``, ``.result``, ``join_native``) goes
         through here."""
-        if meta.get("status") == "SUCCESS":
+        if meta.get(ARRAYS_KEY) and meta.get("status") == "SUCCESS":
             meta["result"] = decode_result(meta["result"])
         return super().meta_from_decoded(meta)
 

@@ -37,6 +37,7 @@ def _result(outputs: Any) -> InferenceResult:
 @pytest.mark.parametrize("array", SAMPLES, ids=lambda a: f"{a.dtype}{list(a.shape)}")
 def test_an_array_comes_back_exactly_through_a_stored_result(array: np.ndarray) -> None:
     meta = success_meta("t", _result({"mask": array, "nested": [array, {"n": 1}]}))
+    assert orjson.loads(meta)[arrays.ARRAYS_KEY] is True
     stored = orjson.loads(meta)["result"]["outputs"]
     assert set(stored["mask"]) == {arrays.ARRAY_KEY}  # plain JSON: no pickle, one marker key
     back = value_from_meta(meta)["outputs"]
@@ -49,7 +50,12 @@ def test_an_array_comes_back_exactly_through_a_stored_result(array: np.ndarray) 
 
 def test_results_without_arrays_are_unchanged_and_numpy_scalars_become_numbers() -> None:
     topk = [{"index": 2, "label": "c", "score": 0.75}]
-    assert value_from_meta(success_meta("t", _result(topk)))["outputs"] == topk
+    meta = success_meta("t", _result(topk))
+    assert arrays.ARRAYS_KEY not in orjson.loads(meta)  # byte for byte what it was before
+    assert value_from_meta(meta)["outputs"] == topk
+    # a lookalike object in a result without arrays is not taken for one
+    lookalike = {arrays.ARRAY_KEY: "not read"}
+    assert value_from_meta(success_meta("t", _result(lookalike)))["outputs"] == lookalike
     scalar = value_from_meta(success_meta("t", _result({"count": np.int64(3)})))["outputs"]
     assert scalar == {"count": 3}
 
@@ -93,3 +99,20 @@ def test_the_readme_decoder_reads_what_workers_store(array: np.ndarray) -> None:
     got = decode(stored)
     assert got.dtype == array.dtype and got.shape == array.shape
     np.testing.assert_array_equal(got, array)
+
+
+def test_the_listener_backend_decodes_arrays_on_every_read() -> None:
+    """``meta_from_decoded`` is what ``get()``, ``async_get()``, ``.result`` and ``join_native``
+    all go through; only flagged metas are walked."""
+    from inferq.producer.backend import ListenerBackend
+    from inferq.shared.celeryconf import make_celery
+    from inferq.shared.settings import Settings
+
+    app = make_celery(Settings(broker_url="redis://127.0.0.1:1/0"))
+    backend = app.backend
+    assert isinstance(backend, ListenerBackend)
+    mask = np.eye(3, dtype=np.uint8)
+    flagged = orjson.loads(success_meta("t", _result(mask)))
+    assert isinstance(backend.meta_from_decoded(flagged)["result"]["outputs"], np.ndarray)
+    plain = orjson.loads(success_meta("t", _result([1, 2])))
+    assert backend.meta_from_decoded(plain)["result"]["outputs"] == [1, 2]
