@@ -67,7 +67,7 @@ class Geometry:
     ) -> tuple[np.ndarray, np.ndarray]:
         """For each original pixel's centre, the row and column of a ``map_size`` (w, h) map
         over the ``input_size`` (w, h) model input it falls in (nearest, clipped to the map).
-        Index a per-pixel map with ``map[rows[:, None], cols[None, :]]``."""
+        Read a per-pixel map with ``map.take(rows, axis=0).take(cols, axis=1)``."""
         (in_w, in_h), (map_w, map_h) = input_size, map_size
         xs = ((np.arange(self.width) + 0.5) * self.scale_x + self.offset_x) * (map_w / in_w)
         ys = ((np.arange(self.height) + 0.5) * self.scale_y + self.offset_y) * (map_h / in_h)

@@ -215,3 +215,34 @@ def test_an_onnx_model_with_two_outputs_gives_them_by_name(tmp_path: Path) -> No
         x = array.astype(np.float32) / 255.0
         np.testing.assert_allclose(o.value["outputs"]["mean"], x.mean(axis=(1, 2)), rtol=1e-5)
         np.testing.assert_allclose(o.value["outputs"]["max"], x.max(axis=(1, 2)), rtol=1e-6)
+
+
+class IndexedDetections(torch.nn.Module):
+    """Detections for the whole batch: request i gets i boxes (so request 0 none), each a
+    10x10 box at (10 * k, 0) scoring 0.8 for class k % 3; the batch index in its own output."""
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        index = torch.cat([torch.full((i,), i, dtype=torch.long) for i in range(len(x))])
+        k = torch.cat([torch.arange(i) for i in range(len(x))]).float()
+        boxes = torch.stack([10 * k, torch.zeros_like(k), 10 * k + 10, torch.full_like(k, 10)], 1)
+        scores = torch.nn.functional.one_hot(k.long() % 3, 3).float() * 0.8
+        return {"batch": index, "boxes": boxes, "scores": scores + 0.0 * x.mean()}
+
+
+def test_detection_from_batch_indexed_rows() -> None:
+    config = _config(
+        {
+            "postprocess": "detection",
+            "labels": ["circle", "square", "triangle"],
+            "rows": "batch_index",
+            "batch_index": "batch",
+        },
+        shape=VISION_SHAPE,
+    )
+    outcomes = _runner(IndexedDetections(), config).run(
+        [_request(a) for a in _arrays(4, VISION_SHAPE)]
+    )
+    got = [o.value["outputs"] for o in outcomes if o.value]
+    assert [len(d) for d in got] == [0, 1, 2, 3]
+    assert [d["label"] for d in got[3]] == ["circle", "square", "triangle"]
+    assert sorted(d["box"][0] for d in got[3]) == [0.0, 10.0, 20.0]
