@@ -352,6 +352,11 @@ def _check_modes(c: ModelConfig) -> None:
     """Refuse the combinations that cannot work (the device-dependent ones are refused at load,
     in ``worker/variants.py``)."""
     o, max_batch = c.optimize, c.batching.max_batch_size
+    if o.batch_buckets and c.output.rows == "batch_index":
+        raise ConfigError(
+            'optimize.batch_buckets pads batches with rows of its own: output.rows = "batch_index" '
+            "would give them rows, set one or the other"
+        )
     if o.batch_buckets and o.batch_buckets[-1] < max_batch:
         raise ConfigError(
             f"optimize.batch_buckets must reach batching.max_batch_size ({max_batch}) so every "

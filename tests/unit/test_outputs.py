@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -153,3 +155,32 @@ def test_helpers_for_one_tensor_views() -> None:
     assert [torch.equal(p[SINGLE], t[i]) for i, p in enumerate(parts)] == [True, True]
     assert torch.equal(first_output(parts), t)
     assert parts[1:].values == parts.values[1:]
+
+
+def test_bucket_padding_keeps_the_real_rows_of_structured_outputs() -> None:
+    from inferq.worker.variants import BucketedHandler
+
+    def forward(x: torch.Tensor) -> Any:
+        return {"a": x[:, 0], "b": x[:, 1]}
+
+    got = BucketedHandler(forward, (4,)).predict(torch.arange(6.0).view(3, 2))
+    assert torch.equal(got["a"], torch.tensor([0.0, 2, 4])) and got["b"].shape == (3,)
+    pair = BucketedHandler(lambda x: (x, x + 1), (4,)).predict(torch.zeros(3, 2))
+    assert [t.shape for t in pair] == [(3, 2), (3, 2)]
+    listed = BucketedHandler(lambda x: list(x.unbind(0)), (4,), per_entry=True)
+    assert len(listed.predict(torch.zeros(3, 2))) == 3
+
+
+def test_buckets_and_batch_indexed_rows_are_refused_together() -> None:
+    from inferq.shared.errors import ConfigError
+    from inferq.shared.spec import parse_config
+
+    with pytest.raises(ConfigError, match=r'batch_buckets pads batches .*rows = "batch_index"'):
+        parse_config(
+            "m",
+            {
+                "input": {"shape": [3, 4, 4]},
+                "output": {"rows": "batch_index", "batch_index": "i"},
+                "optimize": {"batch_buckets": [4, 32]},
+            },
+        )
