@@ -61,7 +61,7 @@ class HookFailed(Exception):
 
 
 @dataclass(frozen=True)
-class Hooks:
+class HandlerHooks:
     """The hooks a loaded handler overrides (None where it keeps the no-op)."""
 
     name: str
@@ -126,7 +126,7 @@ def plain(value: Any) -> Any:
     return value
 
 
-def load_hooks(ref: HandlerRef | None, repository: Path | None = None) -> Hooks | None:
+def load_hooks(ref: HandlerRef | None, repository: Path | None = None) -> HandlerHooks | None:
     """The hooks of ``ref``'s class, built with its options; ConfigError saying what is wrong."""
     if ref is None:
         return None
@@ -139,7 +139,7 @@ def load_hooks(ref: HandlerRef | None, repository: Path | None = None) -> Hooks 
             f"handler {ref.name!r} must build from handler.options {ref.options}, got "
             f"{type(exc).__name__}: {exc}"
         ) from exc
-    return Hooks(ref.name, _hook(handler, "preprocess"), _hook(handler, "postprocess"))
+    return HandlerHooks(ref.name, _hook(handler, "preprocess"), _hook(handler, "postprocess"))
 
 
 def _hook(handler: Any, name: str) -> Any:

@@ -24,7 +24,7 @@ from inferq.shared.results import InferenceResult, Timing
 from inferq.shared.spec import ModelConfig
 from inferq.worker.batchcap import BatchCap, DeviceFailure, is_fatal_device_error, is_oom
 from inferq.worker.collate import Collator, Staged
-from inferq.worker.custom import HookFailed, Hooks, load_hooks
+from inferq.worker.custom import HandlerHooks, HookFailed, load_hooks
 from inferq.worker.fused import fuse
 from inferq.worker.handlers import ModelHandler
 from inferq.worker.intake import InferenceRequest
@@ -60,7 +60,7 @@ class Runner:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         on_cap_change: Callable[[int], None] | None = None,
-        hooks: Hooks | None = None,
+        handler_hooks: HandlerHooks | None = None,
     ) -> None:
         self.handler = handler
         self.config = config
@@ -78,7 +78,7 @@ class Runner:
         self._a = (1.0 / (config.preprocess.scale * std)).view(1, channels, 1, 1).to(device)
         self._b = (-mean / std).view(1, channels, 1, 1).to(device)
         self._wire_dtype = _TORCH_DTYPES[config.dtype]
-        self._hooks = hooks if hooks is not None else load_hooks(config.handler)
+        self._hooks = handler_hooks or load_hooks(config.handler)
         self._preprocess = self._hooks.preprocess if self._hooks is not None else None
         # Under AMP the fused call runs inside the same autocast context as the unfused path; a
         # preprocess hook runs between normalisation and the model, so it runs unfused.
