@@ -67,7 +67,10 @@ class InputSpec:
         return math.prod(self.shape) * itemsize
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self))
+        data = asdict(self)
+        if not self.geometry:  # a spec without it reads as it always has, for older producers
+            del data["geometry"]
+        return json.dumps(data)
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> InputSpec:

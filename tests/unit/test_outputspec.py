@@ -107,3 +107,11 @@ def test_handler_table() -> None:
         _parse({}, handler={"name": "score-floor", "options": 3})
     with pytest.raises(ConfigError, match=r"\[handler\] allows only the keys name, options"):
         _parse({}, handler={"name": "x", "path": "models/x.py"})
+
+
+def test_a_spec_without_geometry_is_published_as_before() -> None:
+    import json
+
+    plain = _parse({}).input_spec(1)
+    assert "geometry" not in json.loads(plain.to_json())
+    assert InputSpec.from_json(plain.to_json()) == plain
