@@ -28,8 +28,8 @@ from inferq.worker.custom import HandlerHooks, HookFailed, load_hooks
 from inferq.worker.fused import fuse
 from inferq.worker.handlers import ModelHandler
 from inferq.worker.intake import InferenceRequest
-from inferq.worker.outputs import Chunk, OutputLayout, sizes
-from inferq.worker.postprocess import make_postprocessor
+from inferq.worker.outputs import Chunk, OutputLayout
+from inferq.worker.postprocess import BatchPostprocess
 
 __all__ = ["BatchCap", "DeviceFailure", "Outcome", "Runner", "is_fatal_device_error", "is_oom"]
 
@@ -87,7 +87,7 @@ class Runner:
             fuse(handler, self._a, self._b, config.precision.channels_last) if fused else None
         )
         self._layout = OutputLayout(config.output)
-        self._post = make_postprocessor(config)
+        self._postprocess = BatchPostprocess(config, self._hooks)
         # One slot per instance computing, one waiting, one being staged.
         self.collator = Collator(
             config.shape,
@@ -240,36 +240,6 @@ class Runner:
         if self._autocast is None:
             return torch.autocast(self.device.type, enabled=False)
         return torch.autocast(self.device.type, dtype=self._autocast)
-
-    def _postprocess(
-        self, chunks: Sequence[Chunk | InferqError], live: Sequence[InferenceRequest]
-    ) -> list[Any]:
-        """One value (or error) per live request, each chunk post-processed at once."""
-        if len(chunks) == 1 and not isinstance(chunks[0], InferqError):
-            values = self._post_chunk(chunks[0], live)  # the batch ran whole
-        else:
-            values, at = [], 0
-            for chunk, size in zip(chunks, sizes(chunks), strict=True):
-                values += (
-                    [chunk]
-                    if isinstance(chunk, InferqError)
-                    else self._post_chunk(chunk, live[at : at + size])
-                )
-                at += size
-        if self._hooks is not None and self._hooks.postprocess is not None:
-            values = self._hooks.finish(values, live)
-        return values
-
-    def _post_chunk(self, chunk: Chunk, requests: Sequence[InferenceRequest]) -> list[Any]:
-        try:
-            return self._post(chunk, requests)
-        except InferqError as exc:  # a model whose outputs do not fit its [output] config
-            return [exc] * len(requests)
-        except Exception as exc:
-            error = ModelError(
-                f"model outputs must post-process as [output] says, got {type(exc).__name__}: {exc}"
-            )
-            return [error] * len(requests)
 
     def _outcomes(
         self, live: Sequence[InferenceRequest], values: Sequence[Any], t: _BatchTimes

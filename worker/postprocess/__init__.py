@@ -12,9 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from inferq.shared.errors import InferqError, ModelError
 from inferq.shared.spec import ModelConfig
+from inferq.worker.custom import HandlerHooks
 from inferq.worker.intake import InferenceRequest
-from inferq.worker.outputs import Chunk
+from inferq.worker.outputs import Chunk, sizes
 
 
 class Postprocessor(Protocol):
@@ -35,3 +37,39 @@ def make_postprocessor(config: ModelConfig) -> Postprocessor:
         "segmentation": Segment,
     }
     return kinds[config.output.postprocess](config)  # type: ignore[call-arg]
+
+
+class BatchPostprocess:
+    """A batch's chunks (outputs, or one request's error, in row order) into one value or error
+    per live request: the ``[output]`` post-processing once per chunk, then the handler's
+    postprocess hook over the requests still standing."""
+
+    def __init__(self, config: ModelConfig, hooks: HandlerHooks | None) -> None:
+        self._post = make_postprocessor(config)
+        self._hooks = hooks if hooks is not None and hooks.postprocess is not None else None
+
+    def __call__(
+        self, chunks: Sequence[Chunk | InferqError], live: Sequence[InferenceRequest]
+    ) -> list[Any]:
+        if len(chunks) == 1 and not isinstance(chunks[0], InferqError):
+            values = self._chunk(chunks[0], live)  # the batch ran whole
+        else:
+            values, at = [], 0
+            for chunk, size in zip(chunks, sizes(chunks), strict=True):
+                if isinstance(chunk, InferqError):
+                    values.append(chunk)
+                else:
+                    values += self._chunk(chunk, live[at : at + size])
+                at += size
+        return values if self._hooks is None else self._hooks.finish(values, live)
+
+    def _chunk(self, chunk: Chunk, requests: Sequence[InferenceRequest]) -> list[Any]:
+        try:
+            return self._post(chunk, requests)
+        except InferqError as exc:  # a model whose outputs do not fit its [output] config
+            return [exc] * len(requests)
+        except Exception as exc:
+            error = ModelError(
+                f"model outputs must post-process as [output] says, got {type(exc).__name__}: {exc}"
+            )
+            return [error] * len(requests)
