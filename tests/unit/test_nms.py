@@ -74,8 +74,6 @@ def test_box_iou_matches_the_reference_and_degenerate_boxes_give_zero() -> None:
     got = box_iou(boxes.double().numpy(), boxes.double().numpy())
     for i in range(10):
         for j in range(10):
-            assert got[i, j] == pytest.approx(
-                _iou(boxes[i].tolist(), boxes[j].tolist()), abs=1e-6
-            )
+            assert got[i, j] == pytest.approx(_iou(boxes[i].tolist(), boxes[j].tolist()), abs=1e-6)
     point = torch.tensor([[5.0, 5.0, 5.0, 5.0]])
     assert box_iou(point.numpy(), point.numpy()).item() == 0.0
