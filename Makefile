@@ -18,9 +18,11 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 # Pins the versions now in .venv, keeping the file's header; local labels (+cpu) dropped.
+# torchvision (the cuda extra) does not install beside the CPU torch: its pin is kept as it was.
 constraints: install
-	{ grep '^#' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | grep -v '^#' \
-		| sed -E 's/\+[A-Za-z0-9.]+$$//'; } > constraints.txt.new
+	{ grep '^#' constraints.txt; { $(BIN)/python -m pip freeze --exclude-editable | grep -v '^#' \
+		| sed -E 's/\+[A-Za-z0-9.]+$$//'; grep '^torchvision==' constraints.txt; } | LC_ALL=C sort -f -t= -k1,1; } \
+		> constraints.txt.new
 	mv constraints.txt.new constraints.txt
 
 demo: install

@@ -35,6 +35,7 @@ from inferq.shared.errors import InferqError, QueueFull
 from inferq.shared.redisconn import make_client
 from inferq.shared.registry import Registry
 from inferq.shared.settings import Settings, get_settings, redact_url
+from inferq.shared.wire import encode_image
 
 
 class Runtime:
@@ -137,7 +138,10 @@ def prepare(img: ImageLike, call: dict[str, Any], options: dict[str, Any]) -> Pr
         geometry = fitted.to_wire()
     else:
         tensor = to_tensor(img, spec, rt.settings.max_image_pixels)
-    payload = rt.tensor_header(spec.shape, spec.dtype) + tensor.tobytes()
+    if spec.wire == "raw":
+        payload = rt.tensor_header(spec.shape, spec.dtype) + tensor.tobytes()
+    else:  # the model takes encoded images: its worker decodes them (worker/decode.py)
+        payload = encode_image(tensor, spec.wire, spec.jpeg_quality)
     preprocess_ms = (time.perf_counter() - started) * 1000.0
     kwargs: dict[str, Any] = {
         "model": model,

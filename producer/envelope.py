@@ -24,6 +24,7 @@ from inferq.shared.spec import InputSpec
 from inferq.shared.trace import producer_context
 
 ORIGIN = f"gen{os.getpid()}@{socket.gethostname()}"  # what Celery's anon_nodename() gives
+_ARG_KIND = {"raw": "tensor", "jpeg": "jpeg", "png": "png"}
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 
@@ -69,7 +70,7 @@ def task_envelope(
         "timelimit": [None, None],
         "root_id": task_id,
         "parent_id": None,
-        "argsrepr": f"(<tensor {spec.dtype}{list(spec.shape)}>,)",
+        "argsrepr": f"(<{_ARG_KIND[spec.wire]} {spec.dtype}{list(spec.shape)}>,)",
         "kwargsrepr": f"{{'model': {spec.model!r}}}",
         "origin": ORIGIN,
         "ignore_result": False,

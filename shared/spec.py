@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,11 @@ from inferq.shared.tomlcheck import (
 RESIZE_MODES = ("crop", "letterbox", "stretch")
 COLOR_MODES = {"RGB": 3, "L": 1}
 WIRE_DTYPES = ("uint8", "float16", "float32")
+#: How a request's tensor travels (shared/wire.py): the codec's raw bytes, or an encoded image.
+WIRE_FORMATS = ("raw", "jpeg", "png")
+#: The JPEG quality producers encode at unless a model says otherwise (README, "Wire formats":
+#: the measurement that chose it).
+DEFAULT_JPEG_QUALITY = 90
 PRECISIONS = ("fp32", "fp16", "bf16")
 PLATFORMS = ("torchscript", "onnx", "exported", "aoti")
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
@@ -60,6 +65,8 @@ class InputSpec:
     #: Whether a request carries the resize geometry the producer applied (kwarg ``geometry``),
     #: for results mapped back to the original image (detection boxes, segmentation masks).
     geometry: bool = False
+    wire: str = "raw"
+    jpeg_quality: int = DEFAULT_JPEG_QUALITY
 
     @property
     def nbytes(self) -> int:
@@ -76,7 +83,10 @@ class InputSpec:
     def from_json(cls, raw: str | bytes) -> InputSpec:
         data = json.loads(raw)
         data["shape"] = tuple(data["shape"])
-        return cls(**data)
+        # Keys a newer worker publishes and this version does not know are left out, so that a
+        # producer keeps working beside workers of a later release.
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass(frozen=True)
@@ -145,6 +155,8 @@ class ModelConfig:
     dtype: str = "uint8"
     color: str = "RGB"
     resize: str = "crop"
+    wire: str = "raw"
+    jpeg_quality: int = DEFAULT_JPEG_QUALITY
     description: str = ""
     preprocess: Preprocess = field(default_factory=Preprocess)
     output: Output = field(default_factory=Output)
@@ -168,6 +180,8 @@ class ModelConfig:
             queue_limit=self.batching.queue_limit,
             default_deadline_ms=self.batching.default_deadline_ms,
             geometry=self.output.needs_geometry or self.handler is not None,
+            wire=self.wire,
+            jpeg_quality=self.jpeg_quality,
         )
 
     @classmethod
@@ -196,7 +210,7 @@ SECTIONS = (
 #: The keys each table may hold ("" is the top level): anything else is a typo, refused.
 KNOWN_KEYS: dict[str, tuple[str, ...]] = {
     "": ("platform", "description", *SECTIONS),
-    "input": ("shape", "dtype", "color"),
+    "input": ("shape", "dtype", "color", "wire", "jpeg_quality"),
     "preprocess": ("resize", "mean", "std", "scale"),
     "output": OUTPUT_KEYS["output"],
     "batching": (
@@ -229,13 +243,17 @@ def _parse(name: str, data: dict[str, Any]) -> ModelConfig:
         section(data, s, KNOWN_KEYS) for s in SECTIONS
     )
     shape, color = _input(inp)
+    dtype = choice(inp.get("dtype", "uint8"), WIRE_DTYPES, "input.dtype")
+    wire, quality = _wire(inp, dtype)
     config = ModelConfig(
         name=name,
         platform=choice(data.get("platform", "torchscript"), PLATFORMS, "platform"),
         shape=shape,
-        dtype=choice(inp.get("dtype", "uint8"), WIRE_DTYPES, "input.dtype"),
+        dtype=dtype,
         color=color,
         resize=choice(pre.get("resize", "crop"), RESIZE_MODES, "preprocess.resize"),
+        wire=wire,
+        jpeg_quality=quality,
         description=string(data.get("description", ""), "description"),
         preprocess=_preprocess(pre, channels=shape[0]),
         output=parse_output(out),
@@ -263,6 +281,18 @@ def _input(inp: dict[str, Any]) -> tuple[tuple[int, ...], str]:
             f"input.color {color!r} has {COLOR_MODES[color]} channel(s), shape says {shape[0]}"
         )
     return tuple(shape), color
+
+
+def _wire(inp: dict[str, Any], dtype: str) -> tuple[str, int]:
+    wire = choice(inp.get("wire", "raw"), WIRE_FORMATS, "input.wire")
+    if wire != "raw" and dtype != "uint8":
+        raise ConfigError(
+            f"input.wire {wire!r} carries 8-bit images: input.dtype must be 'uint8', got {dtype!r}"
+        )
+    quality = integer(inp.get("jpeg_quality", DEFAULT_JPEG_QUALITY), "input.jpeg_quality")
+    if not 1 <= quality <= 100:
+        raise ConfigError(f"input.jpeg_quality must be from 1 to 100, got {quality}")
+    return wire, quality
 
 
 def _preprocess(pre: dict[str, Any], channels: int) -> Preprocess:

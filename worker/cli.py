@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -226,6 +227,19 @@ def demo(count: int, model_repository: Path | None) -> None:
 )
 @click.option("--threads", default=32, show_default=True, help="Callers for --client.")
 @click.option("--rate", default=300.0, show_default=True, help="Requests/s due for --client.")
+@click.option(
+    "--null-model",
+    is_flag=True,
+    help="Instead: the path's ceiling per wire with the null models, --drain requests at "
+    "3x32x32 and a fifth as many at 3x224x224: Redis CPU and bytes per message.",
+)
+@click.option(
+    "--wire",
+    "wires",
+    multiple=True,
+    type=click.Choice(["raw", "jpeg", "png"]),
+    help="Wires for --null-model (default: all three).",
+)
 def bench(
     model: str,
     batch_size: int,
@@ -241,8 +255,18 @@ def bench(
     client: bool,
     threads: int,
     rate: float,
+    null_model: bool,
+    wires: tuple[str, ...],
 ) -> None:
     """Raw model speed vs inferq drain, end-to-end and latency, side by side."""
+    if null_model:
+        from inferq.worker.tools import wirebench
+
+        counts = {32: drain_count, 224: max(100, drain_count // 5)}
+        cases = wirebench.run(counts, wires or wirebench.WIRES, echo=click.echo, device=device)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "wirebench.json").write_text(json.dumps(wirebench.as_dicts(cases), indent=2))
+        return
     from inferq.worker.repository import ModelRepository
     from inferq.worker.tools.bench import BenchConfig, run_bench
 

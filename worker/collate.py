@@ -59,6 +59,11 @@ class Collator:
             self._copied[slot] = ready
         return Staged(x, ready)
 
+    @property
+    def stream(self) -> Any:
+        """The copy stream (None on the CPU); the device decode stage stages on it too."""
+        return self._stream
+
     def claim(self, staged: Staged) -> torch.Tensor:
         """The device tensor, safe to use on the calling thread's current stream."""
         if staged.ready is not None:

@@ -24,10 +24,11 @@ import orjson
 import pybase64
 
 from inferq.shared import codec, keys
-from inferq.shared.errors import InferqError, InvalidInput, ModelUnavailable
+from inferq.shared.errors import InferqError, InvalidInput, ModelUnavailable, PayloadTooLarge
 from inferq.shared.geometry import Geometry
 from inferq.shared.spec import InputSpec
 from inferq.shared.trace import TraceContext
+from inferq.shared.wire import EncodedImage, format_of
 
 _PICKLE = "application/x-python-serialize"
 _MSGPACK = ("application/x-msgpack", "application/msgpack")
@@ -41,7 +42,7 @@ class InferenceRequest:
     task_id: str
     tag: str
     model: str
-    array: np.ndarray
+    array: np.ndarray | EncodedImage  # encoded: decoded in the decode stage (worker/decode.py)
     submitted_at: float  # producer wall clock, seconds since the epoch
     preprocess_ms: float
     received_at: float  # worker monotonic clock
@@ -271,7 +272,7 @@ def _check_target(kwargs: dict[str, Any], spec: InputSpec) -> None:
 
 def _decode_tensor(
     args: list[Any], kwargs: dict[str, Any], spec: InputSpec, max_bytes: int
-) -> np.ndarray:
+) -> np.ndarray | EncodedImage:
     payload = args[0] if args else kwargs.get("tensor")
     if isinstance(payload, str):  # JSON clients send the codec bytes base64-encoded
         try:
@@ -295,6 +296,8 @@ def _decode_tensor(
         # Byte for byte the header the spec's tensors carry: every check read_header makes has
         # passed once for the spec, so it is not repeated for each message.
         array = codec.array_of(payload, expected.header)
+    elif spec.wire != "raw" and (encoded := _encoded(payload, max_bytes)) is not None:
+        return encoded  # checked against the spec where it is decoded, in the decode stage
     else:
         array = _checked_array(payload, spec, max_bytes)
     if array.dtype.kind == "f" and not np.isfinite(array).all():
@@ -323,7 +326,22 @@ def _spec_header(dtype: str, shape: tuple[int, ...]) -> _SpecHeader | None:
     return _SpecHeader(prefix, header, len(prefix) + header.nbytes)
 
 
+def _encoded(payload: bytes, max_bytes: int) -> EncodedImage | None:
+    """``payload`` as an encoded image, if it is one (a model with an image wire takes both)."""
+    fmt = format_of(payload)
+    if fmt is None:
+        return None
+    if len(payload) > max_bytes:
+        raise PayloadTooLarge(f"payload must be at most {max_bytes} bytes, got {len(payload)}")
+    return EncodedImage(payload, fmt)
+
+
 def _checked_array(payload: bytes, spec: InputSpec, max_bytes: int) -> np.ndarray:
+    if (fmt := format_of(payload)) is not None:  # only here, past the fast path: no cost to it
+        raise InvalidInput(
+            f"model {spec.model!r} takes tensors in the codec (input.wire {spec.wire!r}), "
+            f"got a {fmt.upper()} image of {len(payload)} bytes"
+        )
     header = codec.read_header(payload, max_bytes)
     if header.dtype != codec.BY_NAME.get(spec.dtype) or header.shape != spec.shape:
         raise InvalidInput(

@@ -25,6 +25,7 @@ from inferq.shared.spec import ModelConfig
 from inferq.worker.batchcap import BatchCap, DeviceFailure, is_fatal_device_error, is_oom
 from inferq.worker.collate import Collator, Staged
 from inferq.worker.custom import HandlerHooks, HookFailed, load_hooks
+from inferq.worker.decode import make_decoder, stage_decoded
 from inferq.worker.fused import fuse
 from inferq.worker.handlers import ModelHandler
 from inferq.worker.intake import InferenceRequest
@@ -96,6 +97,8 @@ class Runner:
             device,
             slots=config.instances + 2,
         )
+        # jpeg/png wire: the decode stage, run in prepare while the batch before computes.
+        self.decoder = make_decoder(config.wire, config.shape, device)
         self._device_name = str(device)
 
     # -- public -------------------------------------------------------------------------------
@@ -111,13 +114,16 @@ class Runner:
         expired = {id(r): Outcome(r, error=_expired(r, now)) for r in batch if _late(r, now)}
         live = [r for r in batch if id(r) not in expired]
         try:
-            staged = self.collator.stage([r.array for r in live]) if live else None
+            decoded = stage_decoded(self.decoder, self.collator, live)
         except Exception as exc:
             if is_fatal_device_error(exc):
                 raise DeviceFailure(str(exc)) from exc
             raise
+        expired.update({id(u.request): Outcome(u.request, error=u.error) for u in decoded.failed})
         collate_ms = (self._clock() - closed_at) * 1e3
-        return PreparedBatch(list(batch), live, expired, staged, closed_at, collate_ms)
+        return PreparedBatch(
+            list(batch), decoded.live, expired, decoded.staged, closed_at, collate_ms
+        )
 
     def stage(self, batch: list[InferenceRequest]) -> PreparedBatch | Deferred | StagingFailed:
         """``prepare``, with the runner's answer to a batch it cannot stage: out of device
@@ -293,7 +299,7 @@ class PreparedBatch:
 
     requests: list[InferenceRequest]
     live: list[InferenceRequest]
-    expired: dict[int, Outcome]
+    expired: dict[int, Outcome]  # answered before compute: expired, or an image that won't decode
     staged: Staged | None
     closed_at: float
     collate_ms: float

@@ -202,6 +202,8 @@ def test_compose_redis_persists_with_aof_and_refuses_writes_when_full(
     assert "--appendonly yes" in argv and "--appendfsync everysec" in argv
     assert "--maxmemory-policy noeviction" in argv
     assert re.search(r"--maxmemory \S+", argv)
+    # io-threads: off unless the host has cores to spare (measured; the reason is written down).
+    assert "--io-threads ${REDIS_IO_THREADS:-1} --io-threads-do-reads yes" in argv
     # The trade-off against `always` is written down where the choice is made.
     text = COMPOSE_FILE.read_text(encoding="utf-8")
     assert re.search(r"^\s*#.*`always`", text, re.M)

@@ -129,6 +129,27 @@ def test_stage_profile_times_every_stage(shapes_repo: Path) -> None:
     assert all(float(v) > 0 for v in rows.values())
 
 
+def test_bench_null_model_measures_each_wire(tmp_path: Path) -> None:
+    out = inferq(
+        "bench", "--null-model", "--drain", "300", "--wire", "raw", "--wire", "jpeg",
+        "--out", str(tmp_path), timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    cases = {
+        (c["size"], c["wire"]): c for c in json.loads((tmp_path / "wirebench.json").read_text())
+    }
+    assert set(cases) == {(32, "raw"), (32, "jpeg"), (224, "raw"), (224, "jpeg")}
+    assert [cases[(32, w)]["count"] for w in ("raw", "jpeg")] == [300, 300]
+    for c in cases.values():
+        assert (
+            c["drain_per_s"] > 0 and c["redis_us"] > 0 and c["message_bytes"] > c["payload_bytes"]
+        )
+    raw, jpeg = cases[(224, "raw")], cases[(224, "jpeg")]
+    assert raw["payload_bytes"] == 150_528 + 20  # the codec's header and the tensor
+    assert jpeg["message_bytes"] < raw["message_bytes"] / 4
+    assert "3x224x224 jpeg against raw: bytes per message" in out.stdout
+
+
 def test_bench_measures_every_figure_side_by_side(shapes_repo: Path, tmp_path: Path) -> None:
     out = inferq(
         "bench",

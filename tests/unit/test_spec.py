@@ -326,7 +326,7 @@ def test_nan_values_are_refused(data: dict[str, Any]) -> None:
         (_with(None, platform=["onnx"]), r"platform must be one of .*got \['onnx'\]"),
         (
             {"input": {"shape": [3, 8, 8], "colour": "RGB"}},
-            r"\[input\] allows only the keys shape, dtype, color, got unknown input\.colour",
+            r"\[input\] allows only the keys shape, dtype, color, wire, jpeg_quality, got unknown input\.colour",
         ),
         (_with("precision", fp16=True), r"\[precision\] allows only .*got unknown precision\.fp16"),
         (

@@ -92,6 +92,8 @@ class LocalRedis:
     appendfsync: str = "no"
     #: A folder holding ``redis.crt``/``redis.key`` (self-signed, its own CA): serve TLS only.
     tls_dir: Path | None = None
+    #: More redis-server arguments (e.g. ``("--io-threads", "2")``).
+    extra: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = None
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="inferq-redis-")))
 
@@ -139,6 +141,7 @@ class LocalRedis:
                 "--tls-auth-clients",
                 "no",
             ]
+        args += list(self.extra)
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
         while not answers(self.url):
