@@ -246,3 +246,27 @@ def test_detection_from_batch_indexed_rows() -> None:
     assert [len(d) for d in got] == [0, 1, 2, 3]
     assert [d["label"] for d in got[3]] == ["circle", "square", "triangle"]
     assert sorted(d["box"][0] for d in got[3]) == [0.0, 10.0, 20.0]
+
+
+class MeanAndMaxDict(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"mean": x.mean(dim=(2, 3)), "max": x.amax(dim=(2, 3))}
+
+
+def test_a_torch_export_program_returning_a_dict_is_cut_per_request(tmp_path: Path) -> None:
+    from inferq.worker.handlers import ExportedHandler
+
+    path = tmp_path / "model.pt2"
+    batch = torch.export.Dim("batch", min=1, max=16)
+    program = torch.export.export(
+        MeanAndMaxDict().eval(), (torch.zeros(2, *SHAPE),), dynamic_shapes=({0: batch},)
+    )
+    torch.export.save(program, str(path))
+    handler = ExportedHandler(path)
+    handler.setup(CPU, False)
+    runner = Runner(handler, _config({"postprocess": "raw"}), 1, CPU, "w")
+    arrays = _arrays(3)
+    for array, o in zip(arrays, runner.run([_request(a) for a in arrays]), strict=True):
+        assert o.value is not None and sorted(o.value["outputs"]) == ["max", "mean"]
+        x = array.astype(np.float32) / 255.0
+        np.testing.assert_allclose(o.value["outputs"]["max"], x.max(axis=(1, 2)), rtol=1e-6)
