@@ -26,6 +26,7 @@ from inferq.producer.backend import InferqResult
 from inferq.producer.calls import default_model, refuse_workflow, split_call
 from inferq.producer.envelope import task_envelope
 from inferq.producer.listener import close_listeners
+from inferq.producer.placed import Lane, Lanes
 from inferq.producer.preprocess import ImageLike, fitted_tensor, to_tensor
 from inferq.producer.pusher import Prepared, Pusher
 from inferq.producer.spec_cache import SpecCache
@@ -54,6 +55,8 @@ class Runtime:
         self.app = make_celery(settings)
         self.headers: dict[tuple[tuple[int, ...], str], bytes] = {}
         self.pusher = Pusher(self.client, redact_url(settings.broker_url))
+        # Each model's queues and results: home, or where its placement says (producer/placed.py).
+        self.lanes = Lanes(self)
 
     def tensor_header(self, shape: tuple[int, ...], dtype: str) -> bytes:
         key = (shape, dtype)
@@ -92,10 +95,14 @@ class SubmitJob(Task):
     def run(self, *args: Any, **kwargs: Any) -> Any:
         raise InferqError("inferq.infer runs in an inferq worker, not in the producer process")
 
-    def AsyncResult(self, task_id: str, **kwargs: Any) -> Any:  # Celery's name
-        return InferqResult(
-            task_id, backend=runtime().app.backend, task_name=self.name, app=runtime().app, **kwargs
-        )
+    def AsyncResult(
+        self, task_id: str, model: str | None = None, **kwargs: Any
+    ) -> Any:  # Celery's name
+        """The result of ``task_id``, on the Redis its model's placement puts results on
+        (known for ids this process submitted; pass ``model`` for others)."""
+        rt = runtime()
+        backend = rt.lanes.lane_of(task_id, model).backend or rt.app.backend
+        return InferqResult(task_id, backend=backend, task_name=self.name, app=rt.app, **kwargs)
 
     async def async_delay(self, *args: Any, **kwargs: Any) -> InferqResult:
         """``await submit_job.async_delay(img, model=...)``: ``delay`` on a worker thread, so that
@@ -111,7 +118,7 @@ class SubmitJob(Task):
         refuse_workflow(options)
         img, call = _split_call(args, kwargs)
         prepared = prepare(img, call, options)
-        return _result(prepared.task_id, runtime().pusher.push([prepared]))
+        return _pushed([prepared], runtime().lanes.lane(str(call["model"])))[0]
 
 
 def _split_call(
@@ -173,8 +180,17 @@ def _priority(value: Any) -> int:
     return value
 
 
-def _result(task_id: str, epoch: str) -> Any:
-    result = submit_job.AsyncResult(task_id)
+def _pushed(batch: list[Prepared], lane: Lane) -> list[Any]:
+    """Push ``batch`` on ``lane``; one AsyncResult per message, bound to the lane's backend."""
+    runtime().lanes.remember([p.task_id for p in batch], lane)  # before: QueueFull's accepted
+    epoch = lane.pusher.push(batch)
+    return [_result(p.task_id, epoch, lane) for p in batch]
+
+
+def _result(task_id: str, epoch: str, lane: Lane) -> Any:
+    app = runtime().app
+    backend = lane.backend or app.backend
+    result = InferqResult(task_id, backend=backend, task_name=keys.TASK_NAME, app=app)
     result.inferq_epoch = epoch  # lets gather tell a request lost with a Redis restart
     return result
 
@@ -188,25 +204,25 @@ def submit_many(
     refuse_workflow(options)
     results: list[AsyncResult] = []
     batch: list[Prepared] = []
+    lane = runtime().lanes.lane(model)
     for img in imgs:
         batch.append(prepare(img, {"model": model}, options))
         if len(batch) >= chunk:
-            results.extend(_push_chunk(batch, results))
+            results.extend(_push_chunk(batch, results, lane))
             batch = []
     if batch:
-        results.extend(_push_chunk(batch, results))
+        results.extend(_push_chunk(batch, results, lane))
     return results
 
 
-def _push_chunk(batch: list[Prepared], done: list[AsyncResult]) -> list[AsyncResult]:
+def _push_chunk(batch: list[Prepared], done: list[AsyncResult], lane: Lane) -> list[AsyncResult]:
     try:
-        epoch = runtime().pusher.push(batch)
+        return _pushed(batch, lane)
     except QueueFull as exc:
         # The call's earlier chunks went in too: the caller learns every id that will complete.
         accepted = set(exc.accepted)
         exc.accepted = (*(r.id for r in done), *(p.task_id for p in batch if p.task_id in accepted))
         raise
-    return [_result(p.task_id, epoch) for p in batch]
 
 
 def make_producer_app() -> Celery:

@@ -18,6 +18,7 @@ import redis
 from celery.result import AsyncResult
 
 from inferq.producer.client import runtime
+from inferq.producer.placed import Lane
 from inferq.shared import keys
 from inferq.shared.errors import InferqError, RequestLost
 from inferq.shared.redisconn import CONNECTION_ERRORS, as_text
@@ -66,9 +67,22 @@ def gather(
     epochs = [None if isinstance(r, str) else getattr(r, "inferq_epoch", None) for r in results]
     rt = runtime()
     grace = max(LOST_GRACE_S, rt.settings.visibility_timeout_s)
-    collector = _Collector(rt.client, rt.results, ids, epochs, on_result, grace)
-    collector.run(timeout, poll_s)
-    out = [collector.values[i] for i in range(len(ids))]
+    deadline = None if timeout is None else time.monotonic() + timeout
+    out: list[Outcome] = [None] * len(ids)  # type: ignore[list-item]
+    for lane, members in _by_lane(ids).items():  # models placed on other Redis: one pass each
+        on_member = None if on_result is None else _mapped(on_result, members)
+        collector = _Collector(
+            lane.broker,
+            lane.results,
+            [ids[i] for i in members],
+            [epochs[i] for i in members],
+            on_member,
+            grace,
+        )
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        collector.run(remaining, poll_s)
+        for j, i in enumerate(members):
+            out[i] = collector.values[j]
     if return_exceptions:
         return out
     values: list[InferenceResult] = []
@@ -77,6 +91,19 @@ def gather(
             raise value
         values.append(value)
     return values
+
+
+def _by_lane(ids: Sequence[str]) -> dict[Lane, list[int]]:
+    """The positions of ``ids`` grouped by the lane their results are on (home for most)."""
+    lanes = runtime().lanes
+    groups: dict[Lane, list[int]] = {}
+    for i, task_id in enumerate(ids):
+        groups.setdefault(lanes.lane_of(task_id), []).append(i)
+    return groups
+
+
+def _mapped(on_result: Callable[[int], None], members: list[int]) -> Callable[[int], None]:
+    return lambda j: on_result(members[j])
 
 
 # After Redis comes back empty, requests still held by workers finish within the visibility timeout

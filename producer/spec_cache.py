@@ -20,6 +20,7 @@ import redis
 
 from inferq.shared import keys
 from inferq.shared.errors import InvalidInput, ModelUnavailable
+from inferq.shared.placement import Placement, placement_key
 from inferq.shared.policy import ModelRecord, choose_version
 from inferq.shared.redisconn import as_text
 from inferq.shared.spec import InputSpec
@@ -61,6 +62,8 @@ class SpecCache:
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
         self._entries: dict[str, tuple[float, Published]] = {}
+        # Each model's placement (shared/placement.py), read and refreshed with its record.
+        self._placements: dict[str, Placement | None] = {}
 
     def route(self, model: str, version: int | None = None) -> Route:
         """The route of one request to ``model`` (pinned to ``version`` if given)."""
@@ -79,6 +82,12 @@ class SpecCache:
         """The spec a request to ``model`` is preprocessed to now (the serving version's)."""
         return self.route(model).spec
 
+    def placement(self, model: str) -> Placement | None:
+        """Where ``model``'s queues live (None: the home Redis), as of its cached record."""
+        self.published(model)
+        with self._lock:
+            return self._placements.get(model)
+
     def published(self, model: str) -> Published:
         now = self._clock()
         with self._lock:
@@ -94,7 +103,10 @@ class SpecCache:
         pipe = self._client.pipeline(transaction=False)
         pipe.get(keys.registry_key(model))
         pipe.get(keys.model_spec_key(model))
-        record, spec = pipe.execute()
+        pipe.get(placement_key(model))
+        record, spec, placed = pipe.execute()
+        with self._lock:
+            self._placements[model] = None if placed is None else Placement.from_json(placed)
         if record is not None:
             return ModelRecord.from_json(record)
         if spec is not None:

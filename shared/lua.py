@@ -25,23 +25,34 @@ class LuaScript:
 
     def queue(self, pipe: Any, keys: Sequence[Any], args: Sequence[Any]) -> None:
         """Add a call to ``pipe``; run the pipe with :func:`execute_with_scripts`."""
-        pipe.evalsha(self.sha, len(keys), *keys, *args)
+        # As a plain command: a cluster pipeline refuses ``evalsha`` by name, not EVALSHA itself.
+        pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
 
 
 def execute_with_scripts(pipe: Any, client: redis.Redis, scripts: Sequence[LuaScript]) -> list[Any]:
     """Execute ``pipe``; calls that failed because the server lost its scripts (a restarted Redis)
     are run again, alone, once the scripts are loaded: a call that did run is never repeated."""
-    commands = list(pipe.command_stack)
+    commands = _queued(pipe)
     replies = list(pipe.execute(raise_on_error=False))
     missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
     if missing:
         for script in scripts:
             client.script_load(script.source)
         retry = client.pipeline(transaction=False)
-        retry.command_stack = [commands[i] for i in missing]
+        for i in missing:
+            args, options = commands[i]
+            retry.execute_command(*args, **options)
         for i, reply in zip(missing, retry.execute(raise_on_error=False), strict=True):
             replies[i] = reply
     for reply in replies:
         if isinstance(reply, Exception):
             raise reply
     return replies
+
+
+def _queued(pipe: Any) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
+    """The commands queued on ``pipe``, as (args, options): a standalone pipeline keeps them in
+    ``command_stack``, a cluster pipeline (redis-py 6+) in its execution strategy's queue."""
+    strategy = getattr(pipe, "_execution_strategy", None)
+    stack = pipe.command_stack or (strategy.command_queue if strategy is not None else [])
+    return [(c.args, c.options) if hasattr(c, "args") else (c[0], c[1]) for c in stack]

@@ -71,6 +71,10 @@ class Settings:
     broker_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
     #: Celery result backend; defaults to the broker.
     result_backend: str = field(default="", repr=False)
+    #: Other Redis instances models may be placed on (``inferq models place``), as
+    #: ``name=url,name=url``; a placement names an instance, and each process finds its URL
+    #: (with its password) here. ``home`` is the broker above.
+    redis_instances: str = field(default="", repr=False)
     #: Root of the model repository (``<repo>/<model>/config.toml``, ``<repo>/<model>/<v>/model.pt``).
     model_repository: Path = Path("./models")
     log_level: str = "INFO"
@@ -135,6 +139,8 @@ class Settings:
             object.__setattr__(self, "result_backend", self.broker_url)
         _check_url("INFERQ_BROKER_URL", self.broker_url)
         _check_url("INFERQ_RESULT_BACKEND", self.result_backend)
+        for name, url in self.instances.items():
+            _check_url(f"INFERQ_REDIS_INSTANCES ({name})", url)
         self._check_choices()
         self._check_durations()
         self._check_counts()
@@ -197,8 +203,25 @@ class Settings:
         fields_ = ", ".join(f"{k}={v!r}" for k, v in shown.items())
         return (
             f"Settings(broker_url={redact_url(self.broker_url)!r}, "
-            f"result_backend={redact_url(self.result_backend)!r}, {fields_})"
+            f"result_backend={redact_url(self.result_backend)!r}, "
+            f"redis_instances={ {n: redact_url(u) for n, u in self.instances.items()}!r}, {fields_})"
         )
+
+    @property
+    def instances(self) -> dict[str, str]:
+        """``INFERQ_REDIS_INSTANCES`` as ``{name: url}``."""
+        out: dict[str, str] = {}
+        for item in self.redis_instances.split(","):
+            if not item.strip():
+                continue
+            name, sep, url = item.partition("=")
+            if not sep or not name.strip() or not url.strip():
+                raise ConfigError(
+                    "INFERQ_REDIS_INSTANCES must be name=url pairs separated by commas, got an "
+                    f"item {redact_url(item.strip())!r}"
+                )
+            out[name.strip()] = url.strip()
+        return out
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

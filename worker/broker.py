@@ -28,13 +28,14 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 import redis
 from redis.exceptions import NoScriptError
 
 from inferq.shared import keys
+from inferq.shared.cluster import STANDALONE, Book
 from inferq.shared.logs import get_logger
 from inferq.shared.lua import execute_with_scripts
 from inferq.shared.redisconn import as_text
@@ -81,6 +82,24 @@ class Write:
     meta: bytes | None
 
 
+class QueueBroker(Protocol):
+    """What the request path asks of a broker: ``Broker`` on a standalone Redis,
+    ``worker/shards.py``'s ``ShardedBroker`` for a queue sharded over a Redis Cluster."""
+
+    client: Any
+
+    def take(self, queue: str, count: int) -> Taken | None: ...
+    def record(self, taken: Taken) -> None: ...
+    def wait(self, queue: str, timeout_s: float) -> bool: ...
+    def depth(self, queue: str) -> int: ...
+    def store_and_ack(self, writes: Sequence[Write]) -> None: ...
+    def schedule(self, tag: str, eta: float, queue: str, priority: int, raw: bytes) -> bool: ...
+    def promote_due(self, limit: int = 1000) -> int: ...
+    def restore(self, tags: Sequence[str]) -> int: ...
+    def restore_expired(self, visibility_timeout_s: float, limit: int = 500) -> int: ...
+    def return_holds(self, older_than_s: float, limit: int = 100) -> int: ...
+
+
 class Broker:
     def __init__(
         self,
@@ -88,6 +107,7 @@ class Broker:
         result_client: redis.Redis,
         result_ttl_s: int,
         fetch_client: redis.Redis | None = None,
+        book: Book = STANDALONE,
     ) -> None:
         self.client = client
         self.results = result_client
@@ -96,9 +116,12 @@ class Broker:
         # does, and what a lost reply took comes back after the visibility timeout.
         self.fetch_client = fetch_client or client
         self.result_ttl_s = result_ttl_s
+        # The bookkeeping's names: kombu's on a standalone Redis, a shard's on a cluster
+        # (shared/cluster.py), so that every script's keys share the queue's hash slot.
+        self.book = book
         self._same = result_client is client
         fetcher = uuid.uuid4().hex
-        self._holds = (keys.hold_key(fetcher, n) for n in itertools.count())
+        self._holds = (book.hold_key(fetcher, n) for n in itertools.count())
 
     def fetch(self, queue: str, count: int) -> list[Fetched]:
         """``take`` then ``record``: messages taken and recorded as unacked."""
@@ -126,16 +149,16 @@ class Broker:
         worker must not start on the messages before this returns."""
         pipe = self.fetch_client.pipeline(transaction=True)
         if taken.fetched:
-            pipe.hset(keys.UNACKED, mapping={f.tag: f.unacked for f in taken.fetched})
+            pipe.hset(self.book.unacked, mapping={f.tag: f.unacked for f in taken.fetched})
             pipe.zadd(
-                keys.UNACKED_INDEX, dict.fromkeys((f.tag for f in taken.fetched), time.time())
+                self.book.unacked_index, dict.fromkeys((f.tag for f in taken.fetched), time.time())
             )
         if taken.dead:  # not kombu envelopes: set aside, never retried forever
-            pipe.lpush(keys.DEAD_LETTER, *taken.dead)
-            pipe.ltrim(keys.DEAD_LETTER, 0, keys.DEAD_LETTER_MAX - 1)
+            pipe.lpush(self.book.dead_letter, *taken.dead)
+            pipe.ltrim(self.book.dead_letter, 0, keys.DEAD_LETTER_MAX - 1)
         held = keys.hold_lists(taken.hold)
         pipe.delete(*(held[i] for i, n in enumerate(taken.counts) if n))
-        pipe.zrem(keys.HOLDING, keys.holding_member(taken.hold, taken.queue))
+        pipe.zrem(self.book.holding, keys.holding_member(taken.hold, taken.queue))
         pipe.execute()
 
     def _hold(
@@ -147,7 +170,7 @@ class Broker:
         args = [count, repr(time.time()), keys.holding_member(hold, queue)]
         for attempt in (1, 2):
             pipe = self.fetch_client.pipeline(transaction=False)
-            HOLD.queue(pipe, [*lists, *held, keys.HOLDING], args)
+            HOLD.queue(pipe, [*lists, *held, self.book.holding], args)
             pipe.lrange(held[_DEFAULT_LIST], 0, -1)
             counts, default = pipe.execute(raise_on_error=False)
             if isinstance(counts, NoScriptError) and attempt == 1:
@@ -183,6 +206,13 @@ class Broker:
         key = keys.priority_queue_key(queue, keys.DEFAULT_PRIORITY)
         return self.client.blmove(key, key, timeout_s, "RIGHT", "RIGHT") is not None  # type: ignore[arg-type]
 
+    def depth(self, queue: str) -> int:
+        """Messages waiting in ``queue`` (all its priority lists), one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys.queue_keys(queue):
+            pipe.llen(key)
+        return sum(pipe.execute())
+
     def store_and_ack(self, writes: Sequence[Write]) -> None:
         """Results, then acks: one script call (one round trip, atomic) per chunk when results
         live in the broker's Redis; with a separate result Redis, results are stored first."""
@@ -195,7 +225,7 @@ class Broker:
             if w.meta is not None and w.task_id is not None:
                 results += (keys.RESULT_PREFIX + w.task_id, w.meta)
         tags = [w.tag for w in writes]
-        unacked = [keys.UNACKED, keys.UNACKED_INDEX]
+        unacked = [self.book.unacked, self.book.unacked_index]
         if self._same:
             STORE_AND_ACK(
                 self.client, unacked, [self.result_ttl_s, len(results) // 2, *results, *tags]
@@ -210,46 +240,48 @@ class Broker:
         return bool(
             SCHEDULE(
                 self.client,
-                [keys.UNACKED, keys.UNACKED_INDEX, keys.SCHEDULED],
+                [self.book.unacked, self.book.unacked_index, self.book.scheduled],
                 [tag, repr(eta), member],
             )
         )
 
     def promote_due(self, limit: int = 1000) -> int:
         """Put scheduled messages whose eta has come back on their queues."""
-        return int(PROMOTE(self.client, [keys.SCHEDULED], [repr(time.time()), limit]))
+        return int(PROMOTE(self.client, [self.book.scheduled], [repr(time.time()), limit]))
 
     def restore(self, tags: Sequence[str]) -> int:
         """Put these unacked messages back on their queues now (warm shutdown, device failure)."""
         if not tags:
             return 0
-        payloads: list[bytes | None] = self.client.hmget(keys.UNACKED, list(tags))  # type: ignore[assignment]
+        payloads: list[bytes | None] = self.client.hmget(self.book.unacked, list(tags))  # type: ignore[assignment]
         return self._restore_pairs([(t, p) for t, p in zip(tags, payloads, strict=True) if p])
 
     def restore_expired(self, visibility_timeout_s: float, limit: int = 500) -> int:
         """Redeliver messages unacked for longer than the visibility timeout (dead workers')."""
         ceiling = time.time() - visibility_timeout_s
         found: list[bytes] = self.client.zrangebyscore(
-            keys.UNACKED_INDEX, "-inf", ceiling, 0, limit
+            self.book.unacked_index, "-inf", ceiling, 0, limit
         )  # type: ignore[assignment]
         tags = [as_text(t) for t in found]
         if not tags:
             return 0
-        payloads: list[bytes | None] = self.client.hmget(keys.UNACKED, tags)  # type: ignore[assignment]
+        payloads: list[bytes | None] = self.client.hmget(self.book.unacked, tags)  # type: ignore[assignment]
         stale = [t for t, p in zip(tags, payloads, strict=True) if p is None]
         if stale:  # index entries whose message was acked between the two reads
-            self.client.zrem(keys.UNACKED_INDEX, *stale)
+            self.client.zrem(self.book.unacked_index, *stale)
         return self._restore_pairs([(t, p) for t, p in zip(tags, payloads, strict=True) if p])
 
     def return_holds(self, older_than_s: float, limit: int = 100) -> int:
         """Put back the holds of fetches that were never recorded as unacked (a worker died
         between its two fetch round trips); each goes back once, whoever sweeps first."""
         ceiling = time.time() - older_than_s
-        members: list[bytes] = self.client.zrangebyscore(keys.HOLDING, "-inf", ceiling, 0, limit)  # type: ignore[assignment]
+        members: list[bytes] = self.client.zrangebyscore(
+            self.book.holding, "-inf", ceiling, 0, limit
+        )  # type: ignore[assignment]
         moved = 0
         for member in members:
             hold, queue = keys.parse_holding_member(as_text(member))
-            lists = [keys.HOLDING, *keys.queue_keys(queue), *keys.hold_lists(hold)]
+            lists = [self.book.holding, *keys.queue_keys(queue), *keys.hold_lists(hold)]
             moved += int(RETURN_HOLD(self.client, lists, [member]))
         return moved
 
@@ -260,15 +292,16 @@ class Broker:
                 back = read_redelivery(payload)
             except (ValueError, TypeError, KeyError, AttributeError):
                 # not kombu's [message, exchange, routing_key]: set aside, never retried forever
-                pipe.lpush(keys.DEAD_LETTER, payload)
-                pipe.hdel(keys.UNACKED, tag)
-                pipe.zrem(keys.UNACKED_INDEX, tag)
+                pipe.lpush(self.book.dead_letter, payload)
+                pipe.hdel(self.book.unacked, tag)
+                pipe.zrem(self.book.unacked_index, tag)
                 continue
-            target = keys.priority_queue_key(
-                self._lookup(back.exchange, back.routing_key), back.priority
-            )
+            queue = self.book.queue(self._lookup(back.exchange, back.routing_key))
+            target = keys.priority_queue_key(queue, back.priority)
             RESTORE.queue(
-                pipe, [keys.UNACKED, keys.UNACKED_INDEX, target], [tag, back.message, payload]
+                pipe,
+                [self.book.unacked, self.book.unacked_index, target],
+                [tag, back.message, payload],
             )
         replies = execute_with_scripts(pipe, self.client, [RESTORE])
         return sum(int(r) for r in replies if isinstance(r, int)) if pairs else 0

@@ -18,6 +18,7 @@ from inferq.worker.examples import EXAMPLE_NAMES
 from inferq.worker.models_cli import Refused, refusing
 from inferq.worker.models_cli import register as register_fleet_commands
 from inferq.worker.optimize.cli import optimize_command
+from inferq.worker.place_cli import register as register_place_command
 
 _DEVICE = re.compile(r"cpu|cuda(:[0-9]+)?")
 
@@ -316,6 +317,7 @@ def soak(minutes: float, rate: float, model_repository: Path | None) -> None:
 
 # Registry, fleet status and deployment commands live in their own module.
 register_fleet_commands(main, models)
+register_place_command(models)
 main.add_command(deadletter)
 
 

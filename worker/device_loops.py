@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from queue import Empty
 
 from inferq.shared.logs import bind_thread, bound, get_logger
-from inferq.worker.broker import Broker
+from inferq.worker.broker import QueueBroker
 from inferq.worker.health import Health
 from inferq.worker.hooks import Hooks
 from inferq.worker.inhand import give_back
@@ -40,7 +40,7 @@ log = get_logger(__name__)
 class DeviceLoops:
     def __init__(
         self,
-        broker: Broker,
+        broker: QueueBroker,
         writer: ResultWriter,
         hooks: Hooks,
         health: Health,

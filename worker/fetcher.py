@@ -20,7 +20,7 @@ from inferq.shared.redisconn import CONNECTION_ERRORS
 from inferq.shared.settings import Settings
 from inferq.shared.spec import InputSpec
 from inferq.worker.batcher import MicroBatcher
-from inferq.worker.broker import Broker, Fetched, Taken, until_redis_takes
+from inferq.worker.broker import Fetched, QueueBroker, Taken, until_redis_takes
 from inferq.worker.hooks import Hook
 from inferq.worker.inhand import InHand, give_back
 from inferq.worker.intake import InferenceRequest, Rejection, decode_message
@@ -44,7 +44,7 @@ class Fetcher:
 
     def __init__(
         self,
-        broker: Broker,
+        broker: QueueBroker,
         settings: Settings,
         spec: InputSpec,
         batcher: MicroBatcher[InferenceRequest],

@@ -17,6 +17,7 @@ import orjson
 import redis
 
 from inferq.shared import keys
+from inferq.shared.cluster import STANDALONE, Book
 from inferq.shared.policy import ModelRecord
 from inferq.shared.registry import Registry
 
@@ -142,10 +143,14 @@ def fleet_status(client: redis.Redis, registry: Registry, models: Iterable[str])
     queues = {m: _queues(m, registry.get(m)) for m in chosen}
     scheduled = _scheduled_by_queue(client)
     in_hand = _in_hand_by_queue(client)
+    # Models placed on another Redis or a cluster: their backlog is read where they live.
+    from inferq.worker.placed_fleet import placed_backlogs
+
+    placed = placed_backlogs(client, {m: queues[m][1] for m in chosen})
     statuses = []
     for model in chosen:
         record, names = queues[model]
-        backlog = _backlog(client, names, scheduled, in_hand)
+        backlog = placed.get(model) or _backlog(client, names, scheduled, in_hand)
         statuses.append(ModelStatus(model, record, _workers(client, model), backlog))
     return FleetStatus(tuple(statuses), int(client.llen(keys.DEAD_LETTER)))
 
@@ -187,9 +192,9 @@ def _workers(client: redis.Redis, model: str) -> tuple[WorkerSeen, ...]:
     )
 
 
-def _scheduled_by_queue(client: redis.Redis) -> dict[str, int]:
+def _scheduled_by_queue(client: redis.Redis, book: Book = STANDALONE) -> dict[str, int]:
     counts: dict[str, int] = {}
-    for member, _ in client.zscan_iter(keys.SCHEDULED, count=_SCAN):
+    for member, _ in client.zscan_iter(book.scheduled, count=_SCAN):
         found = _LIST_KEY.match(member)
         if found:
             queue = orjson.loads(found.group(1)).split(keys.PRIORITY_SEP)[0]
@@ -197,15 +202,15 @@ def _scheduled_by_queue(client: redis.Redis) -> dict[str, int]:
     return counts
 
 
-def _in_hand_by_queue(client: redis.Redis) -> dict[str, int]:
+def _in_hand_by_queue(client: redis.Redis, book: Book = STANDALONE) -> dict[str, int]:
     """Unacked deliveries by the queue they were routed to, plus messages in fetch holds."""
     counts: dict[str, int] = {}
-    for _, entry in client.hscan_iter(keys.UNACKED, count=_SCAN):
+    for _, entry in client.hscan_iter(book.unacked, count=_SCAN):
         found = _ROUTING_KEY.search(entry)
         if found:
             queue = orjson.loads(found.group(1))
             counts[queue] = counts.get(queue, 0) + 1
-    members: list[bytes] = client.zrange(keys.HOLDING, 0, -1)  # type: ignore[assignment]
+    members: list[bytes] = client.zrange(book.holding, 0, -1)  # type: ignore[assignment]
     holds = [_text(m).rpartition("#") for m in members]
     if holds:
         pipe = client.pipeline(transaction=False)

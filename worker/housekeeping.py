@@ -24,7 +24,7 @@ from inferq.shared.logs import get_logger
 from inferq.shared.redisconn import CONNECTION_ERRORS
 from inferq.shared.settings import Settings
 from inferq.shared.spec import InputSpec
-from inferq.worker.broker import Broker
+from inferq.worker.broker import QueueBroker
 from inferq.worker.hooks import Hook
 
 log = get_logger(__name__)
@@ -36,7 +36,7 @@ _GAUGES_S = 1.0
 class Housekeeping:
     def __init__(
         self,
-        broker: Broker,
+        broker: QueueBroker,
         settings: Settings,
         hooks: Hook,
         worker_name: str,
@@ -44,6 +44,9 @@ class Housekeeping:
         specs: Sequence[InputSpec],
     ) -> None:
         self.broker = broker
+        #: Where specs and heartbeats go: the home Redis (the broker's own unless the served
+        #: models are placed elsewhere; set by the service).
+        self.home = broker.client
         self.settings = settings
         self.hooks = hooks
         self.worker_name = worker_name
@@ -98,7 +101,7 @@ class Housekeeping:
 
     def publish_specs(self) -> None:
         ttl = max(3 * self.settings.heartbeat_s, 30.0)
-        pipe = self.broker.client.pipeline(transaction=False)
+        pipe = self.home.pipeline(transaction=False)
         for spec in self.specs:
             pipe.set(keys.model_spec_key(spec.model), spec.to_json(), ex=int(ttl))
             pipe.zadd(keys.model_workers_key(spec.model), {self.worker_name: time.time()})
@@ -125,8 +128,8 @@ class Housekeeping:
         """Take this worker off each model's list of workers (best effort: it is stopping)."""
         try:
             for spec in self.specs:
-                self.broker.client.zrem(keys.model_workers_key(spec.model), self.worker_name)
-            self.broker.client.delete(keys.worker_key(self.worker_name))
+                self.home.zrem(keys.model_workers_key(spec.model), self.worker_name)
+            self.home.delete(keys.worker_key(self.worker_name))
         except CONNECTION_ERRORS:
             pass
 
@@ -146,13 +149,10 @@ class Housekeeping:
 
     def measure_depths(self) -> bool:
         """Report each queue's depth; True if any served model's spec is missing from Redis."""
-        pipe = self.broker.client.pipeline(transaction=False)
         for spec in self.specs:
-            pipe.exists(keys.model_spec_key(spec.model))
-            for key in keys.queue_keys(keys.queue_name(spec.model)):
-                pipe.llen(key)
-        replies = pipe.execute()
-        stride = 1 + len(keys.PRIORITIES)
-        for i, spec in enumerate(self.specs):
-            self.hooks.on_queue_depth(spec.model, sum(replies[i * stride + 1 : (i + 1) * stride]))
-        return not all(replies[i * stride] for i in range(len(self.specs)))
+            self.hooks.on_queue_depth(spec.model, self.broker.depth(keys.queue_name(spec.model)))
+        if not self.specs:
+            return False
+        return int(self.home.exists(*(keys.model_spec_key(s.model) for s in self.specs))) < len(
+            self.specs
+        )

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from inferq.shared.logs import get_logger
 from inferq.shared.redisconn import CONNECTION_ERRORS
-from inferq.worker.broker import Broker
+from inferq.worker.broker import QueueBroker
 
 log = get_logger(__name__)
 
@@ -44,7 +44,7 @@ class InHand:
                 self._cond.wait(timeout)
 
 
-def give_back(broker: Broker, in_hand: InHand, tags: Sequence[str]) -> None:
+def give_back(broker: QueueBroker, in_hand: InHand, tags: Sequence[str]) -> None:
     """Put held, unstarted messages back on their queues now, and stop counting them. If Redis
     cannot take them now, they stay unacked and come back after the visibility timeout."""
     if not tags:

@@ -38,7 +38,6 @@ from inferq.shared.redisconn import make_client
 from inferq.shared.registry import Registry
 from inferq.shared.settings import Settings
 from inferq.shared.spec import InputSpec
-from inferq.worker.broker import Broker
 from inferq.worker.checks import check_settings, for_device
 from inferq.worker.device_loops import DeviceLoops
 from inferq.worker.fetcher import Fetcher
@@ -47,7 +46,8 @@ from inferq.worker.health import Health
 from inferq.worker.hooks import Hooks
 from inferq.worker.housekeeping import Housekeeping
 from inferq.worker.loader import HandlerLoader, VersionLoader
-from inferq.worker.preflight import preflight
+from inferq.worker.placed import make_broker, where_served
+from inferq.worker.preflight import check_broker, preflight
 from inferq.worker.repository import ModelRepository, ModelVersion
 from inferq.worker.runner import Runner
 from inferq.worker.served import FetchLoop, Served
@@ -87,18 +87,10 @@ class InferenceService:
         self._threads: list[threading.Thread] = []
         self._writer_thread: threading.Thread | None = None
         self._versions_thread: threading.Thread | None = None
-        self.client: redis.Redis = make_client(settings.broker_url)
-        results = (
-            self.client
-            if settings.result_backend == settings.broker_url
-            else make_client(settings.result_backend)
-        )
-        self.broker = Broker(
-            self.client,
-            results,
-            settings.result_ttl_s,
-            make_client(settings.broker_url, retries=0, large_values=True),
-        )
+        self.client: redis.Redis = make_client(settings.broker_url)  # the home Redis
+        # The models' placement, once: the home Redis, another one, or a cluster's shards.
+        self.where = where_served(self.client, settings, self.model_names)
+        self.broker = make_broker(self.client, settings, self.model_names, self.where)
         self.writer = ResultWriter(self.broker, self.hooks)
         self._loader = VersionLoader(
             handler_loader, self.device, self.worker_name, self.hooks, settings.prefetch_batches
@@ -117,6 +109,7 @@ class InferenceService:
         self.housekeeping = Housekeeping(
             self.broker, settings, self.hooks, self.worker_name, self.device, ()
         )
+        self.housekeeping.home = self.client
         self.registry = Registry(self.client, actor=self.worker_name)
         self.repository = ModelRepository(settings.model_repository)
         self.versions = VersionManager(self, self.registry, self.repository, settings)
@@ -130,6 +123,8 @@ class InferenceService:
         # fetcher. A shorter interval keeps the device fed.
         sys.setswitchinterval(self.settings.switch_interval_s)
         preflight(self.settings.broker_url, str(self.device))  # before any model loads
+        if self.where.broker_url != self.settings.broker_url and not self.where.cluster:
+            check_broker(self.where.broker_url)
         self.health.expect(self.model_names)
         initial = initial_versions(self.registry, self.repository, self.model_names)
         models = for_device(initial, self.device)

@@ -21,7 +21,7 @@ import structlog
 from inferq.shared.errors import ModelError
 from inferq.shared.logs import bound
 from inferq.shared.results import failure_meta, now_iso, success_meta
-from inferq.worker.broker import Broker, Write, until_redis_takes
+from inferq.worker.broker import QueueBroker, Write, until_redis_takes
 from inferq.worker.hooks import Hook
 from inferq.worker.inhand import InHand
 
@@ -70,7 +70,7 @@ class ResultWriter:
     """``put`` from any thread; ``run`` on the writer's own thread until ``close``, after which
     it writes everything put before and returns."""
 
-    def __init__(self, broker: Broker, hooks: Hook) -> None:
+    def __init__(self, broker: QueueBroker, hooks: Hook) -> None:
         self.broker = broker
         self.hooks = hooks
         self._jobs: Queue[WriteJob | None] = Queue()

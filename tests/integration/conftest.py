@@ -8,6 +8,7 @@ import pytest
 import redis
 
 from inferq.shared.redisconn import make_client
+from inferq.worker.tools.localcluster import LocalCluster, cluster_support
 from inferq.worker.tools.localredis import LocalRedis
 
 
@@ -21,3 +22,25 @@ def local_redis() -> Iterator[LocalRedis]:
 @pytest.fixture
 def redis_client(local_redis: LocalRedis) -> redis.Redis:
     return make_client(local_redis.url)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_session() -> Iterator[LocalCluster]:
+    """A local 3-master Redis Cluster (AOF on), started once per session."""
+    missing = cluster_support()
+    if missing is not None:
+        pytest.skip(f"a local Redis Cluster cannot start here: {missing}")
+    cluster = LocalCluster().start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def redis_cluster(redis_cluster_session: LocalCluster) -> LocalCluster:
+    """The session's cluster, all up and emptied for this test."""
+    for node in redis_cluster_session.nodes:
+        if node.process is None or node.process.poll() is not None:
+            node.start()
+    redis_cluster_session.wait_ok()
+    redis_cluster_session.flush()
+    return redis_cluster_session

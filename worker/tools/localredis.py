@@ -96,6 +96,8 @@ class LocalRedis:
     extra: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = None
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="inferq-redis-")))
+    #: More redis-server arguments (a cluster node's, in worker/tools/localcluster.py).
+    extra_args: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -127,6 +129,7 @@ class LocalRedis:
             args += ["--appendonly", "yes", "--appendfsync", self.appendfsync]
         if self.password:
             args += ["--requirepass", self.password]
+        args += self.extra_args
         if self.tls_dir is not None:
             args[args.index("--port") + 1] = "0"
             args += [
