@@ -157,3 +157,15 @@ def test_segmentation_refuses_logits_without_classes_and_height() -> None:
 def test_the_factory_picks_the_configured_kind() -> None:
     assert isinstance(make_postprocessor(_config("detection")), Detect)
     assert isinstance(make_postprocessor(_config("segmentation")), Segment)
+
+
+def test_segmentation_labels_are_the_first_maximum_like_argmax() -> None:
+    logits = torch.randn(3, 5, 6, 7)
+    logits[0, :, 0, 0] = 0.0  # a tie everywhere: class 0
+    logits[1, 2:4, 1, 1] = 9.0  # a tie between 2 and 3: class 2
+    config = _config("segmentation", shape=(3, 6, 7))
+    masks = Segment(config)(logits, _requests(None, None, None))
+    want = logits.argmax(dim=1).numpy()
+    for mask, expected in zip(masks, want, strict=True):
+        np.testing.assert_array_equal(mask, expected)
+    assert masks[0][0, 0] == 0 and masks[1][1, 1] == 2
