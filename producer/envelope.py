@@ -41,9 +41,15 @@ def iso_after(value: Any, now: datetime, what: str) -> str | None:
     raise InferqError(f"{what} must be seconds, a datetime or an ISO 8601 string, got {value!r}")
 
 
+def _argsrepr(spec: InputSpec) -> str:
+    if spec.inputs:
+        return f"({{{', '.join(f'{i.name!r}: <{i.describe()}>' for i in spec.inputs if i.sent)}}},)"
+    return f"(<{_ARG_KIND[spec.wire]} {spec.dtype}{list(spec.shape)}>,)"
+
+
 def task_envelope(
     task_id: str,
-    payload: bytes,
+    payload: bytes | dict[str, bytes],
     kwargs: dict[str, Any],
     spec: InputSpec,
     priority: int,
@@ -70,7 +76,7 @@ def task_envelope(
         "timelimit": [None, None],
         "root_id": task_id,
         "parent_id": None,
-        "argsrepr": f"(<{_ARG_KIND[spec.wire]} {spec.dtype}{list(spec.shape)}>,)",
+        "argsrepr": _argsrepr(spec),
         "kwargsrepr": f"{{'model': {spec.model!r}}}",
         "origin": ORIGIN,
         "ignore_result": False,

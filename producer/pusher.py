@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError
 
 from inferq.shared import keys
 from inferq.shared.errors import BrokerUnavailable, QueueFull
 from inferq.shared.lua import LuaScript, execute_with_scripts
-from inferq.shared.redisconn import CONNECTION_ERRORS, as_text
+from inferq.shared.redisconn import CONNECTION_ERRORS, as_text, raw_pipeline
 
 # Push messages only if the queue (all its priority lists) stays within its limit.
 # KEYS: every priority list of the queue, the epoch key, this call's reply key.
@@ -167,7 +167,7 @@ class Pusher:
 
     def _execute(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         try:
-            replies = _raw_pipeline(self.client, commands)
+            replies = raw_pipeline(self.client, commands)
         except CONNECTION_ERRORS:
             return self._execute_with_retries(commands)
         if any(isinstance(r, NoScriptError) for r in replies):
@@ -182,26 +182,6 @@ class Pusher:
         for command in commands:
             pipe.execute_command(*command)
         return execute_with_scripts(pipe, self.client, [PUSH])
-
-
-def _raw_pipeline(client: redis.Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
-    pool = client.connection_pool
-    conn = pool.get_connection()
-    try:
-        conn.send_packed_command(conn.pack_commands(commands))
-        return [_read(conn) for _ in commands]
-    except CONNECTION_ERRORS:
-        conn.disconnect()
-        raise
-    finally:
-        pool.release(conn)
-
-
-def _read(conn: Any) -> Any:
-    try:
-        return conn.read_response()
-    except ResponseError as exc:
-        return exc
 
 
 def _script_call(group: list[Prepared], token: str) -> tuple[Any, ...]:

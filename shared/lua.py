@@ -23,6 +23,23 @@ class LuaScript:
             client.script_load(self.source)
             return client.evalsha(self.sha, len(keys), *keys, *args)
 
+    def command(self, keys: Sequence[Any], args: Sequence[Any]) -> tuple[Any, ...]:
+        """The call as a command for ``shared/redisconn.py``'s ``raw_pipeline``."""
+        return ("EVALSHA", self.sha, len(keys), *keys, *args)
+
+    def call_raw(self, client: redis.Redis, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        """``self(client, keys, args)`` through ``raw_pipeline``: no redis-py machinery, and no
+        retry on a dropped connection (for callers that retry themselves)."""
+        from inferq.shared.redisconn import raw_pipeline
+
+        (reply,) = raw_pipeline(client, [self.command(keys, args)])
+        if isinstance(reply, NoScriptError):  # a restarted Redis: the script did not run
+            client.script_load(self.source)
+            (reply,) = raw_pipeline(client, [self.command(keys, args)])
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
     def queue(self, pipe: Any, keys: Sequence[Any], args: Sequence[Any]) -> None:
         """Add a call to ``pipe``; run the pipe with :func:`execute_with_scripts`."""
         # As a plain command: a cluster pipeline refuses ``evalsha`` by name, not EVALSHA itself.

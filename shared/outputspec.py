@@ -29,6 +29,7 @@ OUTPUT_KEYS: dict[str, tuple[str, ...]] = {
         "rows",
         "batch_index",
         "batch_column",
+        "follows",
         "detection",
         "segmentation",
     ),
@@ -68,6 +69,9 @@ class Output:
     #: that output is 2-D (the column is dropped from the request's rows).
     batch_index: str = ""
     batch_column: int = 0
+    #: An input whose variable dimension the outputs follow: each request's output rows are cut
+    #: back to that input's length (``worker/padding.py``).
+    follows: str = ""
     detection: Detection = field(default_factory=Detection)
     segmentation: Segmentation = field(default_factory=Segmentation)
 
@@ -98,6 +102,7 @@ def parse_output(out: dict[str, Any]) -> Output:
         rows=choice(out.get("rows", "dense"), ROW_LAYOUTS, "output.rows"),
         batch_index=string(out.get("batch_index", ""), "output.batch_index"),
         batch_column=integer(out.get("batch_column", 0), "output.batch_column"),
+        follows=string(out.get("follows", ""), "output.follows"),
         detection=_detection(_table(out, "detection")),
         segmentation=Segmentation(
             string(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import redis
@@ -13,6 +14,7 @@ from redis.connection import (
     PythonRespSerializer,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
@@ -85,6 +87,54 @@ class _LargeValuePacker:
                 parts += (value, b"\r\n")
         out.append(b"".join(parts))
         return out
+
+
+def raw_pipeline(client: Any, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    """``commands`` written, and their replies read, on one pooled connection of ``client``
+    without redis-py's per-command machinery (response callbacks, retry wrappers, the pipeline's
+    bookkeeping), which costs more than the round trip itself on the hot paths. An error reply
+    comes back as its exception, in its place; a connection error raises (the connection is
+    dropped). Replies are as Redis sent them (bytes, ints, lists). A cluster client routes each
+    command itself: its pipeline is used."""
+    if not isinstance(client, redis.Redis):
+        pipe = client.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        return list(pipe.execute(raise_on_error=False))
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    try:
+        conn.send_packed_command(conn.pack_commands(commands))
+        return [_read(conn) for _ in commands]
+    except CONNECTION_ERRORS:
+        conn.disconnect()
+        raise
+    finally:
+        pool.release(conn)
+
+
+def raw_transaction(client: Any, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    """``commands`` in one MULTI/EXEC through :func:`raw_pipeline`; their replies, or the first
+    error (a command Redis refused to queue, such as a write over ``maxmemory``, or one that
+    failed inside the transaction) raised."""
+    if not isinstance(client, redis.Redis):
+        pipe = client.pipeline(transaction=True)
+        for command in commands:
+            pipe.execute_command(*command)
+        return list(pipe.execute())
+    replies = raw_pipeline(client, [("MULTI",), *commands, ("EXEC",)])
+    done = replies[-1]
+    for reply in [*replies[:-1], *(done if isinstance(done, list) else [done])]:
+        if isinstance(reply, Exception):
+            raise reply
+    return list(done)
+
+
+def _read(conn: Any) -> Any:
+    try:
+        return conn.read_response()
+    except ResponseError as exc:
+        return exc
 
 
 def as_text(value: bytes | str) -> str:

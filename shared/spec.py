@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from inferq.shared.errors import ConfigError
+from inferq.shared.inputs import TensorInput, check_follows, check_tensor_modes, declared_inputs
 from inferq.shared.outputspec import (
     OUTPUT_KEYS,
     HandlerRef,
@@ -67,9 +68,14 @@ class InputSpec:
     geometry: bool = False
     wire: str = "raw"
     jpeg_quality: int = DEFAULT_JPEG_QUALITY
+    #: Named tensor inputs ([[inputs]]); empty for the image form ([input]), which ``shape``,
+    #: ``dtype``, ``color`` and ``resize`` describe.
+    inputs: tuple[TensorInput, ...] = ()
 
     @property
     def nbytes(self) -> int:
+        if self.inputs:  # the most a request carries: every sent input at its maximum
+            return sum(math.prod(i.shape) * i.np_dtype.itemsize for i in self.inputs if i.sent)
         itemsize = {"uint8": 1, "float16": 2, "float32": 4}[self.dtype]
         return math.prod(self.shape) * itemsize
 
@@ -77,12 +83,15 @@ class InputSpec:
         data = asdict(self)
         if not self.geometry:  # a spec without it reads as it always has, for older producers
             del data["geometry"]
+        if not self.inputs:  # an image model's spec reads as it always has, for older producers
+            del data["inputs"]
         return json.dumps(data)
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> InputSpec:
         data = json.loads(raw)
         data["shape"] = tuple(data["shape"])
+        data["inputs"] = tuple(TensorInput.from_dict(i) for i in data.get("inputs", ()))
         # Keys a newer worker publishes and this version does not know are left out, so that a
         # producer keeps working beside workers of a later release.
         known = {f.name for f in fields(cls)}
@@ -168,6 +177,8 @@ class ModelConfig:
     # Run threads computing this model's batches side by side (Triton's instance_group count).
     instances: int = 1
     handler: HandlerRef | None = None
+    #: [[inputs]]: named tensor inputs instead of the one image (``shape`` is then empty).
+    inputs: tuple[TensorInput, ...] = ()
 
     def input_spec(self, version: int) -> InputSpec:
         return InputSpec(
@@ -182,6 +193,7 @@ class ModelConfig:
             geometry=self.output.needs_geometry or self.handler is not None,
             wire=self.wire,
             jpeg_quality=self.jpeg_quality,
+            inputs=self.inputs,
         )
 
     @classmethod
@@ -209,7 +221,7 @@ SECTIONS = (
 
 #: The keys each table may hold ("" is the top level): anything else is a typo, refused.
 KNOWN_KEYS: dict[str, tuple[str, ...]] = {
-    "": ("platform", "description", *SECTIONS),
+    "": ("platform", "description", "inputs", *SECTIONS),
     "input": ("shape", "dtype", "color", "wire", "jpeg_quality"),
     "preprocess": ("resize", "mean", "std", "scale"),
     "output": OUTPUT_KEYS["output"],
@@ -242,8 +254,9 @@ def _parse(name: str, data: dict[str, Any]) -> ModelConfig:
     inp, pre, out, bat, prec, inst, opt, val, roll, hand = (
         section(data, s, KNOWN_KEYS) for s in SECTIONS
     )
-    shape, color = _input(inp)
-    dtype = choice(inp.get("dtype", "uint8"), WIRE_DTYPES, "input.dtype")
+    tensors = declared_inputs(data, pre)
+    shape, color = _input(inp) if not tensors else ((), "RGB")
+    dtype = choice(inp.get("dtype", "uint8"), WIRE_DTYPES, "input.dtype") if shape else ""
     wire, quality = _wire(inp, dtype)
     config = ModelConfig(
         name=name,
@@ -255,7 +268,7 @@ def _parse(name: str, data: dict[str, Any]) -> ModelConfig:
         wire=wire,
         jpeg_quality=quality,
         description=string(data.get("description", ""), "description"),
-        preprocess=_preprocess(pre, channels=shape[0]),
+        preprocess=_preprocess(pre, channels=shape[0]) if shape else Preprocess(),
         output=parse_output(out),
         batching=_batching(bat),
         precision=_precision(prec),
@@ -264,6 +277,7 @@ def _parse(name: str, data: dict[str, Any]) -> ModelConfig:
         validation=Validation(share(val.get("min_agreement", 0.99), "validation.min_agreement")),
         rollout=_rollout(roll),
         handler=parse_handler(hand),
+        inputs=tensors,
     )
     _check_modes(config)
     return config
@@ -390,6 +404,9 @@ def _check_modes(c: ModelConfig) -> None:
             'optimize.batch_buckets pads batches with rows of its own: output.rows = "batch_index" '
             "would give them rows, set one or the other"
         )
+    check_follows(c.output.follows, c.inputs)
+    if c.inputs:
+        check_tensor_modes(c.output, o.batch_buckets, o.compile, o.cuda_graphs)
     if o.batch_buckets and o.batch_buckets[-1] < max_batch:
         raise ConfigError(
             f"optimize.batch_buckets must reach batching.max_batch_size ({max_batch}) so every "

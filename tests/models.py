@@ -255,6 +255,101 @@ def write_vision_model(
     torch.jit.save(torch.jit.script(MODULES[kind]().eval()), str(path))
     record_sha256(path)
     (root / name / "config.toml").write_text(vision_config_text(postprocess, resize, handler))
+
+
+# -- named tensor inputs ([[inputs]]) --------------------------------------------------------------
+
+VOCAB = 100
+POISON_ID = 99  # a request holding this token id makes Tokens raise
+MAX_TOKENS = 16
+
+
+def token_table() -> torch.Tensor:
+    """Small integers as floats: every sum of them is exact, so a padded batch must give the
+    very bits each request gives alone (and token 0, the pad value, is not a zero row)."""
+    return (torch.arange(VOCAB * 4).reshape(VOCAB, 4) % 7 - 3).float()
+
+
+class Tokens(nn.Module):
+    """forward(input_ids int64 [B, L], flags bool [B, 4], attention_mask int64 [B, L]) -> [B, 4]:
+    the masked sum of the tokens' rows plus 10 per set flag."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = nn.Parameter(token_table(), requires_grad=False)
+
+    def forward(
+        self, input_ids: torch.Tensor, flags: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        if bool((input_ids == 99).any()):  # POISON_ID (TorchScript reads no globals)
+            raise RuntimeError("poisoned token")
+        rows = self.table[input_ids] * attention_mask.unsqueeze(-1).float()
+        return rows.sum(1) + flags.float() * 10.0
+
+
+class Tagger(nn.Module):
+    """forward(input_ids [B, L], attention_mask bool [B, L]) -> [B, L, 4]: one row per token,
+    zero in the padding (the runner cuts each request's rows back to its length)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = nn.Parameter(token_table(), requires_grad=False)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.table[input_ids] * attention_mask.unsqueeze(-1).float()
+
+
+TENSOR_MODULES: dict[str, type[nn.Module]] = {"tokens": Tokens, "tagger": Tagger}
+
+TENSOR_CONFIGS = {
+    "tokens": f"""
+        [[inputs]]
+        name = "input_ids"
+        dtype = "int64"
+        shape = [{MAX_TOKENS}]
+        variable = 0
+        pad_value = 0
+        [[inputs]]
+        name = "flags"
+        dtype = "bool"
+        shape = [4]
+        [[inputs]]
+        name = "attention_mask"
+        dtype = "int64"
+        mask_of = "input_ids"
+        [output]
+        postprocess = "raw"
+        """,
+    "tagger": f"""
+        [[inputs]]
+        name = "input_ids"
+        dtype = "int64"
+        shape = [{MAX_TOKENS}]
+        variable = 0
+        buckets = [4, 8]
+        [[inputs]]
+        name = "attention_mask"
+        dtype = "bool"
+        mask_of = "input_ids"
+        [output]
+        postprocess = "raw"
+        follows = "input_ids"
+        """,
+}
+
+
+def write_tensor_model(
+    root: Path, name: str, kind: str = "tokens", max_batch_size: int = 16, max_wait_ms: float = 20.0
+) -> Path:
+    """Script ``TENSOR_MODULES[kind]`` with its [[inputs]] config into ``root/name/1``."""
+    version_dir = root / name / "1"
+    version_dir.mkdir(parents=True, exist_ok=True)
+    path = version_dir / "model.pt"
+    torch.jit.save(torch.jit.script(TENSOR_MODULES[kind]().eval()), str(path))
+    record_sha256(path)
+    batching = f"[batching]\nmax_batch_size = {max_batch_size}\nmax_wait_ms = {max_wait_ms}\n"
+    text = 'platform = "torchscript"\n' + textwrap.dedent(TENSOR_CONFIGS[kind]) + batching
+    (root / name / "config.toml").write_text(text)
     return path
 
 
@@ -267,4 +362,6 @@ def build_test_repo(root: Path) -> Path:
     write_model(root, "floaty", "tiny", dtype="float32", scale=1.0)
     write_model(root, "twin", "tiny", instances=2)
     write_onnx_model(root, "tiny-onnx")
+    for kind in TENSOR_MODULES:
+        write_tensor_model(root, kind, kind)
     return root

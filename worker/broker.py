@@ -28,7 +28,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 import redis
@@ -38,7 +38,7 @@ from inferq.shared import keys
 from inferq.shared.cluster import STANDALONE, Book
 from inferq.shared.logs import get_logger
 from inferq.shared.lua import execute_with_scripts
-from inferq.shared.redisconn import as_text
+from inferq.shared.redisconn import as_text, raw_pipeline, raw_transaction
 from inferq.worker.broker_scripts import (
     HOLD,
     PROMOTE,
@@ -48,18 +48,15 @@ from inferq.worker.broker_scripts import (
     STORE_AND_ACK,
     STORE_CHUNK,
 )
-from inferq.worker.delivery import read_redelivery, sniff_delivery
+from inferq.worker.delivery import Delivery, read_redelivery, sniff_delivery
 
 log = get_logger(__name__)
 
 _DEFAULT_LIST = keys.priority_list_index(keys.DEFAULT_PRIORITY)
 
 
-@dataclass(frozen=True)
-class Fetched:
-    tag: str
-    raw: bytes
-    unacked: bytes  # kombu's unacked entry for it: [message, exchange, routing_key]
+#: A fetched message: its delivery tag, the envelope, and kombu's unacked entry for it.
+Fetched = Delivery
 
 
 @dataclass(frozen=True)
@@ -73,9 +70,9 @@ class Taken:
     dead: tuple[bytes, ...]
 
 
-@dataclass(frozen=True)
-class Write:
-    """One result to store (``meta`` None: nothing to store, only the ack)."""
+class Write(NamedTuple):
+    """One result to store (``meta`` None: nothing to store, only the ack). A named tuple: one
+    is made per request on the writer thread (see ``Outcome``)."""
 
     tag: str
     task_id: str | None
@@ -147,19 +144,33 @@ class Broker:
         """Record a hold's messages in kombu's unacked bookkeeping and drop the hold, in one
         transaction. Safe to repeat (after a lost reply, or while Redis refuses writes); a
         worker must not start on the messages before this returns."""
-        pipe = self.fetch_client.pipeline(transaction=True)
+        commands: list[tuple[Any, ...]] = []
         if taken.fetched:
-            pipe.hset(self.book.unacked, mapping={f.tag: f.unacked for f in taken.fetched})
-            pipe.zadd(
-                self.book.unacked_index, dict.fromkeys((f.tag for f in taken.fetched), time.time())
-            )
+            # The score as text: hiredis turns each float into text again, 1 us a member.
+            now = repr(time.time())
+            commands += [
+                (
+                    "HSET",
+                    self.book.unacked,
+                    *[x for f in taken.fetched for x in (f.tag, f.unacked)],
+                ),
+                (
+                    "ZADD",
+                    self.book.unacked_index,
+                    *[x for f in taken.fetched for x in (now, f.tag)],
+                ),
+            ]
         if taken.dead:  # not kombu envelopes: set aside, never retried forever
-            pipe.lpush(self.book.dead_letter, *taken.dead)
-            pipe.ltrim(self.book.dead_letter, 0, keys.DEAD_LETTER_MAX - 1)
+            commands += [
+                ("LPUSH", self.book.dead_letter, *taken.dead),
+                ("LTRIM", self.book.dead_letter, 0, keys.DEAD_LETTER_MAX - 1),
+            ]
         held = keys.hold_lists(taken.hold)
-        pipe.delete(*(held[i] for i, n in enumerate(taken.counts) if n))
-        pipe.zrem(self.book.holding, keys.holding_member(taken.hold, taken.queue))
-        pipe.execute()
+        commands += [
+            ("DEL", *(held[i] for i, n in enumerate(taken.counts) if n)),
+            ("ZREM", self.book.holding, keys.holding_member(taken.hold, taken.queue)),
+        ]
+        raw_transaction(self.fetch_client, commands)
 
     def _hold(
         self, lists: Sequence[str], hold: str, queue: str, count: int
@@ -168,11 +179,11 @@ class Broker:
         trip, and a second only when other priorities had messages too."""
         held = keys.hold_lists(hold)
         args = [count, repr(time.time()), keys.holding_member(hold, queue)]
+        script = HOLD.command([*lists, *held, self.book.holding], args)
         for attempt in (1, 2):
-            pipe = self.fetch_client.pipeline(transaction=False)
-            HOLD.queue(pipe, [*lists, *held, self.book.holding], args)
-            pipe.lrange(held[_DEFAULT_LIST], 0, -1)
-            counts, default = pipe.execute(raise_on_error=False)
+            counts, default = raw_pipeline(
+                self.fetch_client, [script, ("LRANGE", held[_DEFAULT_LIST], 0, -1)]
+            )
             if isinstance(counts, NoScriptError) and attempt == 1:
                 # A restarted Redis lost its scripts; the script did not run, nothing was taken.
                 self.fetch_client.script_load(HOLD.source)
@@ -191,10 +202,11 @@ class Broker:
         read: dict[int, list[bytes]] = {_DEFAULT_LIST: default}
         if others:
             held = keys.hold_lists(hold)
-            pipe = self.fetch_client.pipeline(transaction=False)
-            for i in others:
-                pipe.lrange(held[i], 0, -1)
-            read.update(zip(others, pipe.execute(), strict=True))
+            lists = raw_pipeline(self.fetch_client, [("LRANGE", held[i], 0, -1) for i in others])
+            for i, part in zip(others, lists, strict=True):
+                if isinstance(part, Exception):
+                    raise part
+                read[i] = part
         return [read.get(i, []) for i in range(len(counts))]
 
     def wait(self, queue: str, timeout_s: float) -> bool:
@@ -226,13 +238,16 @@ class Broker:
                 results += (keys.RESULT_PREFIX + w.task_id, w.meta)
         tags = [w.tag for w in writes]
         unacked = [self.book.unacked, self.book.unacked_index]
+        # Without redis-py's retries: the writer repeats the whole call until Redis takes it.
         if self._same:
-            STORE_AND_ACK(
+            STORE_AND_ACK.call_raw(
                 self.client, unacked, [self.result_ttl_s, len(results) // 2, *results, *tags]
             )
             return
-        STORE_AND_ACK(self.results, unacked, [self.result_ttl_s, len(results) // 2, *results])
-        STORE_AND_ACK(self.client, unacked, [self.result_ttl_s, 0, *tags])
+        STORE_AND_ACK.call_raw(
+            self.results, unacked, [self.result_ttl_s, len(results) // 2, *results]
+        )
+        STORE_AND_ACK.call_raw(self.client, unacked, [self.result_ttl_s, 0, *tags])
 
     def schedule(self, tag: str, eta: float, queue: str, priority: int, raw: bytes) -> bool:
         """Park a message until ``eta`` (seconds since the epoch); False if no longer held."""
@@ -356,5 +371,5 @@ def _sort_out(held: Sequence[Sequence[bytes]], queue: str) -> tuple[list[Fetched
             if delivery is None:
                 dead.append(raw)
             else:
-                fetched.append(Fetched(delivery.tag, raw, delivery.unacked))
+                fetched.append(delivery)
     return fetched, dead

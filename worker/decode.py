@@ -31,6 +31,7 @@ from inferq.shared.logs import get_logger
 from inferq.shared.wire import EncodedImage, check_header, decode_image
 from inferq.worker.collate import Collator, Staged
 from inferq.worker.intake import InferenceRequest
+from inferq.worker.tensor_inputs import StagedTensors
 
 log = get_logger(__name__)
 
@@ -53,7 +54,7 @@ class DecodedBatch:
     """The decoded requests, in batch order, staged as one batch; and those that failed."""
 
     live: list[InferenceRequest]
-    staged: Staged | None  # None: nothing decoded
+    staged: Staged | StagedTensors | None  # None: nothing decoded; an [[inputs]] model's tensors
     failed: list[Undecodable]
 
 

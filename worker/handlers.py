@@ -22,7 +22,7 @@ from inferq.worker.repository import ModelVersion, verify
 class ModelHandler(Protocol):
     def setup(self, device: torch.device, channels_last: bool) -> None: ...
 
-    def predict(self, batch: torch.Tensor) -> torch.Tensor: ...
+    def predict(self, *batch: torch.Tensor) -> torch.Tensor: ...
 
 
 class ModuleHandler:
@@ -36,8 +36,8 @@ class ModuleHandler:
         if channels_last:
             self.module = self.module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
-    def predict(self, batch: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.module(batch)
+    def predict(self, *batch: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.module(*batch)
         return out
 
 
@@ -75,8 +75,8 @@ class AotiHandler:
         self.runner: Any = aoti_load_package(str(self.path), device_index=index or 0)
         self.device = device
 
-    def predict(self, batch: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.runner(batch)
+    def predict(self, *batch: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.runner(*batch)
         return out
 
 
@@ -95,14 +95,15 @@ class OnnxHandler:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(self.path), options, providers=providers)
-        self.input_name = self.session.get_inputs()[0].name
+        self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.device = device
 
-    def predict(self, batch: torch.Tensor) -> Any:
-        """One output: its tensor; several: ``{output name: tensor}`` (``worker/outputs.py``)."""
-        host = batch.detach().float().contiguous().cpu().numpy()
-        outs = self.session.run(None, {self.input_name: host})
+    def predict(self, *batch: torch.Tensor) -> Any:
+        """One output: its tensor; several: ``{output name: tensor}`` (``worker/outputs.py``).
+        An image arrives normalised (float32); named tensors keep their declared dtypes."""
+        host = [b.detach().contiguous().cpu().numpy() for b in batch]
+        outs = self.session.run(None, dict(zip(self.input_names, host, strict=True)))
         if len(outs) == 1:
             return torch.from_numpy(outs[0]).to(self.device)
         return {

@@ -185,20 +185,18 @@ class MetricsHook(Hook):
         store_s: float,
     ) -> None:
         counts: Counter[str] = Counter(r.error.reason for r in rejections)
-        latency: list[float] = []
-        queue_wait: list[float] = []
-        for o in outcomes:
-            if o.value is None:
-                counts[o.error.reason if o.error else "error"] += 1
-                continue
-            timing = o.value["timing"]
-            latency.append(timing["total_ms"])
-            queue_wait.append(timing["queue_ms"])
-        if latency:
-            counts["success"] += len(latency)
+        # Comprehensions, not one loop appending to two lists: this runs for every request.
+        timings = [o.value["timing"] for o in outcomes if o.value is not None]
+        if len(timings) < len(outcomes):
+            counts.update(
+                o.error.reason if o.error else "error" for o in outcomes if o.value is None
+            )
+        if timings:
+            counts["success"] += len(timings)
             labels = (model, str(version))
-            self.m.latency.observe_many(labels, np.array(latency) / 1e3)
-            self.m.queue_wait.observe_many(labels, np.array(queue_wait) / 1e3)
+            latency = np.array([t["total_ms"] for t in timings])
+            self.m.latency.observe_many(labels, latency / 1e3)
+            self.m.queue_wait.observe_many(labels, np.array([t["queue_ms"] for t in timings]) / 1e3)
         for outcome, n in counts.items():
             self._child(self.m.requests, model, str(version), outcome).inc(n)
         if redelivered := sum(o.request.redelivered for o in outcomes):

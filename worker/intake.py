@@ -26,6 +26,7 @@ import pybase64
 from inferq.shared import codec, keys
 from inferq.shared.errors import InferqError, InvalidInput, ModelUnavailable, PayloadTooLarge
 from inferq.shared.geometry import Geometry
+from inferq.shared.inputs import decode_request
 from inferq.shared.spec import InputSpec
 from inferq.shared.trace import TraceContext
 from inferq.shared.wire import EncodedImage, format_of
@@ -53,6 +54,8 @@ class InferenceRequest:
     redelivered: bool = False
     trace: TraceContext | None = None  # W3C trace context from the message headers
     geometry: Geometry | None = None  # how the producer resized the original (None: it did not say)
+    #: An [[inputs]] model's sent inputs in declared order (``array`` is the first of them).
+    tensors: tuple[np.ndarray, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -158,7 +161,12 @@ def _decode(
     props = _table(envelope.get("properties"), "properties")
     args, kwargs = _load_body(envelope, props, max_bytes)
     _check_target(kwargs, spec)
-    array = _decode_tensor(args, kwargs, spec, max_bytes)
+    array: np.ndarray | EncodedImage
+    if spec.inputs:
+        tensors = decode_request(_first(args, kwargs), spec.inputs, spec.model, max_bytes)
+        array = tensors[0]
+    else:
+        tensors, array = (), _decode_tensor(args, kwargs, spec, max_bytes)
     if wall is None:
         wall = time.time()
     submitted = _float(kwargs.get("submitted_at"), wall)
@@ -185,6 +193,7 @@ def _decode(
         bool(redelivered),
         TraceContext.from_headers(headers),
         None if geometry is None else Geometry.from_wire(geometry),
+        tensors,
     )
 
 
@@ -268,6 +277,10 @@ def _check_target(kwargs: dict[str, Any], spec: InputSpec) -> None:
         raise ModelUnavailable(
             f"model {spec.model!r} version must be one this worker serves ({spec.version}), got {version!r}"
         )
+
+
+def _first(args: list[Any], kwargs: dict[str, Any]) -> Any:
+    return args[0] if args else kwargs.get("tensor")
 
 
 def _decode_tensor(

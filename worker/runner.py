@@ -14,35 +14,45 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
-from inferq.shared.errors import DeadlineExceeded, InferqError, ModelError, WorkerCrashed
+from inferq.shared.errors import (
+    ConfigError,
+    DeadlineExceeded,
+    InferqError,
+    ModelError,
+    WorkerCrashed,
+)
 from inferq.shared.logs import get_logger
 from inferq.shared.results import InferenceResult, Timing
 from inferq.shared.spec import ModelConfig
 from inferq.worker.batchcap import BatchCap, DeviceFailure, is_fatal_device_error, is_oom
 from inferq.worker.collate import Collator, Staged
 from inferq.worker.custom import HandlerHooks, HookFailed, load_hooks
-from inferq.worker.decode import make_decoder, stage_decoded
+from inferq.worker.decode import DecodedBatch, make_decoder, stage_decoded
 from inferq.worker.fused import fuse
 from inferq.worker.handlers import ModelHandler
 from inferq.worker.intake import InferenceRequest
 from inferq.worker.outputs import Chunk, OutputLayout
 from inferq.worker.postprocess import BatchPostprocess
+from inferq.worker.tensor_inputs import StagedTensors, TensorBatch, TensorSide, zero_batch
 
 __all__ = ["BatchCap", "DeviceFailure", "Outcome", "Runner", "is_fatal_device_error", "is_oom"]
 
 log = get_logger(__name__)
 
 _AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
+#: A staged batch: an image model's one tensor, or an [[inputs]] model's named tensors.
+Batch = torch.Tensor | TensorBatch
 _TORCH_DTYPES = {"uint8": torch.uint8, "float16": torch.float16, "float32": torch.float32}
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """Exactly one per request: ``value`` (the result) or ``error``."""
+class Outcome(NamedTuple):
+    """Exactly one per request: ``value`` (the result) or ``error``. Immutable; a named tuple
+    rather than a frozen dataclass because one is made per request on the run thread, where a
+    frozen dataclass's ``__init__`` costs twice as much."""
 
     request: InferenceRequest
     value: InferenceResult | None = None
@@ -72,23 +82,32 @@ class Runner:
         self._clock = clock
         self._wall = wall
         self._autocast = _AUTOCAST.get(config.precision.mode)
-        channels = config.shape[0]
+        # Named tensors ([[inputs]], worker/tensor_inputs.py) take no normalisation and no image
+        # collator: what follows is built for the image form alone.
+        self._tensors = TensorSide(config, handler, device) if config.inputs else None
+        channels = config.shape[0] if config.shape else 1
         std = torch.tensor(config.preprocess.std, dtype=torch.float32)
         mean = torch.tensor(config.preprocess.mean, dtype=torch.float32)
         # x / scale - mean) / std  ==  x * a + b, one fused pass on the device
         self._a = (1.0 / (config.preprocess.scale * std)).view(1, channels, 1, 1).to(device)
         self._b = (-mean / std).view(1, channels, 1, 1).to(device)
-        self._wire_dtype = _TORCH_DTYPES[config.dtype]
+        self._wire_dtype = _TORCH_DTYPES.get(config.dtype, torch.uint8)
         self._hooks = handler_hooks or load_hooks(config.handler)
         self._preprocess = self._hooks.preprocess if self._hooks is not None else None
+        if self._preprocess is not None and self._tensors is not None:
+            raise ConfigError(
+                f"model {config.name!r}: a handler's preprocess hook takes an [input] image "
+                "batch, got an [[inputs]] model (leave preprocess out)"
+            )
         # Under AMP the fused call runs inside the same autocast context as the unfused path; a
         # preprocess hook runs between normalisation and the model, so it runs unfused.
-        fused = self._preprocess is None
+        fused = self._preprocess is None and self._tensors is None
         self._fused = (
             fuse(handler, self._a, self._b, config.precision.channels_last) if fused else None
         )
         self._layout = OutputLayout(config.output)
-        self._postprocess = BatchPostprocess(config, self._hooks)
+        lengths = self._tensors.lengths if self._tensors is not None else None
+        self._postprocess = BatchPostprocess(config, self._hooks, lengths)
         # One slot per instance computing, one waiting, one being staged.
         self.collator = Collator(
             config.shape,
@@ -114,7 +133,7 @@ class Runner:
         expired = {id(r): Outcome(r, error=_expired(r, now)) for r in batch if _late(r, now)}
         live = [r for r in batch if id(r) not in expired]
         try:
-            decoded = stage_decoded(self.decoder, self.collator, live)
+            decoded = self._stage(live)
         except Exception as exc:
             if is_fatal_device_error(exc):
                 raise DeviceFailure(str(exc)) from exc
@@ -142,14 +161,22 @@ class Runner:
 
     def execute(self, prepared: PreparedBatch) -> list[Outcome]:
         """Compute a prepared batch; one outcome per request, in order."""
-        outcomes = dict(prepared.expired)
-        if prepared.staged is not None:
-            outcomes.update(self._run_live(prepared))
-        result = [outcomes[id(r)] for r in prepared.requests]
-        assert len(result) == len(prepared.requests)
-        return result
+        computed = self._run_live(prepared) if prepared.staged is not None else []
+        if prepared.expired:  # back in batch order, among the expired
+            by_id = {**prepared.expired, **{id(o.request): o for o in computed}}
+            computed = [by_id[id(r)] for r in prepared.requests]
+        assert len(computed) == len(prepared.requests)
+        return computed
 
-    def forward(self, x: torch.Tensor) -> Chunk:
+    def _stage(self, live: list[InferenceRequest]) -> DecodedBatch:
+        """``live`` staged: an [[inputs]] model's named tensors padded (worker/tensor_inputs.py),
+        or images, decoded first when they come encoded (worker/decode.py)."""
+        if self._tensors is None:
+            return stage_decoded(self.decoder, self.collator, live)
+        staged = self._tensors.collator.stage([r.tensors for r in live]) if live else None
+        return DecodedBatch(live, staged, [])
+
+    def forward(self, x: Batch) -> Chunk:
         """The model's outputs (on the CPU) for a batch of wire tensors: validation."""
         return self._forward(x.to(self.device))
 
@@ -162,7 +189,11 @@ class Runner:
         )
         seconds: dict[int, float] = {}
         for size in sizes:
-            x = torch.zeros((size, *self.config.shape), dtype=self._wire_dtype)
+            x: Any = (
+                zero_batch(self.config.inputs, size)
+                if self.config.inputs
+                else torch.zeros((size, *self.config.shape), dtype=self._wire_dtype)
+            )
             try:
                 for _ in range(rounds):
                     start = time.perf_counter()
@@ -177,10 +208,10 @@ class Runner:
 
     # -- one batch ---------------------------------------------------------------------------
 
-    def _run_live(self, prepared: PreparedBatch) -> dict[int, Outcome]:
+    def _run_live(self, prepared: PreparedBatch) -> list[Outcome]:
         assert prepared.staged is not None
         start = self._clock()
-        chunks = self._compute(self.collator.claim(prepared.staged))
+        chunks = self._compute(self._claim(prepared.staged))
         if len(chunks) == 1 and not isinstance(chunks[0], InferqError):
             self.cap.ok()  # only a batch that ran whole counts towards raising the cap again
         computed = self._clock()
@@ -194,7 +225,13 @@ class Runner:
         )
         return self._outcomes(prepared.live, values, times)
 
-    def _compute(self, x: torch.Tensor) -> list[Chunk | InferqError]:
+    def _claim(self, staged: Staged | StagedTensors) -> Batch:
+        if isinstance(staged, StagedTensors):
+            assert self._tensors is not None
+            return self._tensors.collator.claim(staged)
+        return self.collator.claim(staged)
+
+    def _compute(self, x: Batch) -> list[Chunk | InferqError]:
         """In row order: output chunks (CPU, one per forward that succeeded) and, for each row
         that alone makes the model fail, its error."""
         try:
@@ -205,7 +242,7 @@ class Runner:
             return self._split(x, exc)
         return [out]
 
-    def _split(self, x: torch.Tensor, exc: Exception) -> list[Chunk | InferqError]:
+    def _split(self, x: Batch, exc: Exception) -> list[Chunk | InferqError]:
         n = len(x)
         if is_oom(exc):
             self.cap.shrink(n)
@@ -222,13 +259,17 @@ class Runner:
         half = n // 2
         return self._compute(x[:half]) + self._compute(x[half:])
 
-    def _forward(self, x: torch.Tensor) -> Chunk:
+    def _forward(self, x: Batch) -> Chunk:
         if self._fused is not None:
             with torch.inference_mode(), self._autocast_ctx():
                 out = self._fused(x)
+        elif isinstance(x, TensorBatch):
+            assert self._tensors is not None
+            with torch.inference_mode(), self._autocast_ctx():
+                out = self._tensors.call(x)
         else:
             out = self._unfused(x)
-        return self._layout.collect(out, x.shape[0])
+        return self._layout.collect(out, len(x))
 
     def _unfused(self, x: torch.Tensor) -> Any:
         with torch.inference_mode(), self._autocast_ctx():
@@ -249,8 +290,8 @@ class Runner:
 
     def _outcomes(
         self, live: Sequence[InferenceRequest], values: Sequence[Any], t: _BatchTimes
-    ) -> dict[int, Outcome]:
-        """One outcome per live request; what the batch shares is computed once."""
+    ) -> list[Outcome]:
+        """One outcome per live request, in order; what the batch shares is computed once."""
         ready = self._wall()
         size = len(live)
         name, version, worker, device = (
@@ -260,10 +301,10 @@ class Runner:
             self._device_name,
         )
         collate_ms, infer_ms, post_ms = t.collate_ms, t.infer_ms, t.post_ms
-        out: dict[int, Outcome] = {}
+        out: list[Outcome] = []
         for r, value in zip(live, values, strict=True):
             if isinstance(value, InferqError):
-                out[id(r)] = Outcome(r, error=value)
+                out.append(Outcome(r, error=value))
                 continue
             queue_ms = (r.received_wall - r.submitted_at) * 1e3
             wait_ms = (t.waited_until - r.received_at) * 1e3
@@ -281,7 +322,7 @@ class Runner:
                 "device": device,
             }
             result = InferenceResult(model=name, version=version, outputs=value, timing=timing)
-            out[id(r)] = Outcome(r, value=result)
+            out.append(Outcome(r, result))
         return out
 
 
@@ -300,7 +341,7 @@ class PreparedBatch:
     requests: list[InferenceRequest]
     live: list[InferenceRequest]
     expired: dict[int, Outcome]  # answered before compute: expired, or an image that won't decode
-    staged: Staged | None
+    staged: Staged | StagedTensors | None
     closed_at: float
     collate_ms: float
 

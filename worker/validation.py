@@ -1,11 +1,12 @@
 """What a new version must pass before it takes requests (a hot rollout's gate).
 
-On sample inputs at each of its batch sizes, its outputs must be finite, one part per input
-(``worker/outputs.py``) and, for a ranked output (``topk``/``raw``), of the declared shape (as
-many classes as labels when it declares labels). When the version
-directory holds ``validation.npz`` (``inputs``: uint8 NCHW, ``top1``: the expected class per
-input), its top-1 must agree with ``top1`` on at least ``[validation] min_agreement`` of them.
-Runs on the version's own run thread, after warm-up, before any request reaches it.
+On sample inputs at each of its batch sizes (zeros for an [[inputs]] model's named tensors), its
+outputs must be finite, one part per input (``worker/outputs.py``) and, for a ranked output
+(``topk``/``raw``), of the declared shape (as many classes as labels when it declares labels).
+When the version directory holds ``validation.npz`` (``inputs``: uint8 NCHW, ``top1``: the
+expected class per input), its top-1 must agree with ``top1`` on at least ``[validation]
+min_agreement`` of them. Runs on the version's own run thread, after warm-up, before any
+request reaches it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import torch
 from inferq.shared.errors import ValidationFailed
 from inferq.worker.outputs import Chunk, first_output
 from inferq.worker.repository import ModelVersion
-from inferq.worker.runner import Runner
+from inferq.worker.runner import Batch, Runner
+from inferq.worker.tensor_inputs import zero_batch
 
 VALIDATION_FILE = "validation.npz"
 _SAMPLE_SEED = 0
@@ -34,6 +36,11 @@ def validate(runner: Runner, model: ModelVersion) -> None:
         if ranked:
             _check_output(first_output(out).float(), size, model)
     path = model.path.parent / VALIDATION_FILE
+    if path.is_file() and model.config.inputs:
+        raise ValidationFailed(
+            f"{path} holds image inputs for an [input] model; model {model.name!r} declares "
+            "[[inputs]], whose versions are checked on sample inputs only: remove the file"
+        )
     if ranked and path.is_file():
         _check_agreement(runner, model, path)
 
@@ -43,7 +50,9 @@ def _sample_sizes(model: ModelVersion) -> list[int]:
     return sorted({1, min(model.config.batching.max_batch_size, _SAMPLE_BATCH)})
 
 
-def _samples(model: ModelVersion, size: int) -> torch.Tensor:
+def _samples(model: ModelVersion, size: int) -> Batch:
+    if model.config.inputs:
+        return zero_batch(model.config.inputs, size)
     rng = np.random.default_rng(_SAMPLE_SEED)
     shape = (size, *model.config.shape)
     if model.config.dtype == "uint8":
@@ -51,12 +60,12 @@ def _samples(model: ModelVersion, size: int) -> torch.Tensor:
     return torch.from_numpy(rng.random(shape).astype(model.config.dtype))
 
 
-def _forward(runner: Runner, x: torch.Tensor, model: ModelVersion) -> Chunk:
+def _forward(runner: Runner, x: Batch, model: ModelVersion) -> Chunk:
     try:
         return runner.forward(x)
     except Exception as exc:
         raise ValidationFailed(
-            f"model {model.name!r} version {model.version} must compute a batch of {x.shape[0]} "
+            f"model {model.name!r} version {model.version} must compute a batch of {len(x)} "
             f"sample inputs, got {type(exc).__name__}: {exc}"
         ) from exc
 

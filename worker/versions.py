@@ -77,11 +77,12 @@ def same_input(a: InputSpec, b: InputSpec) -> bool:
     """Whether a request prepared for ``a`` is a valid input of ``b`` (a model on an image wire
     also reads the raw codec; one on the raw wire has no decode stage for images)."""
     readable = a.wire == "raw" or b.wire != "raw"
-    return readable and (a.shape, a.dtype, a.color, a.resize) == (
+    return readable and (a.shape, a.dtype, a.color, a.resize, a.inputs) == (
         b.shape,
         b.dtype,
         b.color,
         b.resize,
+        b.inputs,
     )
 
 

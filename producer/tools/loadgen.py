@@ -20,12 +20,18 @@ import numpy as np
 from inferq.producer.client import runtime, submit_many
 from inferq.producer.gather import gather
 from inferq.shared import keys
+from inferq.shared.inputs import sample_request
 
 
-def _inputs(model: str, count: int, seed: int = 0) -> list[np.ndarray]:
+def _inputs(model: str, count: int, seed: int = 0) -> list[Any]:
     spec = runtime().specs.get(model)
     rng = np.random.default_rng(seed)
-    pool = [rng.integers(0, 256, size=spec.shape, dtype=np.uint8) for _ in range(min(count, 256))]
+    pool: list[Any] = [
+        sample_request(spec.inputs, rng)
+        if spec.inputs
+        else rng.integers(0, 256, size=spec.shape, dtype=np.uint8)
+        for _ in range(min(count, 256))
+    ]
     return [pool[i % len(pool)] for i in range(count)]
 
 

@@ -117,6 +117,7 @@ def test_stage_profile_times_every_stage(shapes_repo: Path) -> None:
             "inferq.worker.tools.stage_profile",
             "--model-repository",
             str(shapes_repo),
+            "--redis",
         ],
         capture_output=True,
         text=True,
@@ -125,7 +126,7 @@ def test_stage_profile_times_every_stage(shapes_repo: Path) -> None:
     )
     assert out.returncode == 0, out.stderr[-3000:]
     rows = dict(re.findall(r"^(.+?)\s+([\d.]+) us/message$", out.stdout, re.M))
-    assert len(rows) == 7 and {"result metas", "metrics hook"} <= set(rows)
+    assert len(rows) == 11 and {"result metas", "metrics hook", "record (unacked)"} <= set(rows)
     assert all(float(v) > 0 for v in rows.values())
 
 

@@ -120,3 +120,48 @@ def test_the_fetch_client_records_large_messages_whole(stack_factory, test_repo:
     for f in got:
         assert broker.client.hget(keys.UNACKED, f.tag) == f.unacked
     assert json.loads(broker.client.hget(keys.UNACKED, "tag-1"))[0]["body"] == "A" * 300_000
+
+
+def test_a_redis_that_lost_its_scripts_still_fetches_and_stores(broker: Broker) -> None:
+    """Fetch and store-and-ack go around redis-py's machinery; after a restart that emptied the
+    script cache they load their scripts and run, once each."""
+    from inferq.worker.broker import Write
+
+    push(broker.client, envelope(1), envelope(2))
+    broker.client.script_flush()
+    got = broker.fetch(QUEUE, 10)
+    assert [f.tag for f in got] == ["tag-1", "tag-2"]
+    broker.client.script_flush()
+    broker.store_and_ack(
+        [Write("tag-1", "id-1", b'{"status": "SUCCESS"}'), Write("tag-2", None, None)]
+    )
+    assert broker.client.get(keys.result_key("id-1")) == b'{"status": "SUCCESS"}'
+    assert broker.client.hlen(keys.UNACKED) == 0 and broker.client.zcard(keys.UNACKED_INDEX) == 0
+
+
+def test_a_transaction_raises_the_error_of_a_command_inside_it(broker: Broker) -> None:
+    from inferq.shared.redisconn import raw_transaction
+
+    broker.client.set("a-string", "x")
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        raw_transaction(broker.client, [("SET", "b", "1"), ("HSET", "a-string", "f", "v")])
+    assert broker.client.get("b") == b"1"  # Redis runs the rest of a transaction: no rollback
+    assert raw_transaction(broker.client, [("INCR", "n"), ("INCR", "n")]) == [1, 2]
+
+
+class _Routing:
+    """A client that is not a ``redis.Redis`` (as a cluster client is not): only its pipeline."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.pipeline = client.pipeline
+
+
+def test_a_client_that_routes_commands_itself_gets_the_same_replies(broker: Broker) -> None:
+    from inferq.shared.redisconn import raw_pipeline, raw_transaction
+
+    routing = _Routing(broker.client)
+    assert raw_pipeline(routing, [("SET", "k", "v"), ("GET", "k")]) == [True, b"v"]
+    assert raw_transaction(routing, [("INCR", "m"), ("INCR", "m")]) == [1, 2]
+    broker.client.set("a-string", "x")
+    (error,) = raw_pipeline(routing, [("HSET", "a-string", "f", "v")])
+    assert isinstance(error, redis.ResponseError) and "WRONGTYPE" in str(error)

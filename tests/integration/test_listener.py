@@ -122,3 +122,26 @@ def test_callbacks_run_once_and_cancel(producer, redis_client) -> None:
     listener.notify("cb", lambda meta: seen.append("again"))  # already stored: at once
     assert wait_until(lambda: len(seen) == 2, 5, "the second callback")
     assert seen == ["SUCCESS", "again"]
+
+
+def test_a_result_has_what_celerys_own_has_and_its_promise_on_first_use(producer) -> None:
+    """InferqResult skips the promise Celery's AsyncResult makes for every result: the rest of
+    what Celery's __init__ sets is there, and ``on_ready`` appears when asked for."""
+    from celery.result import AsyncResult
+
+    ours = submit_job.AsyncResult("attrs")
+    theirs = AsyncResult("attrs", app=ours.app)
+    assert "on_ready" not in vars(ours)
+    assert set(vars(theirs)) - set(vars(ours)) == {"on_ready"}
+    assert ours.on_ready is ours.on_ready and not ours.on_ready.ready
+    with pytest.raises(AttributeError, match="no_such_thing"):
+        ours.no_such_thing  # noqa: B018
+
+
+def test_a_callback_chained_with_then_runs_when_the_result_is_read(producer, redis_client) -> None:
+    got: list[object] = []
+    result = submit_job.AsyncResult("chained")
+    result.then(lambda r: got.append(r.id))
+    _store(redis_client, "chained", success_meta("chained", _value(3)))
+    assert result.get(timeout=5)["outputs"] == [3]
+    assert got == ["chained"]

@@ -62,6 +62,11 @@ def optimize(req: OptimizeRequest, echo: Echo = print) -> dict[str, Any]:
             f"optimize starts from a torchscript version, got {source.config.platform!r} "
             f"for {req.model} version {req.from_version}"
         )
+    if source.config.inputs:
+        raise ConfigError(
+            f"optimize takes an [input] image model, got {req.model} with [[inputs]] "
+            f"({', '.join(i.name for i in source.config.inputs)})"
+        )
     to_version = _target_version(repo, req)
     staging = req.repository / req.model / f".optimize-{to_version}-{os.getpid()}"
     staging.mkdir()

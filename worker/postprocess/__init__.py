@@ -9,7 +9,7 @@ them as the wire codec (``shared/arrays.py``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from inferq.shared.errors import InferqError, ModelError
@@ -17,6 +17,7 @@ from inferq.shared.spec import ModelConfig
 from inferq.worker.custom import HandlerHooks
 from inferq.worker.intake import InferenceRequest
 from inferq.worker.outputs import Chunk, sizes
+from inferq.worker.postprocess.basic import cut_back_values
 
 
 class Postprocessor(Protocol):
@@ -44,9 +45,16 @@ class BatchPostprocess:
     per live request: the ``[output]`` post-processing once per chunk, then the handler's
     postprocess hook over the requests still standing."""
 
-    def __init__(self, config: ModelConfig, hooks: HandlerHooks | None) -> None:
+    def __init__(
+        self,
+        config: ModelConfig,
+        hooks: HandlerHooks | None,
+        lengths: Callable[[Sequence[InferenceRequest]], list[int] | None] | None = None,
+    ) -> None:
         self._post = make_postprocessor(config)
         self._hooks = hooks if hooks is not None and hooks.postprocess is not None else None
+        # [output] follows: an [[inputs]] model's rows cut back to each request's own length
+        self._lengths = lengths if config.output.follows else None
 
     def __call__(
         self, chunks: Sequence[Chunk | InferqError], live: Sequence[InferenceRequest]
@@ -65,6 +73,9 @@ class BatchPostprocess:
 
     def _chunk(self, chunk: Chunk, requests: Sequence[InferenceRequest]) -> list[Any]:
         try:
+            lengths = self._lengths(requests) if self._lengths is not None else None
+            if lengths is not None:
+                return cut_back_values(chunk, lengths)
             return self._post(chunk, requests)
         except InferqError as exc:  # a model whose outputs do not fit its [output] config
             return [exc] * len(requests)

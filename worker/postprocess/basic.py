@@ -11,6 +11,7 @@ import torch
 from inferq.shared.spec import ModelConfig
 from inferq.worker.intake import InferenceRequest
 from inferq.worker.outputs import SINGLE, Chunk, Parts
+from inferq.worker.padding import cut_back
 
 
 class TopK:
@@ -50,10 +51,21 @@ class Raw:
     def __call__(self, chunk: Chunk, requests: Sequence[InferenceRequest]) -> list[Any]:
         if isinstance(chunk, torch.Tensor):
             return list(chunk.numpy())
-        return [_arrays(part) for part in chunk]
+        return [part_arrays(part) for part in chunk]
 
 
-def _arrays(part: dict[str, torch.Tensor]) -> np.ndarray | dict[str, np.ndarray]:
+def part_arrays(part: dict[str, torch.Tensor]) -> np.ndarray | dict[str, np.ndarray]:
     if len(part) == 1 and SINGLE in part:
         return part[SINGLE].numpy()
     return {name: t.numpy() for name, t in part.items()}
+
+
+def cut_back_values(chunk: Chunk, lengths: Sequence[int]) -> list[Any]:
+    """``raw`` values whose rows are cut back to each request's length of the input the outputs
+    follow (``[output] follows``, ``worker/padding.py``)."""
+    if isinstance(chunk, torch.Tensor):
+        return [row.numpy() for row in cut_back(chunk, lengths)]
+    return [
+        part_arrays({name: t[:n] for name, t in part.items()})
+        for part, n in zip(chunk, lengths, strict=True)
+    ]

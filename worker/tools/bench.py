@@ -35,6 +35,7 @@ from inferq.shared.settings import Settings, get_settings, set_settings
 from inferq.worker.repository import ModelRepository, record_sha256
 from inferq.worker.tools.localredis import LocalRedis
 from inferq.worker.tools.procs import WorkerProcess, start_worker
+from inferq.worker.tools.samples import sample, sample_batch
 from inferq.worker.tools.threadcpu import thread_cpu, us_per_message
 from inferq.worker.tuning import torch_threads, tune_allocator, tune_threads
 
@@ -156,7 +157,7 @@ def raw_throughput(
     per_s: dict[int, float] = {}
     batch_ms: dict[int, float] = {}
     for size in sizes:
-        x = torch.randint(0, 256, (size, *mv.config.shape), dtype=torch.uint8).to(dev)
+        x = sample_batch(runner.config, size).to(dev)
         calls, elapsed = _timed_loops(partial(runner._forward, x), seconds, instances)
         per_s[size] = calls * size / elapsed
         batch_ms[size] = elapsed / (calls / instances) * 1e3
@@ -239,7 +240,7 @@ def _drain(
     client.set(keys.model_spec_key(cfg.model), mv.config.input_spec(mv.version).to_json())
     reset_runtime()
     rng = np.random.default_rng(1)
-    pool = [rng.integers(0, 256, size=mv.config.shape, dtype=np.uint8) for _ in range(64)]
+    pool = [sample(mv.config, rng) for _ in range(64)]
     submit_many((pool[i % 64] for i in range(cfg.drain_count)), model=cfg.model, chunk=512)
     worker = start_worker(
         [cfg.model], env, device=cfg.device, log_path=log, supervised=False, events=False
