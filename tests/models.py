@@ -249,12 +249,20 @@ def write_vision_model(
     root: Path, name: str, kind: str, postprocess: str, resize: str, handler: str = ""
 ) -> Path:
     """``MODULES[kind]`` (detector or segmenter) scripted into ``root/name/1`` with its config."""
+    text = vision_config_text(postprocess, resize, handler)
+    return script_version(root, name, MODULES[kind](), text)
+
+
+def script_version(root: Path, name: str, module: nn.Module, config: str) -> Path:
+    """``module`` scripted into ``root/name/1/model.pt`` (its sha256 recorded), ``config`` as
+    the model's config.toml."""
     version_dir = root / name / "1"
     version_dir.mkdir(parents=True, exist_ok=True)
     path = version_dir / "model.pt"
-    torch.jit.save(torch.jit.script(MODULES[kind]().eval()), str(path))
+    torch.jit.save(torch.jit.script(module.eval()), str(path))
     record_sha256(path)
-    (root / name / "config.toml").write_text(vision_config_text(postprocess, resize, handler))
+    (root / name / "config.toml").write_text(config)
+    return path
 
 
 # -- named tensor inputs ([[inputs]]) --------------------------------------------------------------
@@ -342,15 +350,9 @@ def write_tensor_model(
     root: Path, name: str, kind: str = "tokens", max_batch_size: int = 16, max_wait_ms: float = 20.0
 ) -> Path:
     """Script ``TENSOR_MODULES[kind]`` with its [[inputs]] config into ``root/name/1``."""
-    version_dir = root / name / "1"
-    version_dir.mkdir(parents=True, exist_ok=True)
-    path = version_dir / "model.pt"
-    torch.jit.save(torch.jit.script(TENSOR_MODULES[kind]().eval()), str(path))
-    record_sha256(path)
     batching = f"[batching]\nmax_batch_size = {max_batch_size}\nmax_wait_ms = {max_wait_ms}\n"
     text = 'platform = "torchscript"\n' + textwrap.dedent(TENSOR_CONFIGS[kind]) + batching
-    (root / name / "config.toml").write_text(text)
-    return path
+    return script_version(root, name, TENSOR_MODULES[kind](), text)
 
 
 def build_test_repo(root: Path) -> Path:
