@@ -5,7 +5,7 @@ set in ``shared/celeryconf.py``). Storing, reading and the meta format are Celer
 is waiting: ``AsyncResult.get()`` first reads the key (a stored result costs one GET), then sleeps
 on the process's :class:`~inferq.producer.listener.ResultListener` instead of subscribing on a
 connection of its own thread. ``.ready()``, ``.state`` and ``ResultSet.get()``/``join_native`` work
-as with Celery's backend, from any thread.
+as with Celery's backend, from any thread. Arrays in a result come back as numpy arrays.
 
 Celery tracks every pending ``AsyncResult`` (and drops it again in ``__del__``) so that its drainer
 can fill their caches; here a result's cache is filled by the call that waits for it, so there is
@@ -27,6 +27,7 @@ from vine import promise
 
 from inferq.producer.listener import Meta, ResultListener, fast_get, listener_for, ready_meta
 from inferq.shared import keys
+from inferq.shared.arrays import ARRAYS_KEY, decode_result
 
 
 class ListenerBackend(RedisBackend):
@@ -40,6 +41,14 @@ class ListenerBackend(RedisBackend):
 
     def get(self, key: Any) -> Any:
         return fast_get(self.client, key)
+
+    def meta_from_decoded(self, meta: Any) -> Any:
+        """Celery's, with the arrays in a result's outputs (``shared/arrays.py``) read back as
+        numpy arrays: every read (``get``, ``async_get``, ``.result``, ``join_native``) goes
+        through here."""
+        if meta.get(ARRAYS_KEY) and meta.get("status") == "SUCCESS":
+            meta["result"] = decode_result(meta["result"])
+        return super().meta_from_decoded(meta)
 
     # -- pending-result tracking: nothing to track ---------------------------------------------
 

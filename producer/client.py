@@ -27,7 +27,7 @@ from inferq.producer.calls import default_model, refuse_workflow, split_call
 from inferq.producer.envelope import task_envelope
 from inferq.producer.listener import close_listeners
 from inferq.producer.placed import Lane, Lanes
-from inferq.producer.preprocess import ImageLike, to_tensor
+from inferq.producer.preprocess import ImageLike, fitted_tensor, to_tensor
 from inferq.producer.pusher import Prepared, Pusher
 from inferq.producer.spec_cache import SpecCache
 from inferq.shared import codec, keys
@@ -37,6 +37,7 @@ from inferq.shared.inputs import encode_request
 from inferq.shared.redisconn import make_client
 from inferq.shared.registry import Registry
 from inferq.shared.settings import Settings, get_settings, redact_url
+from inferq.shared.spec import InputSpec
 from inferq.shared.wire import encode_image
 
 
@@ -140,22 +141,21 @@ def prepare(img: ImageLike, call: dict[str, Any], options: dict[str, Any]) -> Pr
     route = rt.specs.route(model, call.get("version"))
     spec = route.spec
     started = time.perf_counter()
+    geometry: dict[str, list[float]] | None = None
     payload: bytes | dict[str, bytes]
     if spec.inputs:  # named tensors: {name: codec bytes} (shared/inputs.py)
         payload = encode_request(img, spec.inputs, model)
     else:
-        tensor = to_tensor(img, spec, rt.settings.max_image_pixels)
-        if spec.wire == "raw":
-            payload = rt.tensor_header(spec.shape, spec.dtype) + tensor.tobytes()
-        else:  # the model takes encoded images: its worker decodes them (worker/decode.py)
-            payload = encode_image(tensor, spec.wire, spec.jpeg_quality)
+        payload, geometry = _image_payload(img, spec, rt)
     preprocess_ms = (time.perf_counter() - started) * 1000.0
-    kwargs = {
+    kwargs: dict[str, Any] = {
         "model": model,
         "version": route.version,
         "preprocess_ms": preprocess_ms,
         "submitted_at": time.time(),
     }
+    if geometry is not None:
+        kwargs["geometry"] = geometry
     task_id = str(options.get("task_id") or uuid.uuid4())
     priority = _priority(options.get("priority"))
     expires = options.get("expires")
@@ -165,6 +165,22 @@ def prepare(img: ImageLike, call: dict[str, Any], options: dict[str, Any]) -> Pr
         task_id, payload, kwargs, spec, priority, expires, options, route.queue
     )
     return Prepared(task_id, route.queue, priority, spec.queue_limit, envelope, route.counted)
+
+
+def _image_payload(
+    img: ImageLike, spec: InputSpec, rt: Runtime
+) -> tuple[bytes, dict[str, list[float]] | None]:
+    """An image's payload, and the resize geometry when its model maps results back to it."""
+    geometry = None
+    if spec.geometry:
+        tensor, fitted = fitted_tensor(img, spec, rt.settings.max_image_pixels)
+        geometry = fitted.to_wire()
+    else:
+        tensor = to_tensor(img, spec, rt.settings.max_image_pixels)
+    if spec.wire == "raw":
+        return rt.tensor_header(spec.shape, spec.dtype) + tensor.tobytes(), geometry
+    # the model takes encoded images: its worker decodes them (worker/decode.py)
+    return encode_image(tensor, spec.wire, spec.jpeg_quality), geometry
 
 
 def _priority(value: Any) -> int:

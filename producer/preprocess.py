@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from inferq.shared.errors import InvalidInput
+from inferq.shared.geometry import Geometry, fit_geometry
 from inferq.shared.spec import InputSpec
 
 ImageLike = Any
@@ -24,19 +25,39 @@ ImageLike = Any
 _16_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 #: A JPEG is decoded no smaller than this many times the model's input on each side.
 _DRAFT_MARGIN = 2
+#: ``Image.info`` key of a drafted JPEG's full size, for its geometry (the draft shrinks ``size``).
+_FULL_SIZE = "inferq_full_size"
 
 
 def to_tensor(img: ImageLike, spec: InputSpec, max_pixels: int) -> np.ndarray:
     """``img`` as a C-contiguous array of ``spec.shape`` and ``spec.dtype``."""
+    source = _source(img, spec, max_pixels)
+    return source if isinstance(source, np.ndarray) else image_to_tensor(source, spec)
+
+
+def fitted_tensor(img: ImageLike, spec: InputSpec, max_pixels: int) -> tuple[np.ndarray, Geometry]:
+    """``to_tensor``, with the geometry that maps the original image onto the tensor (for
+    models whose results are mapped back to the original: ``spec.geometry``)."""
+    _, height, width = spec.shape
+    source = _source(img, spec, max_pixels)
+    if isinstance(source, np.ndarray):
+        return source, Geometry.identity(width, height)
+    geometry = fit_geometry(source.size, (width, height), spec.resize)
+    full = source.info.get(_FULL_SIZE)
+    if full is not None and tuple(full) != source.size:
+        geometry = geometry.after_reduction(*full)
+    return image_to_tensor(source, spec), geometry
+
+
+def _source(img: ImageLike, spec: InputSpec, max_pixels: int) -> np.ndarray | Image.Image:
+    """An array already prepared for this model as it is, else the image to fit."""
     if isinstance(img, np.ndarray) or hasattr(img, "numpy"):
         array = _as_numpy(img)
         if array.shape == spec.shape and array.dtype == np.dtype(spec.dtype):
-            return np.ascontiguousarray(array)  # already prepared for this model
-        pil = _array_to_image(array)
-    else:
-        _, height, width = spec.shape
-        pil = _open_image(img, max_pixels, (width, height))
-    return image_to_tensor(pil, spec)
+            return np.ascontiguousarray(array)
+        return _array_to_image(array)
+    _, height, width = spec.shape
+    return _open_image(img, max_pixels, (width, height))
 
 
 def image_to_tensor(pil: Image.Image, spec: InputSpec) -> np.ndarray:
@@ -170,6 +191,7 @@ def _draft(img: Image.Image, target: tuple[int, int]) -> None:
     if img.format != "JPEG":
         return
     tw, th = target
+    img.info[_FULL_SIZE] = img.size
     img.draft(img.mode, (tw * _DRAFT_MARGIN, th * _DRAFT_MARGIN))
 
 

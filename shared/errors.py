@@ -136,6 +136,13 @@ class ModelError(InferqError):
     reason = "model_error"
 
 
+class HandlerError(ModelError):
+    """The model's custom handler (``[handler]``) raised in a hook for this request: only the
+    requests whose hook call fails alone end here, the rest of the batch is answered."""
+
+    reason = "handler_error"
+
+
 class ValidationFailed(ModelError):
     """A new model version failed its checks before taking requests (non-finite or misshapen
     outputs, or top-1 agreement with its validation file below the threshold)."""
@@ -223,6 +230,7 @@ ERROR_TYPES: dict[str, type[InferqError]] = {
         QueueFull,
         ModelUnavailable,
         ModelError,
+        HandlerError,
         ValidationFailed,
         IntegrityError,
         ConfigError,

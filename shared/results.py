@@ -13,6 +13,7 @@ from typing import Any, TypedDict, cast
 
 import orjson
 
+from inferq.shared.arrays import ARRAYS_FLAG, ARRAYS_KEY, ArrayDefault, decode_result
 from inferq.shared.errors import ERROR_TYPES, InferqError, Revoked
 
 
@@ -41,7 +42,10 @@ class InferenceResult(TypedDict):
     plain JSON dict, so any Celery client reads it.
 
     ``outputs`` is what the model's ``[output]`` post-processing gives: for ``topk``, a list of
-    ``{index, label, score}`` best first; for ``raw``, the model's output row as nested lists.
+    ``{index, label, score}`` best first; for ``raw``, the request's output as a numpy array (a
+    dict or list of them for a model with several outputs); for ``detection``, a list of
+    ``{box, label, score}``; for ``segmentation``, a uint8 array of class ids. Arrays are stored
+    as the wire codec inside the JSON (``shared/arrays.py``) and read back as numpy arrays.
     """
 
     model: str
@@ -56,7 +60,11 @@ def now_iso() -> str:
 
 
 def success_meta(task_id: str, result: InferenceResult, date_done: str | None = None) -> bytes:
-    return _meta(task_id, "SUCCESS", result, date_done)
+    """The SUCCESS meta; one whose outputs hold arrays also says so (``"inferq_arrays": true``
+    before the Celery keys), so that readers walk only those results for arrays."""
+    default = ArrayDefault()
+    raw = _meta(task_id, "SUCCESS", result, date_done, default)
+    return ARRAYS_FLAG + raw[1:] if default.used else raw
 
 
 def failure_meta(task_id: str, error: InferqError, date_done: str | None = None) -> bytes:
@@ -76,7 +84,9 @@ def failure_meta(task_id: str, error: InferqError, date_done: str | None = None)
     return _meta(task_id, "FAILURE", encoded, date_done)
 
 
-def _meta(task_id: str, status: str, result: Any, date_done: str | None) -> bytes:
+def _meta(
+    task_id: str, status: str, result: Any, date_done: str | None, default: Any = None
+) -> bytes:
     meta = {
         "status": status,
         "result": result,
@@ -85,7 +95,7 @@ def _meta(task_id: str, status: str, result: Any, date_done: str | None) -> byte
         "date_done": date_done or now_iso(),
         "task_id": task_id,
     }
-    return orjson.dumps(meta)
+    return orjson.dumps(meta, default=default)
 
 
 #: Error classes by stored ``exc_type``: inferq's own, and Celery's revoke.
@@ -116,5 +126,6 @@ def value_from_meta(raw: bytes | str) -> InferenceResult:
 def value_from_decoded(meta: dict[str, Any]) -> InferenceResult:
     """:func:`value_from_meta` for a meta already decoded."""
     if meta.get("status") == "SUCCESS":
-        return cast(InferenceResult, dict(meta["result"]))
+        result = dict(meta["result"])
+        return cast(InferenceResult, decode_result(result) if meta.get(ARRAYS_KEY) else result)
     raise error_from_meta(meta.get("result"))

@@ -16,12 +16,29 @@ from typing import Any
 
 from inferq.shared.errors import ConfigError
 from inferq.shared.inputs import TensorInput, check_follows, check_tensor_modes, declared_inputs
+from inferq.shared.outputspec import (
+    OUTPUT_KEYS,
+    HandlerRef,
+    Output,
+    parse_handler,
+    parse_output,
+)
+from inferq.shared.servingspec import (
+    Batching,
+    Optimize,
+    Precision,
+    Rollout,
+    Validation,
+    parse_batching,
+    parse_instances,
+    parse_optimize,
+    parse_precision,
+    parse_rollout,
+)
 from inferq.shared.tomlcheck import (
-    boolean,
     check_keys,
     choice,
     integer,
-    integers,
     is_int,
     is_list,
     number,
@@ -29,7 +46,6 @@ from inferq.shared.tomlcheck import (
     section,
     share,
     string,
-    strings,
 )
 
 RESIZE_MODES = ("crop", "letterbox", "stretch")
@@ -40,10 +56,7 @@ WIRE_FORMATS = ("raw", "jpeg", "png")
 #: The JPEG quality producers encode at unless a model says otherwise (README, "Wire formats":
 #: the measurement that chose it).
 DEFAULT_JPEG_QUALITY = 90
-POSTPROCESS = ("topk", "raw")
-PRECISIONS = ("fp32", "fp16", "bf16")
 PLATFORMS = ("torchscript", "onnx", "exported", "aoti")
-COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 
 
 @dataclass(frozen=True)
@@ -58,6 +71,9 @@ class InputSpec:
     resize: str = "crop"
     queue_limit: int = 10_000
     default_deadline_ms: float = 0.0
+    #: Whether a request carries the resize geometry the producer applied (kwarg ``geometry``),
+    #: for results mapped back to the original image (detection boxes, segmentation masks).
+    geometry: bool = False
     wire: str = "raw"
     jpeg_quality: int = DEFAULT_JPEG_QUALITY
     #: Named tensor inputs ([[inputs]]); empty for the image form ([input]), which ``shape``,
@@ -73,6 +89,8 @@ class InputSpec:
 
     def to_json(self) -> str:
         data = asdict(self)
+        if not self.geometry:  # a spec without it reads as it always has, for older producers
+            del data["geometry"]
         if not self.inputs:  # an image model's spec reads as it always has, for older producers
             del data["inputs"]
         return json.dumps(data)
@@ -97,66 +115,6 @@ class Preprocess:
 
 
 @dataclass(frozen=True)
-class Output:
-    postprocess: str = "topk"
-    top_k: int = 5
-    labels: tuple[str, ...] = ()
-    #: An input whose variable dimension the outputs follow: each request's output rows are cut
-    #: back to that input's length (``worker/padding.py``).
-    follows: str = ""
-
-
-@dataclass(frozen=True)
-class Batching:
-    max_batch_size: int = 32
-    max_wait_ms: float = 5.0
-    preferred_batch_sizes: tuple[int, ...] = ()
-    queue_limit: int = 10_000
-    default_deadline_ms: float = 0.0
-
-
-@dataclass(frozen=True)
-class Precision:
-    mode: str = "fp32"
-    channels_last: bool = True
-
-
-@dataclass(frozen=True)
-class Optimize:
-    """Runtime options ([optimize]); ``worker/variants.py`` applies them around the handler."""
-
-    #: A batch is padded up to the next of these, so compiled and captured graphs see fixed shapes.
-    batch_buckets: tuple[int, ...] = ()
-    compile: str = "none"
-    #: Inductor's FX graph cache: a restart reuses what an earlier start compiled ("": torch's own).
-    compile_cache_dir: str = ""
-    cuda_graphs: bool = False
-    cudnn_benchmark: bool = False
-
-    @property
-    def active(self) -> bool:
-        return self != Optimize()
-
-
-@dataclass(frozen=True)
-class Validation:
-    """[validation]: what a new version must pass before it takes requests (worker/versions.py)."""
-
-    #: Share of ``validation.npz``'s inputs whose top-1 must match the file's expected ``top1``.
-    min_agreement: float = 0.99
-
-
-@dataclass(frozen=True)
-class Rollout:
-    """[rollout]: the canary guard. A canary whose server-side failures exceed
-    ``canary_max_failure_rate`` over its first ``canary_min_requests`` requests is rolled back;
-    1.0 turns the guard off."""
-
-    canary_max_failure_rate: float = 1.0
-    canary_min_requests: int = 100
-
-
-@dataclass(frozen=True)
 class ModelConfig:
     name: str
     platform: str
@@ -176,6 +134,7 @@ class ModelConfig:
     rollout: Rollout = field(default_factory=Rollout)
     # Run threads computing this model's batches side by side (Triton's instance_group count).
     instances: int = 1
+    handler: HandlerRef | None = None
     #: [[inputs]]: named tensor inputs instead of the one image (``shape`` is then empty).
     inputs: tuple[TensorInput, ...] = ()
 
@@ -189,6 +148,7 @@ class ModelConfig:
             resize=self.resize,
             queue_limit=self.batching.queue_limit,
             default_deadline_ms=self.batching.default_deadline_ms,
+            geometry=self.output.needs_geometry or self.handler is not None,
             wire=self.wire,
             jpeg_quality=self.jpeg_quality,
             inputs=self.inputs,
@@ -214,6 +174,7 @@ SECTIONS = (
     "optimize",
     "validation",
     "rollout",
+    "handler",
 )
 
 #: The keys each table may hold ("" is the top level): anything else is a typo, refused.
@@ -221,7 +182,7 @@ KNOWN_KEYS: dict[str, tuple[str, ...]] = {
     "": ("platform", "description", "inputs", *SECTIONS),
     "input": ("shape", "dtype", "color", "wire", "jpeg_quality"),
     "preprocess": ("resize", "mean", "std", "scale"),
-    "output": ("postprocess", "top_k", "labels", "follows"),
+    "output": OUTPUT_KEYS["output"],
     "batching": (
         "max_batch_size",
         "max_wait_ms",
@@ -234,6 +195,7 @@ KNOWN_KEYS: dict[str, tuple[str, ...]] = {
     "optimize": ("batch_buckets", "compile", "compile_cache_dir", "cuda_graphs", "cudnn_benchmark"),
     "validation": ("min_agreement",),
     "rollout": ("canary_max_failure_rate", "canary_min_requests"),
+    "handler": OUTPUT_KEYS["handler"],
 }
 
 
@@ -247,7 +209,7 @@ def parse_config(name: str, data: dict[str, Any], where: str = "config") -> Mode
 
 def _parse(name: str, data: dict[str, Any]) -> ModelConfig:
     check_keys(data, "", KNOWN_KEYS)
-    inp, pre, out, bat, prec, inst, opt, val, roll = (
+    inp, pre, out, bat, prec, inst, opt, val, roll, hand = (
         section(data, s, KNOWN_KEYS) for s in SECTIONS
     )
     tensors = declared_inputs(data, pre)
@@ -265,13 +227,14 @@ def _parse(name: str, data: dict[str, Any]) -> ModelConfig:
         jpeg_quality=quality,
         description=string(data.get("description", ""), "description"),
         preprocess=_preprocess(pre, channels=shape[0]) if shape else Preprocess(),
-        output=_output(out),
-        batching=_batching(bat),
-        precision=_precision(prec),
-        instances=_instances(inst),
-        optimize=_optimize(opt),
+        output=parse_output(out),
+        batching=parse_batching(bat),
+        precision=parse_precision(prec),
+        instances=parse_instances(inst),
+        optimize=parse_optimize(opt),
         validation=Validation(share(val.get("min_agreement", 0.99), "validation.min_agreement")),
-        rollout=_rollout(roll),
+        rollout=parse_rollout(roll),
+        handler=parse_handler(hand),
         inputs=tensors,
     )
     _check_modes(config)
@@ -317,95 +280,15 @@ def _preprocess(pre: dict[str, Any], channels: int) -> Preprocess:
     return Preprocess(mean=mean, std=std, scale=scale)
 
 
-def _output(out: dict[str, Any]) -> Output:
-    top_k = integer(out.get("top_k", 5), "output.top_k")
-    if top_k < 1:
-        raise ConfigError(f"output.top_k must be >= 1, got {top_k}")
-    return Output(
-        postprocess=choice(out.get("postprocess", "topk"), POSTPROCESS, "output.postprocess"),
-        top_k=top_k,
-        labels=strings(out.get("labels", []), "output.labels"),
-        follows=string(out.get("follows", ""), "output.follows"),
-    )
-
-
-MAX_INSTANCES = 64
-
-
-def _instances(inst: dict[str, Any]) -> int:
-    count = integer(inst.get("count", 1), "instances.count")
-    if not 1 <= count <= MAX_INSTANCES:
-        raise ConfigError(f"instances.count must be from 1 to {MAX_INSTANCES}, got {count}")
-    return count
-
-
-def _batching(bat: dict[str, Any]) -> Batching:
-    preferred = integers(bat.get("preferred_batch_sizes", []), "batching.preferred_batch_sizes")
-    batching = Batching(
-        max_batch_size=integer(bat.get("max_batch_size", 32), "batching.max_batch_size"),
-        max_wait_ms=number(bat.get("max_wait_ms", 5.0), "batching.max_wait_ms"),
-        preferred_batch_sizes=tuple(sorted(preferred)),
-        queue_limit=integer(bat.get("queue_limit", 10_000), "batching.queue_limit"),
-        default_deadline_ms=number(
-            bat.get("default_deadline_ms", 0.0), "batching.default_deadline_ms"
-        ),
-    )
-    _check_batching(batching)
-    return batching
-
-
-def _check_batching(b: Batching) -> None:
-    if b.max_batch_size < 1:
-        raise ConfigError(f"batching.max_batch_size must be >= 1, got {b.max_batch_size}")
-    if b.max_wait_ms < 0:
-        raise ConfigError(f"batching.max_wait_ms must be >= 0, got {b.max_wait_ms}")
-    bad = [s for s in b.preferred_batch_sizes if not 1 <= s <= b.max_batch_size]
-    if bad:
-        raise ConfigError(
-            f"batching.preferred_batch_sizes must lie in 1..{b.max_batch_size}, got {bad}"
-        )
-    if b.queue_limit < 1:
-        raise ConfigError(f"batching.queue_limit must be >= 1, got {b.queue_limit}")
-    if b.default_deadline_ms < 0:
-        raise ConfigError(
-            f"batching.default_deadline_ms must be >= 0 (0: no deadline), got {b.default_deadline_ms}"
-        )
-
-
-def _precision(prec: dict[str, Any]) -> Precision:
-    return Precision(
-        mode=choice(prec.get("mode", "fp32"), PRECISIONS, "precision.mode"),
-        channels_last=boolean(prec.get("channels_last", True), "precision.channels_last"),
-    )
-
-
-def _optimize(opt: dict[str, Any]) -> Optimize:
-    buckets = integers(opt.get("batch_buckets", []), "optimize.batch_buckets")
-    if any(b < 1 for b in buckets) or len(set(buckets)) != len(buckets):
-        raise ConfigError(
-            f"optimize.batch_buckets must be distinct sizes >= 1, got {list(buckets)}"
-        )
-    return Optimize(
-        batch_buckets=tuple(sorted(buckets)),
-        compile=choice(opt.get("compile", "none"), COMPILE_MODES, "optimize.compile"),
-        compile_cache_dir=string(opt.get("compile_cache_dir", ""), "optimize.compile_cache_dir"),
-        cuda_graphs=boolean(opt.get("cuda_graphs", False), "optimize.cuda_graphs"),
-        cudnn_benchmark=boolean(opt.get("cudnn_benchmark", False), "optimize.cudnn_benchmark"),
-    )
-
-
-def _rollout(roll: dict[str, Any]) -> Rollout:
-    least = integer(roll.get("canary_min_requests", 100), "rollout.canary_min_requests")
-    if least < 1:
-        raise ConfigError(f"rollout.canary_min_requests must be >= 1, got {least}")
-    rate = share(roll.get("canary_max_failure_rate", 1.0), "rollout.canary_max_failure_rate")
-    return Rollout(canary_max_failure_rate=rate, canary_min_requests=least)
-
-
 def _check_modes(c: ModelConfig) -> None:
     """Refuse the combinations that cannot work (the device-dependent ones are refused at load,
     in ``worker/variants.py``)."""
     o, max_batch = c.optimize, c.batching.max_batch_size
+    if o.batch_buckets and c.output.rows == "batch_index":
+        raise ConfigError(
+            'optimize.batch_buckets pads batches with rows of its own: output.rows = "batch_index" '
+            "would give them rows, set one or the other"
+        )
     check_follows(c.output.follows, c.inputs)
     if c.inputs:
         check_tensor_modes(c.output, o.batch_buckets, o.compile, o.cuda_graphs)

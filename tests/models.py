@@ -82,6 +82,54 @@ class Sleepy(Tiny):
         return y + busy[0, 0] * 0.0
 
 
+# -- vision models with structured outputs (detection, segmentation) ----------------------------
+
+#: [C, H, W] of the vision test models: a non-square input, so no axis can stand for the other.
+VISION_SHAPE = (3, 16, 32)
+VISION_LABELS = ("circle", "square", "triangle")
+
+
+class Detector(nn.Module):
+    """Boxes that are a known function of the input, so mapped-back boxes can be asserted.
+
+    Anchor 0 is the bounding box (pixel edges, model-input pixels) of the pixels whose red
+    channel is over half; its class is "square" when any green channel is over half, else
+    "circle", at 0.9. Anchor 1 is the whole input at 0.1 (under any threshold the tests use).
+    A batch holding a row with any full blue pixel raises (the poisoned request).
+    Returns ``{"boxes": [B, 2, 4], "scores": [B, 2, 3]}``.
+    """
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if bool((x[:, 2] > 0.99).any()):
+            raise RuntimeError("poisoned input")
+        mask = x[:, 0] > 0.5
+        n, height, width = mask.shape
+        cols, rows = mask.any(dim=1), mask.any(dim=2)
+        xs = torch.arange(width, device=x.device, dtype=torch.float32).expand(n, width)
+        ys = torch.arange(height, device=x.device, dtype=torch.float32).expand(n, height)
+        far = torch.full_like(xs, 1e9)
+        x1 = torch.where(cols, xs, far).amin(dim=1)
+        x2 = torch.where(cols, xs + 1, -far).amax(dim=1)
+        far_y = torch.full_like(ys, 1e9)
+        y1 = torch.where(rows, ys, far_y).amin(dim=1)
+        y2 = torch.where(rows, ys + 1, -far_y).amax(dim=1)
+        found = torch.stack([x1, y1, x2, y2], dim=1)
+        whole = torch.tensor([0.0, 0.0, float(width), float(height)], device=x.device)
+        boxes = torch.stack([found, whole.expand(n, 4)], dim=1)
+        green = (x[:, 1] > 0.5).flatten(1).any(dim=1).float()
+        first = torch.stack([0.9 * (1 - green), 0.9 * green, torch.zeros_like(green)], dim=1)
+        scores = torch.stack([first, torch.full_like(first, 0.1)], dim=1)
+        return {"boxes": boxes, "scores": scores}
+
+
+class Segmenter(nn.Module):
+    """Labels 1 where the red channel is over half, else 0: logits [B, 2, H, W]."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        red = x[:, 0]
+        return torch.stack([0.5 - red, red - 0.5], dim=1)
+
+
 MODULES: dict[str, type[nn.Module]] = {
     "tiny": Tiny,
     "faulty": Faulty,
@@ -89,6 +137,8 @@ MODULES: dict[str, type[nn.Module]] = {
     "crashy": Crashy,
     "slow": Slow,
     "sleepy": Sleepy,
+    "detector": Detector,
+    "segmenter": Segmenter,
 }
 
 
@@ -164,6 +214,54 @@ def write_onnx_model(root: Path, name: str, kind: str = "tiny", version: int = 1
     )
     record_sha256(path)
     (model_dir / "config.toml").write_text(config_text().replace('"torchscript"', '"onnx"'))
+    return path
+
+
+def vision_config_text(postprocess: str, resize: str, handler: str = "") -> str:
+    """Config of a vision test model: VISION_SHAPE, mean 0, std 1, ``resize`` mode."""
+    c, h, w = VISION_SHAPE
+    handler_table = f'[handler]\nname = "{handler}"\n' if handler else ""
+    return (
+        textwrap.dedent(
+            f"""
+        platform = "torchscript"
+        [input]
+        shape = [{c}, {h}, {w}]
+        [preprocess]
+        resize = "{resize}"
+        mean = [0.0, 0.0, 0.0]
+        std = [1.0, 1.0, 1.0]
+        [output]
+        postprocess = "{postprocess}"
+        labels = {list(VISION_LABELS)!r}
+        [batching]
+        max_batch_size = 8
+        max_wait_ms = 20.0
+        [precision]
+        channels_last = false
+        """
+        ).replace("'", '"')
+        + handler_table
+    )
+
+
+def write_vision_model(
+    root: Path, name: str, kind: str, postprocess: str, resize: str, handler: str = ""
+) -> Path:
+    """``MODULES[kind]`` (detector or segmenter) scripted into ``root/name/1`` with its config."""
+    text = vision_config_text(postprocess, resize, handler)
+    return script_version(root, name, MODULES[kind](), text)
+
+
+def script_version(root: Path, name: str, module: nn.Module, config: str) -> Path:
+    """``module`` scripted into ``root/name/1/model.pt`` (its sha256 recorded), ``config`` as
+    the model's config.toml."""
+    version_dir = root / name / "1"
+    version_dir.mkdir(parents=True, exist_ok=True)
+    path = version_dir / "model.pt"
+    torch.jit.save(torch.jit.script(module.eval()), str(path))
+    record_sha256(path)
+    (root / name / "config.toml").write_text(config)
     return path
 
 
@@ -252,20 +350,15 @@ def write_tensor_model(
     root: Path, name: str, kind: str = "tokens", max_batch_size: int = 16, max_wait_ms: float = 20.0
 ) -> Path:
     """Script ``TENSOR_MODULES[kind]`` with its [[inputs]] config into ``root/name/1``."""
-    version_dir = root / name / "1"
-    version_dir.mkdir(parents=True, exist_ok=True)
-    path = version_dir / "model.pt"
-    torch.jit.save(torch.jit.script(TENSOR_MODULES[kind]().eval()), str(path))
-    record_sha256(path)
     batching = f"[batching]\nmax_batch_size = {max_batch_size}\nmax_wait_ms = {max_wait_ms}\n"
     text = 'platform = "torchscript"\n' + textwrap.dedent(TENSOR_CONFIGS[kind]) + batching
-    (root / name / "config.toml").write_text(text)
-    return path
+    return script_version(root, name, TENSOR_MODULES[kind](), text)
 
 
 def build_test_repo(root: Path) -> Path:
     for kind in MODULES:
-        write_model(root, kind, kind)
+        if kind not in ("detector", "segmenter"):
+            write_model(root, kind, kind)
     write_model(root, "limited", "slow", queue_limit=20, max_batch_size=4)
     write_model(root, "deadlined", "tiny", default_deadline_ms=1.0)
     write_model(root, "floaty", "tiny", dtype="float32", scale=1.0)

@@ -2,8 +2,9 @@
 implementations.
 
 A handler is loaded in the process that owns the device (never before a fork): ``setup(device)``
-loads and places the model, ``predict(batch)`` maps a normalised float NCHW batch to one output row
-per input row. Anything that can do that plugs in the same way.
+loads and places the model, ``predict(batch)`` maps a normalised float NCHW batch to its outputs: one
+tensor with a row per input row, or a tuple, list or dict of tensors (``worker/outputs.py`` cuts
+them per request). Anything that can do that plugs in the same way.
 """
 
 from __future__ import annotations
@@ -95,13 +96,20 @@ class OnnxHandler:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(self.path), options, providers=providers)
         self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
         self.device = device
 
-    def predict(self, *batch: torch.Tensor) -> torch.Tensor:
-        # An image arrives normalised (float32); named tensors keep their declared dtypes.
+    def predict(self, *batch: torch.Tensor) -> Any:
+        """One output: its tensor; several: ``{output name: tensor}`` (``worker/outputs.py``).
+        An image arrives normalised (float32); named tensors keep their declared dtypes."""
         host = [b.detach().contiguous().cpu().numpy() for b in batch]
-        (out, *_) = self.session.run(None, dict(zip(self.input_names, host, strict=True)))
-        return torch.from_numpy(out).to(self.device)
+        outs = self.session.run(None, dict(zip(self.input_names, host, strict=True)))
+        if len(outs) == 1:
+            return torch.from_numpy(outs[0]).to(self.device)
+        return {
+            n: torch.from_numpy(o).to(self.device)
+            for n, o in zip(self.output_names, outs, strict=True)
+        }
 
 
 HANDLERS: dict[str, Callable[[Path], ModelHandler]] = {

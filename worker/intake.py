@@ -25,6 +25,7 @@ import pybase64
 
 from inferq.shared import codec, keys
 from inferq.shared.errors import InferqError, InvalidInput, ModelUnavailable, PayloadTooLarge
+from inferq.shared.geometry import Geometry
 from inferq.shared.inputs import decode_request
 from inferq.shared.spec import InputSpec
 from inferq.shared.trace import TraceContext
@@ -52,6 +53,7 @@ class InferenceRequest:
     priority: int
     redelivered: bool = False
     trace: TraceContext | None = None  # W3C trace context from the message headers
+    geometry: Geometry | None = None  # how the producer resized the original (None: it did not say)
     #: An [[inputs]] model's sent inputs in declared order (``array`` is the first of them).
     tensors: tuple[np.ndarray, ...] = ()
 
@@ -175,6 +177,7 @@ def _decode(
     eta = headers.get("eta")
     info = _table(props.get("delivery_info"), "properties.delivery_info")
     redelivered = headers.get("redelivered") or info.get("redelivered")
+    geometry = kwargs.get("geometry")
     return InferenceRequest(
         task_id,
         tag,
@@ -189,6 +192,7 @@ def _decode(
         _priority(props.get("priority")),
         bool(redelivered),
         TraceContext.from_headers(headers),
+        None if geometry is None else Geometry.from_wire(geometry),
         tensors,
     )
 

@@ -11,6 +11,7 @@ import torch
 
 from inferq.shared.logs import get_logger
 from inferq.worker.batcher import BatchPolicy, MicroBatcher
+from inferq.worker.custom import load_hooks
 from inferq.worker.handlers import ModelHandler
 from inferq.worker.hooks import Hooks
 from inferq.worker.inhand import InHand
@@ -50,6 +51,8 @@ class VersionLoader:
             self.device,
             self.worker_name,
             on_cap_change=partial(self.hooks.on_batch_cap, model.name, model.version),
+            # <repository>/<model>/<version>/<file>: a handler's code must come from outside it
+            handler_hooks=load_hooks(model.config.handler, repository=model.path.parents[2]),
         )
         warmup = runner.warmup()
         log.info(

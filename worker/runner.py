@@ -18,17 +18,25 @@ from typing import Any, NamedTuple
 
 import torch
 
-from inferq.shared.errors import DeadlineExceeded, InferqError, ModelError, WorkerCrashed
+from inferq.shared.errors import (
+    ConfigError,
+    DeadlineExceeded,
+    InferqError,
+    ModelError,
+    WorkerCrashed,
+)
 from inferq.shared.logs import get_logger
 from inferq.shared.results import InferenceResult, Timing
 from inferq.shared.spec import ModelConfig
 from inferq.worker.batchcap import BatchCap, DeviceFailure, is_fatal_device_error, is_oom
 from inferq.worker.collate import Collator, Staged
+from inferq.worker.custom import HandlerHooks, HookFailed, load_hooks
 from inferq.worker.decode import DecodedBatch, make_decoder, stage_decoded
 from inferq.worker.fused import fuse
 from inferq.worker.handlers import ModelHandler
 from inferq.worker.intake import InferenceRequest
-from inferq.worker.padding import cut_back
+from inferq.worker.outputs import Chunk, OutputLayout
+from inferq.worker.postprocess import BatchPostprocess
 from inferq.worker.tensor_inputs import StagedTensors, TensorBatch, TensorSide, zero_batch
 
 __all__ = ["BatchCap", "DeviceFailure", "Outcome", "Runner", "is_fatal_device_error", "is_oom"]
@@ -63,6 +71,7 @@ class Runner:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         on_cap_change: Callable[[int], None] | None = None,
+        handler_hooks: HandlerHooks | None = None,
     ) -> None:
         self.handler = handler
         self.config = config
@@ -83,12 +92,22 @@ class Runner:
         self._a = (1.0 / (config.preprocess.scale * std)).view(1, channels, 1, 1).to(device)
         self._b = (-mean / std).view(1, channels, 1, 1).to(device)
         self._wire_dtype = _TORCH_DTYPES.get(config.dtype, torch.uint8)
-        # Under AMP the fused call runs inside the same autocast context as the unfused path.
+        self._hooks = handler_hooks or load_hooks(config.handler)
+        self._preprocess = self._hooks.preprocess if self._hooks is not None else None
+        if self._preprocess is not None and self._tensors is not None:
+            raise ConfigError(
+                f"model {config.name!r}: a handler's preprocess hook takes an [input] image "
+                "batch, got an [[inputs]] model (leave preprocess out)"
+            )
+        # Under AMP the fused call runs inside the same autocast context as the unfused path; a
+        # preprocess hook runs between normalisation and the model, so it runs unfused.
+        fused = self._preprocess is None and self._tensors is None
         self._fused = (
-            fuse(handler, self._a, self._b, config.precision.channels_last)
-            if self._tensors is None
-            else None
+            fuse(handler, self._a, self._b, config.precision.channels_last) if fused else None
         )
+        self._layout = OutputLayout(config.output)
+        lengths = self._tensors.lengths if self._tensors is not None else None
+        self._postprocess = BatchPostprocess(config, self._hooks, lengths)
         # One slot per instance computing, one waiting, one being staged.
         self.collator = Collator(
             config.shape,
@@ -99,8 +118,6 @@ class Runner:
         )
         # jpeg/png wire: the decode stage, run in prepare while the batch before computes.
         self.decoder = make_decoder(config.wire, config.shape, device)
-        self._labels = config.output.labels
-        self._names: list[str] = []
         self._device_name = str(device)
 
     # -- public -------------------------------------------------------------------------------
@@ -159,8 +176,8 @@ class Runner:
         staged = self._tensors.collator.stage([r.tensors for r in live]) if live else None
         return DecodedBatch(live, staged, [])
 
-    def forward(self, x: Batch) -> torch.Tensor:
-        """The model's output rows (on the CPU) for a batch of wire tensors: validation."""
+    def forward(self, x: Batch) -> Chunk:
+        """The model's outputs (on the CPU) for a batch of wire tensors: validation."""
         return self._forward(x.to(self.device))
 
     def warmup(self, sizes: Sequence[int] | None = None, rounds: int = 3) -> dict[int, float]:
@@ -195,13 +212,10 @@ class Runner:
         assert prepared.staged is not None
         start = self._clock()
         chunks = self._compute(self._claim(prepared.staged))
-        if len(chunks) == 1 and isinstance(chunks[0], torch.Tensor):
+        if len(chunks) == 1 and not isinstance(chunks[0], InferqError):
             self.cap.ok()  # only a batch that ran whole counts towards raising the cap again
         computed = self._clock()
-        lengths = self._tensors.lengths(prepared.live) if self._tensors is not None else None
-        values: list[Any] = []
-        for chunk in chunks:  # len(values): the chunk's first row
-            values += self._postprocess(chunk, lengths[len(values) :] if lengths else None)
+        values = self._postprocess(chunks, prepared.live)
         done = self._clock()
         times = _BatchTimes(
             start - prepared.collate_ms / 1e3,  # waiting ends where this batch's work began
@@ -217,7 +231,7 @@ class Runner:
             return self._tensors.collator.claim(staged)
         return self.collator.claim(staged)
 
-    def _compute(self, x: Batch) -> list[torch.Tensor | InferqError]:
+    def _compute(self, x: Batch) -> list[Chunk | InferqError]:
         """In row order: output chunks (CPU, one per forward that succeeded) and, for each row
         that alone makes the model fail, its error."""
         try:
@@ -228,7 +242,7 @@ class Runner:
             return self._split(x, exc)
         return [out]
 
-    def _split(self, x: Batch, exc: Exception) -> list[torch.Tensor | InferqError]:
+    def _split(self, x: Batch, exc: Exception) -> list[Chunk | InferqError]:
         n = len(x)
         if is_oom(exc):
             self.cap.shrink(n)
@@ -238,12 +252,14 @@ class Runner:
                 return [
                     ModelError(f"model must fit in device memory for one input, got OOM: {exc}")
                 ]
+        elif n == 1 and isinstance(exc, HookFailed) and self._hooks is not None:
+            return [self._hooks.error("preprocess", exc)]
         elif n == 1:
             return [ModelError(f"model raised on this input: {type(exc).__name__}: {exc}")]
         half = n // 2
         return self._compute(x[:half]) + self._compute(x[half:])
 
-    def _forward(self, x: Batch) -> torch.Tensor:
+    def _forward(self, x: Batch) -> Chunk:
         if self._fused is not None:
             with torch.inference_mode(), self._autocast_ctx():
                 out = self._fused(x)
@@ -253,10 +269,7 @@ class Runner:
                 out = self._tensors.call(x)
         else:
             out = self._unfused(x)
-        if not isinstance(out, torch.Tensor) or out.shape[0] != len(x):
-            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ModelError(f"model must return one row per input ({len(x)}), got {got}")
-        return out.cpu()
+        return self._layout.collect(out, len(x))
 
     def _unfused(self, x: torch.Tensor) -> Any:
         with torch.inference_mode(), self._autocast_ctx():
@@ -265,6 +278,8 @@ class Runner:
             z = x.to(torch.float32, copy=True).mul_(self._a).add_(self._b)
             if self.config.precision.channels_last:
                 z = z.contiguous(memory_format=torch.channels_last)
+            if self._preprocess is not None:
+                z = self._hooks.run_preprocess(z)  # type: ignore[union-attr]
             out = self.handler.predict(z)
         return out.float() if isinstance(out, torch.Tensor) else out
 
@@ -272,33 +287,6 @@ class Runner:
         if self._autocast is None:
             return torch.autocast(self.device.type, enabled=False)
         return torch.autocast(self.device.type, dtype=self._autocast)
-
-    def _postprocess(
-        self, chunk: torch.Tensor | InferqError, lengths: Sequence[int] | None = None
-    ) -> list[Any]:
-        """One value per row of ``chunk``, computed for the whole chunk at once; ``lengths``:
-        its rows' lengths of the input the output follows, each row cut back to its own."""
-        if isinstance(chunk, InferqError):
-            return [chunk]
-        out = self.config.output
-        if lengths is not None:
-            return [row.tolist() for row in cut_back(chunk, lengths[: len(chunk)])]
-        if out.postprocess == "raw":
-            return list(chunk.tolist())
-        probs = torch.softmax(chunk.flatten(1), dim=1)
-        scores, idx = probs.topk(min(out.top_k, probs.shape[1]), dim=1)
-        names = self._label_names(probs.shape[1])
-        return [
-            [{"index": i, "label": names[i], "score": s} for i, s in zip(ri, rs, strict=True)]
-            for ri, rs in zip(idx.tolist(), scores.tolist(), strict=True)
-        ]
-
-    def _label_names(self, classes: int) -> list[str]:
-        if len(self._names) != classes:
-            self._names = [
-                self._labels[i] if i < len(self._labels) else str(i) for i in range(classes)
-            ]
-        return self._names
 
     def _outcomes(
         self, live: Sequence[InferenceRequest], values: Sequence[Any], t: _BatchTimes

@@ -1,11 +1,12 @@
 """What a new version must pass before it takes requests (a hot rollout's gate).
 
 On sample inputs at each of its batch sizes (zeros for an [[inputs]] model's named tensors), its
-outputs must be finite and of the declared shape (one row per input; as many classes as labels
-when it declares labels). When the version directory holds ``validation.npz`` (``inputs``: uint8
-NCHW, ``top1``: the expected class per input), its top-1 must agree with ``top1`` on at least
-``[validation] min_agreement`` of them. Runs on the version's own run thread, after warm-up,
-before any request reaches it.
+outputs must be finite, one part per input (``worker/outputs.py``) and, for a ranked output
+(``topk``/``raw``), of the declared shape (as many classes as labels when it declares labels).
+When the version directory holds ``validation.npz`` (``inputs``: uint8 NCHW, ``top1``: the
+expected class per input), its top-1 must agree with ``top1`` on at least ``[validation]
+min_agreement`` of them. Runs on the version's own run thread, after warm-up, before any
+request reaches it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from inferq.shared.errors import ValidationFailed
+from inferq.worker.outputs import Chunk, first_output
 from inferq.worker.repository import ModelVersion
 from inferq.worker.runner import Batch, Runner
 from inferq.worker.tensor_inputs import zero_batch
@@ -27,16 +29,19 @@ _SAMPLE_BATCH = 8
 
 def validate(runner: Runner, model: ModelVersion) -> None:
     """Raise ValidationFailed naming what was expected and what came, if ``model`` is unfit."""
+    ranked = model.config.output.postprocess in ("topk", "raw")  # one row of scores per input
     for size in _sample_sizes(model):
         out = _forward(runner, _samples(model, size), model)
-        _check_output(out, size, model)
+        _check_finite(out, model)
+        if ranked:
+            _check_output(first_output(out).float(), size, model)
     path = model.path.parent / VALIDATION_FILE
     if path.is_file() and model.config.inputs:
         raise ValidationFailed(
             f"{path} holds image inputs for an [input] model; model {model.name!r} declares "
             "[[inputs]], whose versions are checked on sample inputs only: remove the file"
         )
-    if path.is_file():
+    if ranked and path.is_file():
         _check_agreement(runner, model, path)
 
 
@@ -55,9 +60,9 @@ def _samples(model: ModelVersion, size: int) -> Batch:
     return torch.from_numpy(rng.random(shape).astype(model.config.dtype))
 
 
-def _forward(runner: Runner, x: Batch, model: ModelVersion) -> torch.Tensor:
+def _forward(runner: Runner, x: Batch, model: ModelVersion) -> Chunk:
     try:
-        return runner.forward(x).float()
+        return runner.forward(x)
     except Exception as exc:
         raise ValidationFailed(
             f"model {model.name!r} version {model.version} must compute a batch of {len(x)} "
@@ -65,13 +70,18 @@ def _forward(runner: Runner, x: Batch, model: ModelVersion) -> torch.Tensor:
         ) from exc
 
 
+def _check_finite(chunk: Chunk, model: ModelVersion) -> None:
+    tensors = [chunk] if isinstance(chunk, torch.Tensor) else [t for p in chunk for t in p.values()]
+    bad = sum(int((~torch.isfinite(t)).sum()) for t in tensors if t.is_floating_point())
+    if bad:
+        raise ValidationFailed(
+            f"model {model.name!r} version {model.version} must give finite outputs on sample "
+            f"inputs, got {bad} NaN or infinite values"
+        )
+
+
 def _check_output(out: torch.Tensor, size: int, model: ModelVersion) -> None:
     where = f"model {model.name!r} version {model.version}"
-    if not bool(torch.isfinite(out).all()):
-        bad = int((~torch.isfinite(out)).sum())
-        raise ValidationFailed(
-            f"{where} must give finite outputs on sample inputs, got {bad} NaN or infinite values"
-        )
     labels = model.config.output.labels
     classes = out.flatten(1).shape[1] if out.dim() > 1 else 1
     if model.config.output.postprocess == "topk" and labels and classes != len(labels):
@@ -86,7 +96,9 @@ def _check_agreement(runner: Runner, model: ModelVersion, path: Path) -> None:
     step = max(1, model.config.batching.max_batch_size)
     top1 = torch.cat(
         [
-            _forward(runner, torch.from_numpy(inputs[i : i + step]), model).flatten(1).argmax(1)
+            first_output(_forward(runner, torch.from_numpy(inputs[i : i + step]), model))
+            .flatten(1)
+            .argmax(1)
             for i in range(0, len(inputs), step)
         ]
     )

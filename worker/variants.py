@@ -63,7 +63,7 @@ def apply_optimize(handler: Any, config: ModelConfig, device: torch.device) -> A
         forward = compiled_forward(handler, config, device)
     if o.cuda_graphs:
         forward = CudaGraphs(forward, config, device, o.batch_buckets)
-    bucketed = BucketedHandler(forward, o.batch_buckets)
+    bucketed = BucketedHandler(forward, o.batch_buckets, config.output.rows == "list")
     if o.compile != "none" and not o.cuda_graphs:  # captured graphs were warmed to capture them
         bucketed.warm(config, device)
     return bucketed
@@ -72,9 +72,10 @@ def apply_optimize(handler: Any, config: ModelConfig, device: torch.device) -> A
 class BucketedHandler:
     """Pads a batch to the next bucket, runs it, and returns only the real rows' outputs."""
 
-    def __init__(self, forward: Forward, buckets: Sequence[int]) -> None:
+    def __init__(self, forward: Forward, buckets: Sequence[int], per_entry: bool = False) -> None:
         self.forward = forward
         self.buckets = tuple(sorted(buckets))
+        self.per_entry = per_entry  # the model returns a list with one entry per row
 
     def setup(self, device: torch.device, channels_last: bool) -> None:
         """Already placed: the handler it wraps was set up before it was wrapped."""
@@ -88,11 +89,11 @@ class BucketedHandler:
                 return size
         raise ModelError(f"batch must fit the largest bucket ({self.buckets[-1]}), got {n} rows")
 
-    def predict(self, batch: torch.Tensor) -> torch.Tensor:
+    def predict(self, batch: torch.Tensor) -> Any:
         n = len(batch)
         size = self.bucket(n)
         out = self.forward(pad_rows(batch, size) if size > n else batch)
-        return out[:n]
+        return first_rows(out, n, self.per_entry) if size > n else out
 
     def warm(self, config: ModelConfig, device: torch.device) -> None:
         """One pass per bucket, under the autocast the runner will use, so that every graph is
@@ -110,6 +111,17 @@ class BucketedHandler:
                 # Larger buckets compile when first used; the runner lowers its cap on OOM.
                 log.warning("bucket does not fit on the device", bucket=size, model=config.name)
                 break
+
+
+def first_rows(out: Any, n: int, per_entry: bool = False) -> Any:
+    """The real rows' outputs of a padded batch: a tensor's first ``n`` rows, each member's of a
+    tuple or dict of tensors, or, for a list of one entry per row (``per_entry``), its first
+    ``n`` entries."""
+    if isinstance(out, dict):
+        return {k: v[:n] for k, v in out.items()}
+    if isinstance(out, (tuple, list)) and not per_entry:
+        return type(out)(v[:n] for v in out)
+    return out[:n]
 
 
 def pad_rows(batch: torch.Tensor, size: int) -> torch.Tensor:

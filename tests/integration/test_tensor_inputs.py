@@ -58,10 +58,12 @@ def test_variable_length_batches_equal_one_by_one_runs_exactly(
     values = gather(submit_many(requests, model="tokens"), timeout=60)
     assert max(v["timing"]["batch_size"] for v in values) > 1
     assert len({len(r["input_ids"]) for r in requests}) == MAX_TOKENS  # every length, mixed
-    assert [v["outputs"] for v in values] == [_alone(r) for r in requests]
+    assert [v["outputs"].tolist() for v in values] == [_alone(r) for r in requests]
     one_by_one = [submit_job.delay(r, model="tokens").get(timeout=30) for r in requests[:5]]
     assert [v["timing"]["batch_size"] for v in one_by_one] == [1] * 5
-    assert [v["outputs"] for v in one_by_one] == [v["outputs"] for v in values[:5]]
+    assert [v["outputs"].tolist() for v in one_by_one] == [
+        v["outputs"].tolist() for v in values[:5]
+    ]
 
 
 def test_outputs_that_follow_the_tokens_come_back_at_each_requests_length(
@@ -73,7 +75,7 @@ def test_outputs_that_follow_the_tokens_come_back_at_each_requests_length(
     ids = [np.arange(n, dtype=np.int32) + 20 for n in lengths]  # int32 in: sent as int64
     values = gather(submit_many(ids, model="tagger"), timeout=60)
     table = Tagger().table
-    assert [v["outputs"] for v in values] == [table[20 : 20 + n].tolist() for n in lengths]
+    assert [v["outputs"].tolist() for v in values] == [table[20 : 20 + n].tolist() for n in lengths]
 
 
 def test_bad_requests_fail_alone_with_typed_errors(stack_factory, test_repo: Path) -> None:
@@ -142,9 +144,14 @@ def test_foreign_celery_clients_send_named_tensors(stack_factory, test_repo: Pat
     msgpack_result = _send(_foreign_app(stack.redis.url, "msgpack"), raw).get(timeout=30)
     b64 = {k: base64.b64encode(v).decode() for k, v in raw.items()}
     json_result = _send(_foreign_app(stack.redis.url, "json"), b64).get(timeout=30)
-    assert msgpack_result["outputs"] == json_result["outputs"] == expected
+    # a foreign client reads the array as README's "Arrays in results" decodes it
+    from tests.unit.test_arrays import _readme_decoder
+
+    decode = _readme_decoder()
+    assert decode(msgpack_result["outputs"]).tolist() == expected
+    assert decode(json_result["outputs"]).tolist() == expected
     ours = submit_job.delay({"input_ids": ids, "flags": flags}, model="tokens").get(timeout=30)
-    assert ours["outputs"] == expected
+    assert ours["outputs"].tolist() == expected
 
 
 def test_the_asyncio_client_takes_a_dict(stack_factory, test_repo: Path) -> None:
@@ -155,4 +162,4 @@ def test_the_asyncio_client_takes_a_dict(stack_factory, test_repo: Path) -> None
     async def main() -> dict[str, Any]:
         return await (await submit(request, model="tokens")).async_get(timeout=30)
 
-    assert asyncio.run(main())["outputs"] == _alone(request)
+    assert asyncio.run(main())["outputs"].tolist() == _alone(request)

@@ -62,8 +62,8 @@ def test_a_variable_length_batch_gives_exactly_what_each_request_gives_alone() -
     runner = _runner("tokens", Tokens())
     rng = np.random.default_rng(0)
     batch = [_tokens(rng) for _ in range(12)]
-    together = [o.value["outputs"] for o in runner.run(batch) if o.value is not None]
-    alone = [runner.run([r])[0].value["outputs"] for r in batch]  # type: ignore[union-attr]
+    together = [o.value["outputs"].tolist() for o in runner.run(batch) if o.value is not None]
+    alone = [runner.run([r])[0].value["outputs"].tolist() for r in batch]  # type: ignore[union-attr]
     assert together == alone and len(together) == 12
     reference = Tokens().eval()
     for r, got in zip(batch, together, strict=True):
@@ -90,7 +90,7 @@ def test_outputs_that_follow_an_input_are_cut_back_per_request() -> None:
     outcomes = runner.run(batch)
     table = Tagger().table
     for n, o in zip(lengths, outcomes, strict=True):
-        assert o.value is not None and o.value["outputs"] == table[10 : 10 + n].tolist()
+        assert o.value is not None and o.value["outputs"].tolist() == table[10 : 10 + n].tolist()
 
 
 def test_warmup_runs_every_input_at_its_full_shape() -> None:
@@ -117,9 +117,9 @@ def test_out_of_memory_splits_a_padded_batch_and_lowers_the_cap() -> None:
     batch = [_tokens(rng) for _ in range(8)]
     outcomes = runner.run(batch)
     assert all(o.value is not None for o in outcomes) and runner.cap.value <= 4
-    assert [o.value["outputs"] for o in outcomes] == [  # type: ignore[union-attr]
-        runner.run([r])[0].value["outputs"]
-        for r in batch  # type: ignore[union-attr]
+    assert [o.value["outputs"].tolist() for o in outcomes] == [  # type: ignore[union-attr]
+        runner.run([r])[0].value["outputs"].tolist()  # type: ignore[union-attr]
+        for r in batch
     ]
 
 
@@ -165,10 +165,8 @@ def test_an_onnx_model_takes_its_named_inputs_in_declared_order(tmp_path) -> Non
     outcomes = runner.run([_request(np.arange(n) + 30) for n in lengths])
     table = Tagger().table
     assert (
-        [o.value["outputs"] for o in outcomes]
-        == [  # type: ignore[index]
-            table[30 : 30 + n].tolist() for n in lengths
-        ]
+        [o.value["outputs"].tolist() for o in outcomes]  # type: ignore[index]
+        == [table[30 : 30 + n].tolist() for n in lengths]
     )
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from inferq.shared.spec import ModelConfig
+from inferq.worker.outputs import first_output
 from inferq.worker.runner import Runner
 
 
@@ -35,7 +36,7 @@ def normalised(images: np.ndarray, config: ModelConfig) -> torch.Tensor:
 def outputs(runner: Runner, images: np.ndarray, batch: int) -> torch.Tensor:
     """The runner's forward (normalisation included) over ``images``, ``batch`` at a time."""
     chunks = [
-        runner._forward(torch.from_numpy(images[i : i + batch]).to(runner.device))
+        first_output(runner._forward(torch.from_numpy(images[i : i + batch]).to(runner.device)))
         for i in range(0, len(images), batch)
     ]
     return torch.cat(chunks).flatten(1).float()

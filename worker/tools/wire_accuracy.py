@@ -28,6 +28,7 @@ from inferq.producer.tools.synth import make_images
 from inferq.shared.wire import EncodedImage, decode_image, encode_image
 from inferq.worker.examples.build import HELDOUT_N, HELDOUT_SEED, HELDOUT_SIZE, build_examples
 from inferq.worker.handlers import load_handler
+from inferq.worker.outputs import first_output
 from inferq.worker.repository import ModelRepository
 from inferq.worker.runner import Runner
 
@@ -98,7 +99,9 @@ def _jpeg(chw: np.ndarray, quality: int, subsampling: int) -> bytes:
 
 def _top1(runner: Runner, arrays: list[np.ndarray]) -> np.ndarray:
     x = torch.from_numpy(np.stack(arrays))
-    return np.concatenate([runner.forward(b).argmax(1).numpy() for b in x.split(32)])
+    return np.concatenate(
+        [first_output(runner.forward(b)).flatten(1).argmax(1).numpy() for b in x.split(32)]
+    )
 
 
 def _agree(a: np.ndarray, b: np.ndarray) -> float:
