@@ -186,7 +186,16 @@ def test_shapes_model_accuracy_on_fresh_images(
 
 
 def test_example_names() -> None:
-    assert EXAMPLE_NAMES == ("shapes", "resnet18", "resnet50", "null32", "null224", "textcls")
+    assert EXAMPLE_NAMES == (
+        "shapes",
+        "resnet18",
+        "resnet50",
+        "null32",
+        "null224",
+        "detector",
+        "segmenter",
+        "textcls",
+    )
 
 
 @pytest.mark.parametrize("name", ["null32", "null224"])

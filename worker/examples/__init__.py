@@ -8,5 +8,7 @@ EXAMPLE_NAMES: tuple[str, ...] = (
     "resnet50",
     "null32",
     "null224",
+    "detector",
+    "segmenter",
     "textcls",
 )
