@@ -29,7 +29,7 @@ def run_examples(repo: Path, count: int, env: dict[str, str], broker_url: str) -
     if missing:
         from inferq.worker.examples.build import build_examples
 
-        click.echo(f"building {', '.join(missing)} in {repo} (about a minute each on 2 cores)")
+        click.echo(f"building {', '.join(missing)} in {repo} (about two CPU minutes in all)")
         build_examples(repo, missing, log=click.echo)
     log_path = Path(tempfile.mkdtemp(prefix="inferq-demo-")) / "examples-worker.log"
     click.echo(f"starting a worker for {', '.join(EXAMPLES)} (log: {log_path})")
