@@ -1,6 +1,7 @@
 """``python -m inferq.worker.examples.measure``: train the detector/segmenter network and the text
 classifier as ``init-examples`` does, and print each one's training time (wall and this process's
-CPU seconds, all threads) and held-out figures. Set OMP_NUM_THREADS to the cores to measure on."""
+CPU seconds, all threads) and held-out figures. The scene net always trains on one thread (see
+``detector._one_thread``); OMP_NUM_THREADS sets the text classifier's threads."""
 
 from __future__ import annotations
 
@@ -9,8 +10,6 @@ import os
 import time
 from collections.abc import Callable
 from typing import TypeVar
-
-import torch
 
 from inferq.worker.examples.detector import evaluate_detector, heldout_scenes, train_scene_net
 from inferq.worker.examples.scene_nets import DetectorNet, SegmenterNet
@@ -25,7 +24,7 @@ def _timed(what: str, train: Callable[[], T]) -> T:
     out = train()
     print(
         f"{what}: trained in {time.perf_counter() - wall:.1f} s wall, "
-        f"{time.process_time() - cpu:.1f} s CPU ({torch.get_num_threads()} threads)"
+        f"{time.process_time() - cpu:.1f} s CPU"
     )
     return out
 
