@@ -532,9 +532,11 @@ def test_results_wait_while_redis_refuses_writes(stack_factory, test_repo: Path)
     stack = stack_factory(test_repo)
     w = stack.worker("slow")
     results = submit_many([chw(seed=i) for i in range(6000)], model="slow")  # seconds of work
-    used = int(stack.client.info("memory")["used_memory"])
+    results[0].get(timeout=30)  # the worker is busy: batches are held, run, and being stored
+    # Far below what Redis holds, so that the acks of whatever gets through cannot bring it back
+    # under the limit (with the limit at the memory in use, they could, and no write was refused).
     stack.client.config_set("maxmemory-policy", "noeviction")
-    stack.client.config_set("maxmemory", used)
+    stack.client.config_set("maxmemory", 1)
     wait_until(  # keep refusing until the writer has met the refusal and said so
         lambda: "refused or unreachable while storing results" in w.log_tail(2000),
         60,
