@@ -145,3 +145,31 @@ def test_a_callback_chained_with_then_runs_when_the_result_is_read(producer, red
     _store(redis_client, "chained", success_meta("chained", _value(3)))
     assert result.get(timeout=5)["outputs"] == [3]
     assert got == ["chained"]
+
+
+def test_then_on_a_result_already_read_runs_at_once(producer, redis_client) -> None:
+    """As with Celery's own promise, fulfilled when the result came in: a late ``then`` runs."""
+    _store(redis_client, "late-then", success_meta("late-then", _value(5)))
+    result = submit_job.AsyncResult("late-then")
+    assert result.get(timeout=5)["outputs"] == [5]
+    got: list[object] = []
+    result.then(lambda r: got.append(r.id))
+    assert got == ["late-then"]
+
+
+def test_a_result_read_and_dropped_leaves_no_reference_cycle(producer, redis_client) -> None:
+    """Freed by reference counting: cycles per result would pile up for the collector's full
+    passes, a pause of tens of ms in every process holding thousands of results."""
+    import gc
+    import weakref
+
+    _store(redis_client, "no-cycle", success_meta("no-cycle", _value(6)))
+    result = submit_job.AsyncResult("no-cycle")
+    assert result.get(timeout=5)["outputs"] == [6]
+    gone = weakref.ref(result)
+    gc.disable()
+    try:
+        del result
+        assert gone() is None
+    finally:
+        gc.enable()
