@@ -22,8 +22,8 @@ from typing import Any
 from celery.app import app_or_default
 from celery.backends.redis import RedisBackend
 from celery.exceptions import TimeoutError as CeleryTimeoutError
-from celery.states import READY_STATES
 from celery.result import AsyncResult
+from celery.states import READY_STATES
 from vine import promise
 
 from inferq.producer.listener import Meta, ResultListener, fast_get, listener_for, ready_meta

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -33,6 +32,7 @@ from inferq.producer.spec_cache import SpecCache
 from inferq.shared import codec, keys
 from inferq.shared.celeryconf import make_celery
 from inferq.shared.errors import InferqError, QueueFull
+from inferq.shared.ids import uuid4_text
 from inferq.shared.inputs import encode_request
 from inferq.shared.redisconn import make_client
 from inferq.shared.registry import Registry
@@ -156,7 +156,7 @@ def prepare(img: ImageLike, call: dict[str, Any], options: dict[str, Any]) -> Pr
     }
     if geometry is not None:
         kwargs["geometry"] = geometry
-    task_id = str(options.get("task_id") or uuid.uuid4())
+    task_id = str(options.get("task_id") or uuid4_text())
     priority = _priority(options.get("priority"))
     expires = options.get("expires")
     if expires is None and spec.default_deadline_ms > 0:

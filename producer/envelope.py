@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import socket
-import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,6 +19,7 @@ import pybase64
 
 from inferq.shared import keys
 from inferq.shared.errors import InferqError
+from inferq.shared.ids import uuid4_text
 from inferq.shared.spec import InputSpec
 from inferq.shared.trace import producer_context
 
@@ -100,7 +100,7 @@ def task_envelope(
             "delivery_info": {"exchange": "", "routing_key": queue or keys.queue_name(spec.model)},
             "priority": priority,
             "body_encoding": "base64",
-            "delivery_tag": str(uuid.uuid4()),
+            "delivery_tag": uuid4_text(),
         },
     }
     return orjson.dumps(envelope)

@@ -16,7 +16,6 @@ the ordinary client with its retries; each call's reply key makes that replay sa
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +23,7 @@ from typing import Any
 import redis
 from redis.exceptions import NoScriptError
 
-from inferq.shared import keys
+from inferq.shared import ids, keys
 from inferq.shared.errors import BrokerUnavailable, QueueFull
 from inferq.shared.lua import LuaScript, execute_with_scripts
 from inferq.shared.redisconn import CONNECTION_ERRORS, as_text, raw_pipeline
@@ -101,7 +100,7 @@ class Pusher:
         """Push in one round trip (shared with concurrent callers) and return Redis' epoch; raise
         QueueFull (with ``accepted`` task ids) if any group was refused."""
         groups = list(_groups(prepared))
-        token = uuid.uuid4().hex
+        token = ids.token()
         call = _Call(groups, [_script_call(group, token) for group in groups])
         self._take_part(call)
         if call.error is not None:
@@ -187,7 +186,7 @@ class Pusher:
 def _script_call(group: list[Prepared], token: str) -> tuple[Any, ...]:
     first = group[0]
     lists = _counted_lists(first)
-    reply_key = keys.push_reply_key(uuid.uuid4().hex)
+    reply_key = keys.push_reply_key(ids.token())
     script_keys = [*lists, keys.EPOCH, reply_key]
     args = [first.limit, first.priority + 1, token, *(p.envelope for p in group)]
     return ("EVALSHA", PUSH.sha, len(script_keys), *script_keys, *args)

@@ -15,14 +15,13 @@ from __future__ import annotations
 import itertools
 import math
 import threading
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
 from redis.cluster import RedisCluster
 
 from inferq.producer.pusher import PUSH, Prepared, _groups
-from inferq.shared import keys
+from inferq.shared import ids, keys
 from inferq.shared.cluster import CLUSTER_CONNECTION_ERRORS, Book, shard_books
 from inferq.shared.errors import BrokerUnavailable, QueueFull
 
@@ -80,11 +79,11 @@ class ShardPusher:
         first = group[0]
         counted = first.counted or (first.queue,)
         lists = [key for q in counted for key in keys.queue_keys(book.queue(q))]
-        script_keys = [*lists, book.epoch, book.push_reply_key(uuid.uuid4().hex)]
+        script_keys = [*lists, book.epoch, book.push_reply_key(ids.token())]
         args: list[Any] = [
             limit,
             first.priority + 1,
-            uuid.uuid4().hex,
+            ids.token(),
             *(p.envelope for p in group),
         ]
         depth, _epoch = PUSH(self.client, script_keys, args)  # type: ignore[arg-type]

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import gc
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
