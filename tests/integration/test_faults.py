@@ -495,6 +495,8 @@ def test_bad_input_catalogue_each_gets_a_typed_error(stack_factory, test_repo: P
     stack.client.lpush(keys.priority_queue_key(keys.queue_name("tiny"), 5), b"not json at all")
     # ...and the worker still serves
     assert submit_job.delay(chw(), model="tiny").get(timeout=30)["model"] == "tiny"
+    # the garbage was in the unversioned queue, served by another fetch thread than the request
+    wait_until(lambda: stack.client.llen("inferq.deadletter"), 10, "the dead letter")
     assert stack.client.llen("inferq.deadletter") == 1
 
 

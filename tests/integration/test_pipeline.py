@@ -159,6 +159,9 @@ def test_non_inferq_garbage_goes_to_dead_letter(stack_factory, test_repo: Path) 
         keys.priority_queue_key(keys.queue_name("tiny"), keys.DEFAULT_PRIORITY), b"\x00garbage"
     )
     assert submit_job.delay(_img(3), model="tiny").get(timeout=30)["model"] == "tiny"
+    # The request went to the version's queue, the garbage to the unversioned one: another
+    # fetch thread, which may set it aside a moment after the request is served.
+    wait_until(lambda: stack.client.llen("inferq.deadletter"), 10, "the dead letter")
     assert stack.client.lrange("inferq.deadletter", 0, -1) == [b"\x00garbage"]
 
 
