@@ -57,15 +57,33 @@ def main() -> None:
     show_default=True,
     help="Send task events (for Flower, `celery events`); off by default, as in Celery.",
 )
+@click.option(
+    "--processes",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    envvar="INFERQ_WORKER_PROCESSES",
+    help="Worker processes side by side, each its own Celery node (name-pK@host) with its own "
+    "GIL; torch threads split between them unless INFERQ_TORCH_THREADS is set. On a CPU host, "
+    "one per core with [instances] count = 1 (env INFERQ_WORKER_PROCESSES).",
+)
 def worker(
     models: tuple[str, ...],
     device: str | None,
     hostname: str | None,
     loglevel: str | None,
     events: bool,
+    processes: int,
 ) -> None:
     """Run a worker for MODEL on DEVICE (restarted on unrecoverable device errors)."""
-    from inferq.worker.supervisor import celery_argv, default_hostname, run_worker
+    from inferq.worker.supervisor import (
+        ProcessGroup,
+        celery_argv,
+        default_hostname,
+        process_env,
+        process_hostname,
+        run_worker,
+    )
     from inferq.worker.tuning import worker_env
 
     settings = get_settings()
@@ -75,16 +93,18 @@ def worker(
         raise click.UsageError("pass --model NAME (or set INFERQ_MODELS)")
     dev = device or settings.device
     _preflight(settings.broker_url, dev)
-    argv = celery_argv(
-        chosen,
-        dev,
-        hostname or default_hostname(chosen, dev),
-        loglevel or settings.log_level,
-        events,
-    )
+    name = hostname or default_hostname(chosen, dev)
+    level = loglevel or settings.log_level
+    argvs = [
+        celery_argv(chosen, dev, process_hostname(name, k, processes), level, events)
+        for k in range(processes)
+    ]
     # glibc reads these at the child's first allocation, before any of its threads exist.
     env = {**os.environ, **worker_env(settings)}
-    sys.exit(run_worker(argv, env, settings.supervise))
+    if processes == 1:
+        sys.exit(run_worker(argvs[0], env, settings.supervise))
+    envs = [process_env(env, processes)] * processes
+    sys.exit(ProcessGroup(argvs, envs, restart=settings.supervise).run())
 
 
 def _device_option(value: str | None) -> str | None:
@@ -217,6 +237,13 @@ def demo(count: int, model_repository: Path | None, examples: bool) -> None:
     help="Override the model's [instances] count.",
 )
 @click.option(
+    "--processes",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Worker processes serving (b)-(d) side by side, as `inferq worker --processes`.",
+)
+@click.option(
     "--version",
     type=click.IntRange(min=1),
     default=None,
@@ -256,6 +283,7 @@ def bench(
     steady_seconds: float,
     precision: str | None,
     instances: int | None,
+    processes: int,
     version: int | None,
     out: Path,
     client: bool,
@@ -301,6 +329,7 @@ def bench(
         precision=precision,
         instances=instances,
         version=version,
+        processes=processes,
     )
     run_bench(cfg, echo=click.echo)
 

@@ -62,6 +62,32 @@ def default_hostname(models: Sequence[str], device: str) -> str:
     return f"inferq-{tag}-{device.replace(':', '')}-{os.getpid()}@{socket.gethostname()}"
 
 
+def process_hostname(hostname: str, index: int, count: int) -> str:
+    """The node name of worker process ``index`` of ``count`` started together: ``name-pK@host``
+    (the name as given when there is one process)."""
+    if count == 1:
+        return hostname
+    name, at, host = hostname.partition("@")
+    return f"{name}-p{index}{at}{host}"
+
+
+def process_env(env: Mapping[str, str], count: int, cores: int | None = None) -> dict[str, str]:
+    """A worker process's environment when ``count`` share the host: unless
+    ``INFERQ_TORCH_THREADS`` is set, each gets its share of the cores for torch's threads, so
+    that the processes' thread pools do not oversubscribe them."""
+    out = dict(env)
+    if count > 1 and int(out.get("INFERQ_TORCH_THREADS") or 0) == 0:
+        out["INFERQ_TORCH_THREADS"] = str(max(1, (cores or _cores()) // count))
+    return out
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def run_worker(argv: list[str], env: Mapping[str, str], supervise: bool) -> int:
     """Run the Celery worker under a :class:`Supervisor`, or (``supervise`` false) in this
     process's place, so that its exit code, a device failure's included, is the process's own."""
@@ -113,3 +139,104 @@ class Supervisor:
         self.stopping = True
         if self.child and self.child.poll() is None:
             self.child.send_signal(signal.SIGTERM)
+
+
+class ProcessGroup:
+    """Several worker processes side by side (``inferq worker --processes N``), as Celery's
+    prefork pool runs several on one host: each is its own Celery node, with its own GIL,
+    fetcher, batcher and run threads, so the Python around the model runs on every core at
+    once instead of taking turns under one GIL.
+
+    With ``restart``, a child that fails is restarted alone, as :class:`Supervisor` restarts its
+    one; without it (``INFERQ_SUPERVISE=0``), or once a child ends in a way that is not restarted,
+    the others are stopped (a warm shutdown) and that child's exit code is the group's, so that
+    the container ends and its orchestrator decides. SIGTERM/SIGINT reach every child as SIGTERM.
+    """
+
+    def __init__(
+        self,
+        argvs: Sequence[list[str]],
+        envs: Sequence[Mapping[str, str]],
+        restart: bool,
+        max_restarts: int = 100,
+        backoff_s: float = 1.0,
+        poll_s: float = 0.1,
+    ) -> None:
+        if len(argvs) != len(envs) or not argvs:
+            raise ValueError("one environment per worker process, and at least one process")
+        self.argvs = list(argvs)
+        self.envs = [dict(e) for e in envs]
+        self.restart = restart
+        self.max_restarts = max_restarts
+        self.backoff_s = backoff_s
+        self.poll_s = poll_s
+        self.children: dict[int, subprocess.Popen[bytes]] = {}
+        self._told: set[int] = set()  # pids sent SIGTERM: once each (a warm shutdown)
+        self.stopping = False
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._forward)
+        signal.signal(signal.SIGINT, self._forward)
+        restarts = [0] * len(self.argvs)
+        due: dict[int, float] = {i: 0.0 for i in range(len(self.argvs))}  # starts to make
+        code = 0
+        while self.children or (due and not self.stopping):
+            now = time.monotonic()
+            for i, at in list(due.items()):
+                if at <= now and not self.stopping:
+                    del due[i]
+                    self.children[i] = subprocess.Popen(self.argvs[i], env=self.envs[i])
+            if self.stopping:  # a signal may have come while a child was starting
+                due.clear()
+                self._signal_all()
+            for i, child in list(self.children.items()):
+                exit_code = child.poll()
+                if exit_code is None:
+                    continue
+                del self.children[i]
+                if self.stopping:
+                    code = code or exit_code
+                elif self.restart and Supervisor._should_restart(exit_code):
+                    restarts[i] += 1
+                    if restarts[i] > self.max_restarts:
+                        log.error(
+                            "worker process keeps failing; stopping the others",
+                            process=i,
+                            restarts=restarts[i],
+                            exit_code=exit_code,
+                        )
+                        code = self._end(exit_code, due)
+                    else:
+                        log.warning(
+                            "worker process exited; restarting",
+                            process=i,
+                            exit_code=exit_code,
+                            restarts=restarts[i],
+                        )
+                        due[i] = time.monotonic() + self.backoff_s
+                else:
+                    if exit_code:
+                        log.error(
+                            "worker process ended; stopping the others",
+                            process=i,
+                            exit_code=exit_code,
+                        )
+                    code = self._end(exit_code, due)
+            time.sleep(self.poll_s)
+        return code
+
+    def _end(self, exit_code: int, due: dict[int, float]) -> int:
+        self.stopping = True
+        due.clear()
+        self._signal_all()
+        return exit_code
+
+    def _signal_all(self) -> None:
+        for child in list(self.children.values()):
+            if child.pid not in self._told and child.poll() is None:
+                self._told.add(child.pid)
+                child.send_signal(signal.SIGTERM)
+
+    def _forward(self, signum: int, frame: FrameType | None) -> None:
+        self.stopping = True
+        self._signal_all()

@@ -54,6 +54,7 @@ class BenchConfig:
     precision: str | None = None  # override the model's precision.mode (fp32, fp16, bf16)
     instances: int | None = None  # override the model's [instances] count
     version: int | None = None  # the version benched (default: the highest, as a worker serves)
+    processes: int = 1  # worker processes side by side (`inferq worker --processes`)
 
 
 @dataclass
@@ -232,8 +233,12 @@ def _loadgen(env: dict[str, str], *args: str) -> dict[str, Any]:
 
 def _drain(
     cfg: BenchConfig, redis_url: str, redis_pid: int | None, env: dict[str, str], log: Path
-) -> tuple[dict[str, Any], WorkerProcess]:
+) -> tuple[dict[str, Any], list[WorkerProcess]]:
+    """(b): ``drain_count`` requests queued, the workers started with the queue set aside (so
+    that with several processes none starts early), then timed from the queue's return until
+    nothing is queued or unacked."""
     from inferq.producer.client import reset_runtime, submit_many
+    from inferq.worker.supervisor import process_env
 
     client = make_client(redis_url)
     mv = ModelRepository(Path(env["INFERQ_MODEL_REPOSITORY"])).resolve(cfg.model)
@@ -242,25 +247,56 @@ def _drain(
     rng = np.random.default_rng(1)
     pool = [sample(mv.config, rng) for _ in range(64)]
     submit_many((pool[i % 64] for i in range(cfg.drain_count)), model=cfg.model, chunk=512)
-    worker = start_worker(
-        [cfg.model], env, device=cfg.device, log_path=log, supervised=False, events=False
-    )
-    started = _wait_listed(client, worker)
-    pids = {"worker": worker.process.pid, **({"redis": redis_pid} if redis_pid else {})}
-    cpu_before = {k: thread_cpu(p) for k, p in pids.items()}
     queue = keys.queue_name(cfg.model)
+    parked = [k for k in keys.queue_keys(queue) if client.exists(k)]
+    for key in parked:
+        client.rename(key, f"{key}.parked")
+    workers: list[WorkerProcess] = []
+    try:
+        for k in range(cfg.processes):
+            workers.append(
+                start_worker(
+                    [cfg.model],
+                    process_env(env, cfg.processes),
+                    device=cfg.device,
+                    log_path=log if k == 0 else log.with_name(f"{log.stem}-{k}{log.suffix}"),
+                    supervised=False,
+                    events=False,
+                )
+            )
+        for worker in workers:
+            _wait_listed(client, worker)
+    except BaseException:
+        for worker in workers:
+            worker.terminate()
+        raise
+    pids = {"worker": [w.process.pid for w in workers], "redis": [redis_pid] if redis_pid else []}
+    cpu_before = {k: _cpu_of(p) for k, p in pids.items()}
+    started = time.perf_counter()
+    for key in parked:  # a list's return wakes the workers blocked on it
+        client.rename(f"{key}.parked", key)
     while client.exists(*keys.queue_keys(queue)) or client.hlen(keys.UNACKED):
         time.sleep(0.005)
     elapsed = time.perf_counter() - started
     cpu = {
-        k: us_per_message(cpu_before[k], thread_cpu(p), cfg.drain_count) for k, p in pids.items()
+        k: us_per_message(cpu_before[k], _cpu_of(p), cfg.drain_count) for k, p in pids.items() if p
     }
     return {
         "count": cfg.drain_count,
         "seconds": elapsed,
         "throughput": cfg.drain_count / elapsed,
+        "processes": cfg.processes,
         "cpu_us_per_message": cpu,
-    }, worker
+    }, workers
+
+
+def _cpu_of(pids: list[int]) -> dict[str, float]:
+    """CPU seconds by thread name, summed over ``pids`` (the worker processes)."""
+    total: dict[str, float] = {}
+    for pid in pids:
+        for name, seconds in thread_cpu(pid).items():
+            total[name] = total.get(name, 0.0) + seconds
+    return total
 
 
 def _wait_listed(client: Any, worker: WorkerProcess) -> float:
@@ -302,10 +338,13 @@ def run_bench(cfg: BenchConfig, echo: Any = print) -> BenchResult:
         "INFERQ_METRICS_PORT": "0",
         "INFERQ_LOG_LEVEL": "WARNING",
     }
-    worker = None
+    workers: list[WorkerProcess] = []
     try:
-        echo(f"(b) drain: {cfg.drain_count} requests pre-filled, then a worker started ...")
-        result.drain, worker = _drain(
+        echo(
+            f"(b) drain: {cfg.drain_count} requests pre-filled, then {cfg.processes} worker "
+            "process(es) started ..."
+        )
+        result.drain, workers = _drain(
             cfg, redis.url, redis.process.pid if redis.process else None, env, tmp / "worker.log"
         )
         echo(f"(c) end-to-end burst: {cfg.burst_count} requests from another process ...")
@@ -323,7 +362,7 @@ def run_bench(cfg: BenchConfig, echo: Any = print) -> BenchResult:
             str(cfg.steady_seconds),
         )
     finally:
-        if worker is not None:
+        for worker in workers:
             worker.terminate()
         redis.stop()
         set_settings(previous)
@@ -365,7 +404,7 @@ def render(result: BenchResult, cfg: BenchConfig, repo: Path) -> str:
             else ""
         )
         + ")",
-        f"{'(b) drain, ' + str(cfg.drain_count) + ' queued':34}{result.drain['throughput']:>12.0f}{r['drain']:>9.2f}",
+        f"{'(b) drain, ' + str(cfg.drain_count) + ' queued' + _processes(cfg):34}{result.drain['throughput']:>12.0f}{r['drain']:>9.2f}",
         _cpu_line(result.drain.get("cpu_us_per_message", {})),
         f"{'(c) end-to-end burst, ' + str(cfg.burst_count):34}{result.burst['throughput']:>12.0f}{r['end_to_end']:>9.2f}",
         f"(d) latency at {result.steady.get('rate', 0):.0f} req/s (50% of c): "
@@ -377,6 +416,10 @@ def render(result: BenchResult, cfg: BenchConfig, repo: Path) -> str:
         f"written: {cfg.out / 'bench.json'}, {cfg.out / 'bench.png'}",
     ]
     return "\n".join(lines)
+
+
+def _processes(cfg: BenchConfig) -> str:
+    return f", {cfg.processes} procs" if cfg.processes > 1 else ""
 
 
 def _cpu_line(cpu: dict[str, dict[str, float]]) -> str:
