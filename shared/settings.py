@@ -116,6 +116,8 @@ class Settings:
     malloc_mmap_threshold_mb: int = 256
     #: torch intra-op threads in a worker; 0 keeps torch's default (one per core).
     torch_threads: int = 0
+    #: ``inferq worker``'s processes side by side (``--processes``), each its own Celery node.
+    worker_processes: int = 1
     #: OpenMP's wait policy in a worker: "" keeps libgomp's default (spin, then sleep),
     #: "passive" (sleep at once: better for cheap models beside busy Python stages), "active".
     omp_wait_policy: str = ""
@@ -187,6 +189,10 @@ class Settings:
             raise ConfigError(
                 "INFERQ_MALLOC_MMAP_THRESHOLD_MB must be 0..4096 (0 leaves glibc as it is), "
                 f"got {self.malloc_mmap_threshold_mb}"
+            )
+        if not 1 <= self.worker_processes <= 64:
+            raise ConfigError(
+                f"INFERQ_WORKER_PROCESSES must be from 1 to 64, got {self.worker_processes}"
             )
         if self.torch_threads < 0:
             raise ConfigError(

@@ -60,12 +60,10 @@ def main() -> None:
 @click.option(
     "--processes",
     type=click.IntRange(1, 64),
-    default=1,
-    show_default=True,
-    envvar="INFERQ_WORKER_PROCESSES",
+    default=None,
     help="Worker processes side by side, each its own Celery node (name-pK@host) with its own "
     "GIL; torch threads split between them unless INFERQ_TORCH_THREADS is set. On a CPU host, "
-    "one per core with [instances] count = 1 (env INFERQ_WORKER_PROCESSES).",
+    "one per core with [instances] count = 1 (default INFERQ_WORKER_PROCESSES, else 1).",
 )
 def worker(
     models: tuple[str, ...],
@@ -73,7 +71,7 @@ def worker(
     hostname: str | None,
     loglevel: str | None,
     events: bool,
-    processes: int,
+    processes: int | None,
 ) -> None:
     """Run a worker for MODEL on DEVICE (restarted on unrecoverable device errors)."""
     from inferq.worker.supervisor import (
@@ -93,17 +91,18 @@ def worker(
         raise click.UsageError("pass --model NAME (or set INFERQ_MODELS)")
     dev = device or settings.device
     _preflight(settings.broker_url, dev)
+    count = processes or settings.worker_processes
     name = hostname or default_hostname(chosen, dev)
     level = loglevel or settings.log_level
     argvs = [
-        celery_argv(chosen, dev, process_hostname(name, k, processes), level, events)
-        for k in range(processes)
+        celery_argv(chosen, dev, process_hostname(name, k, count), level, events)
+        for k in range(count)
     ]
     # glibc reads these at the child's first allocation, before any of its threads exist.
     env = {**os.environ, **worker_env(settings)}
-    if processes == 1:
+    if count == 1:
         sys.exit(run_worker(argvs[0], env, settings.supervise))
-    envs = [process_env(env, processes)] * processes
+    envs = [process_env(env, count)] * count
     sys.exit(ProcessGroup(argvs, envs, restart=settings.supervise).run())
 
 

@@ -357,6 +357,8 @@ def test_every_field_has_its_own_env_var() -> None:
         ("INFERQ_MALLOC_MMAP_THRESHOLD_MB", "-1", r"must be 0\.\.4096 .*got -1"),
         ("INFERQ_MALLOC_MMAP_THRESHOLD_MB", "5000", r"must be 0\.\.4096 .*got 5000"),
         ("INFERQ_TORCH_THREADS", "-2", r"must be >= 0 .*got -2"),
+        ("INFERQ_WORKER_PROCESSES", "0", r"must be from 1 to 64, got 0"),
+        ("INFERQ_WORKER_PROCESSES", "65", r"must be from 1 to 64, got 65"),
         ("INFERQ_OMP_WAIT_POLICY", "lazy", r"must be passive, active or empty .*got 'lazy'"),
     ],
 )
