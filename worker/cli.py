@@ -102,7 +102,7 @@ def worker(
     env = {**os.environ, **worker_env(settings)}
     if count == 1:
         sys.exit(run_worker(argvs[0], env, settings.supervise))
-    envs = [process_env(env, count)] * count
+    envs = [process_env(env, count, settings.torch_threads)] * count
     sys.exit(ProcessGroup(argvs, envs, restart=settings.supervise).run())
 
 

@@ -71,12 +71,14 @@ def process_hostname(hostname: str, index: int, count: int) -> str:
     return f"{name}-p{index}{at}{host}"
 
 
-def process_env(env: Mapping[str, str], count: int, cores: int | None = None) -> dict[str, str]:
-    """A worker process's environment when ``count`` share the host: unless
-    ``INFERQ_TORCH_THREADS`` is set, each gets its share of the cores for torch's threads, so
+def process_env(
+    env: Mapping[str, str], count: int, torch_threads: int, cores: int | None = None
+) -> dict[str, str]:
+    """A worker process's environment when ``count`` share the host: unless ``torch_threads``
+    (``INFERQ_TORCH_THREADS``) is set, each gets its share of the cores for torch's threads, so
     that the processes' thread pools do not oversubscribe them."""
     out = dict(env)
-    if count > 1 and int(out.get("INFERQ_TORCH_THREADS") or 0) == 0:
+    if count > 1 and torch_threads == 0:
         out["INFERQ_TORCH_THREADS"] = str(max(1, (cores or _cores()) // count))
     return out
 
@@ -172,64 +174,63 @@ class ProcessGroup:
         self.poll_s = poll_s
         self.children: dict[int, subprocess.Popen[bytes]] = {}
         self._told: set[int] = set()  # pids sent SIGTERM: once each (a warm shutdown)
+        self._restarts: list[int] = []
+        self._due: dict[int, float] = {}
+        self._code = 0
         self.stopping = False
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._forward)
         signal.signal(signal.SIGINT, self._forward)
-        restarts = [0] * len(self.argvs)
-        due: dict[int, float] = {i: 0.0 for i in range(len(self.argvs))}  # starts to make
-        code = 0
-        while self.children or (due and not self.stopping):
-            now = time.monotonic()
-            for i, at in list(due.items()):
-                if at <= now and not self.stopping:
-                    del due[i]
-                    self.children[i] = subprocess.Popen(self.argvs[i], env=self.envs[i])
-            if self.stopping:  # a signal may have come while a child was starting
-                due.clear()
-                self._signal_all()
+        self._restarts = [0] * len(self.argvs)
+        self._due = {i: 0.0 for i in range(len(self.argvs))}  # when each child is to start
+        self._code = 0
+        while self.children or (self._due and not self.stopping):
+            self._start_due()
             for i, child in list(self.children.items()):
                 exit_code = child.poll()
-                if exit_code is None:
-                    continue
-                del self.children[i]
-                if self.stopping:
-                    code = code or exit_code
-                elif self.restart and Supervisor._should_restart(exit_code):
-                    restarts[i] += 1
-                    if restarts[i] > self.max_restarts:
-                        log.error(
-                            "worker process keeps failing; stopping the others",
-                            process=i,
-                            restarts=restarts[i],
-                            exit_code=exit_code,
-                        )
-                        code = self._end(exit_code, due)
-                    else:
-                        log.warning(
-                            "worker process exited; restarting",
-                            process=i,
-                            exit_code=exit_code,
-                            restarts=restarts[i],
-                        )
-                        due[i] = time.monotonic() + self.backoff_s
-                else:
-                    if exit_code:
-                        log.error(
-                            "worker process ended; stopping the others",
-                            process=i,
-                            exit_code=exit_code,
-                        )
-                    code = self._end(exit_code, due)
+                if exit_code is not None:
+                    del self.children[i]
+                    self._exited(i, exit_code)
             time.sleep(self.poll_s)
-        return code
+        return self._code
 
-    def _end(self, exit_code: int, due: dict[int, float]) -> int:
+    def _start_due(self) -> None:
+        if self.stopping:  # a signal may have come while a child was starting
+            self._due.clear()
+            self._signal_all()
+            return
+        now = time.monotonic()
+        for i in [i for i, at in self._due.items() if at <= now]:
+            del self._due[i]
+            self.children[i] = subprocess.Popen(self.argvs[i], env=self.envs[i])
+
+    def _exited(self, i: int, exit_code: int) -> None:
+        """Child ``i`` ended: restart it, or end the group with its code."""
+        if self.stopping:
+            self._code = self._code or exit_code
+            return
+        if self.restart and Supervisor._should_restart(exit_code):
+            self._restarts[i] += 1
+            if self._restarts[i] <= self.max_restarts:
+                log.warning(
+                    "worker process exited; restarting",
+                    process=i,
+                    exit_code=exit_code,
+                    restarts=self._restarts[i],
+                )
+                self._due[i] = time.monotonic() + self.backoff_s
+                return
+            log.error("worker process keeps failing", process=i, restarts=self._restarts[i])
+        if exit_code:
+            log.error("worker process ended; stopping the others", process=i, exit_code=exit_code)
+        self._end(exit_code)
+
+    def _end(self, exit_code: int) -> None:
         self.stopping = True
-        due.clear()
+        self._code = exit_code
+        self._due.clear()
         self._signal_all()
-        return exit_code
 
     def _signal_all(self) -> None:
         for child in list(self.children.values()):

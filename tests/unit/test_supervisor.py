@@ -59,29 +59,35 @@ def test_each_process_is_its_own_node() -> None:
 
 
 def test_processes_share_the_cores_unless_torch_threads_is_set() -> None:
-    assert "INFERQ_TORCH_THREADS" not in process_env({}, 1, cores=8)
-    assert process_env({}, 2, cores=8)["INFERQ_TORCH_THREADS"] == "4"
-    assert process_env({"INFERQ_TORCH_THREADS": "0"}, 3, cores=8)["INFERQ_TORCH_THREADS"] == "2"
-    assert process_env({}, 4, cores=2)["INFERQ_TORCH_THREADS"] == "1"
-    assert process_env({"INFERQ_TORCH_THREADS": "3"}, 2, cores=8)["INFERQ_TORCH_THREADS"] == "3"
+    assert "INFERQ_TORCH_THREADS" not in process_env({}, 1, 0, cores=8)
+    assert process_env({}, 2, 0, cores=8)["INFERQ_TORCH_THREADS"] == "4"
+    assert process_env({"A": "b"}, 3, 0, cores=8) == {"A": "b", "INFERQ_TORCH_THREADS": "2"}
+    assert process_env({}, 4, 0, cores=2)["INFERQ_TORCH_THREADS"] == "1"
+    set_by_user = {"INFERQ_TORCH_THREADS": "3"}
+    assert process_env(set_by_user, 2, 3, cores=8) == set_by_user
 
 
-def _child(marker: Path, code: int, *, once: bool = False) -> list[str]:
-    """A stand-in worker: writes its pid to ``marker``, exits with ``code`` (the first time only,
-    with ``once``: started again, it waits), or waits for SIGTERM and records it."""
+def _child(marker: Path, code: int, *, once: bool = False, after: Path | None = None) -> list[str]:
+    """A stand-in worker: records its pid in ``marker``, then exits with ``code`` (the first time
+    only, with ``once``: started again, it waits), or waits for SIGTERM and records it. Its
+    SIGTERM handler is in place before its pid is written; a failing child waits for ``after``
+    (a sibling's marker) first, so that the sibling can be told to stop."""
     script = textwrap.dedent(
         f"""
         import os, signal, sys, time
         from pathlib import Path
         marker = Path({str(marker)!r})
-        starts = marker.read_text().split() if marker.exists() else []
-        marker.write_text(" ".join([*starts, str(os.getpid())]))
-        if {code} and not ({once} and starts):
-            sys.exit({code})
         def term(*_):
             Path(str(marker) + ".term").write_text("warm")
             sys.exit(0)
         signal.signal(signal.SIGTERM, term)
+        starts = marker.read_text().split() if marker.exists() else []
+        marker.write_text(" ".join([*starts, str(os.getpid())]))
+        if {code} and not ({once} and starts):
+            after = {str(after) if after else ""!r}
+            while after and not Path(after).exists():
+                time.sleep(0.01)
+            sys.exit({code})
         while True:
             time.sleep(0.05)
         """
@@ -90,7 +96,11 @@ def _child(marker: Path, code: int, *, once: bool = False) -> list[str]:
 
 
 def _group(tmp_path: Path, codes: list[int], restart: bool, once: bool = False) -> ProcessGroup:
-    argvs = [_child(tmp_path / f"c{i}", c, once=once) for i, c in enumerate(codes)]
+    first = tmp_path / "c0"  # every test's healthy child
+    argvs = [
+        _child(tmp_path / f"c{i}", c, once=once, after=first if i else None)
+        for i, c in enumerate(codes)
+    ]
     return ProcessGroup(argvs, [dict(os.environ)] * len(codes), restart, backoff_s=0.1)
 
 
@@ -148,9 +158,21 @@ def _wait_until_restarted(marker: Path) -> None:
     while len(_wait_file(marker).split()) < 2:
         assert time.monotonic() < deadline, "the failed child was never restarted"
         time.sleep(0.02)
-    time.sleep(0.3)  # let it install its SIGTERM handler
 
 
 def test_a_group_needs_one_environment_per_process() -> None:
     with pytest.raises(ValueError, match="one environment per worker process"):
         ProcessGroup([["true"], ["true"]], [{}], restart=False)
+
+
+def test_a_process_that_keeps_failing_ends_the_group(tmp_path) -> None:
+    argvs = [
+        _child(tmp_path / "c0", 0),
+        _child(tmp_path / "c1", EXIT_DEVICE_FAILURE, after=tmp_path / "c0"),
+    ]
+    group = ProcessGroup(
+        argvs, [dict(os.environ)] * 2, restart=True, max_restarts=2, backoff_s=0.05
+    )
+    assert group.run() == EXIT_DEVICE_FAILURE
+    assert len((tmp_path / "c1").read_text().split()) == 3  # the first start and two restarts
+    assert (tmp_path / "c0.term").read_text() == "warm"

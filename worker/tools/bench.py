@@ -257,7 +257,7 @@ def _drain(
             workers.append(
                 start_worker(
                     [cfg.model],
-                    process_env(env, cfg.processes),
+                    process_env(env, cfg.processes, Settings.from_env().torch_threads),
                     device=cfg.device,
                     log_path=log if k == 0 else log.with_name(f"{log.stem}-{k}{log.suffix}"),
                     supervised=False,
