@@ -62,8 +62,8 @@ def main() -> None:
     type=click.IntRange(1, 64),
     default=None,
     help="Worker processes side by side, each its own Celery node (name-pK@host) with its own "
-    "GIL; torch threads split between them unless INFERQ_TORCH_THREADS is set. On a CPU host, "
-    "one per core with [instances] count = 1 (default INFERQ_WORKER_PROCESSES, else 1).",
+    "GIL; torch threads split between them unless INFERQ_TORCH_THREADS is set. More throughput "
+    "draining a backlog on CPU, a longer latency tail (default INFERQ_WORKER_PROCESSES, else 1).",
 )
 def worker(
     models: tuple[str, ...],
