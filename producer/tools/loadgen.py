@@ -62,14 +62,15 @@ def steady(model: str, rate: float, seconds: float, timeout: float) -> dict[str,
     """
     count = max(1, int(rate * seconds))
     inputs = _inputs(model, count)
-    sent: dict[str, float] = {}
+    sent: list[tuple[str, float]] = []  # (task id, when submit_many returned), appended only
     lock = threading.Lock()
     t0 = time.perf_counter() + 0.1
     sender = threading.Thread(target=_send, args=(model, inputs, rate, t0, sent, lock), daemon=True)
     sender.start()
-    latency = _poll(sent, lock, count, timeout + seconds)
+    polled = _poll(sent, lock, count, timeout + seconds)
     sender.join()
-    last = max(sent.values()) if sent else t0
+    last = max(stamp for _, stamp in sent) if sent else t0
+    latency = [seconds for seconds, _ in polled]
     lat = np.sort(np.array(latency)) * 1e3
     return {
         "count": count,
@@ -80,7 +81,23 @@ def steady(model: str, rate: float, seconds: float, timeout: float) -> dict[str,
         if len(lat)
         else {},
         "latency_sorted_ms": lat.tolist(),
+        "slowest_1pct_timing_ms": _slowest_timing(polled, 0.01),
     }
+
+
+TIMING_PARTS = ("queue_ms", "batch_wait_ms", "collate_ms", "infer_ms", "post_ms", "batch_size")
+
+
+def _slowest_timing(polled: list[tuple[float, bytes | str]], share: float) -> dict[str, float]:
+    """The mean of each part of the results' own ``timing`` over the slowest ``share`` of
+    requests (by latency as measured here): where the tail spent its time."""
+    slowest = sorted(polled, key=lambda p: p[0], reverse=True)[: max(1, int(len(polled) * share))]
+    timings = []
+    for _, raw in slowest:
+        result = json.loads(raw).get("result")
+        if isinstance(result, dict) and isinstance(result.get("timing"), dict):
+            timings.append(result["timing"])
+    return {p: float(np.mean([t[p] for t in timings])) for p in TIMING_PARTS} if timings else {}
 
 
 def _send(
@@ -88,7 +105,7 @@ def _send(
     inputs: list[np.ndarray],
     rate: float,
     t0: float,
-    sent: dict[str, float],
+    sent: list[tuple[str, float]],
     lock: threading.Lock,
 ) -> None:
     i = 0
@@ -101,26 +118,33 @@ def _send(
         results = submit_many(inputs[i:due], model=model)
         stamp = time.perf_counter()
         with lock:
-            for r in results:
-                sent[r.id] = stamp
+            sent.extend((r.id, stamp) for r in results)
         i = due
 
 
-def _poll(sent: dict[str, float], lock: threading.Lock, count: int, timeout: float) -> list[float]:
+def _poll(
+    sent: list[tuple[str, float]], lock: threading.Lock, count: int, timeout: float
+) -> list[tuple[float, bytes | str]]:
+    """(seconds from send to seen stored, the stored result) for every request seen. Only
+    what is in flight is read each round, so the poll's own CPU follows the load, not the run's
+    length."""
     client = runtime().results
-    done: set[str] = set()
-    latency: list[float] = []
+    flying: dict[str, tuple[bytes, float]] = {}  # task id -> (its result key, sent at)
+    taken = 0
+    latency: list[tuple[float, bytes | str]] = []
     deadline = time.perf_counter() + timeout
-    while len(done) < count and time.perf_counter() < deadline:
+    while len(latency) < count and time.perf_counter() < deadline:
         with lock:
-            flying = [k for k in sent if k not in done]
+            new, taken = sent[taken:], len(sent)
+        for task_id, stamp in new:
+            flying[task_id] = (keys.result_key(task_id).encode(), stamp)
         if flying:
-            values = client.mget([keys.result_key(k) for k in flying])
+            ids = list(flying)
+            values = client.mget([flying[k][0] for k in ids])
             now = time.perf_counter()
-            for task_id, raw in zip(flying, values, strict=True):
+            for task_id, raw in zip(ids, values, strict=True):
                 if raw is not None:
-                    done.add(task_id)
-                    latency.append(now - sent[task_id])
+                    latency.append((now - flying.pop(task_id)[1], raw))
         time.sleep(0.001)
     return latency
 

@@ -184,5 +184,17 @@ def test_bench_measures_every_figure_side_by_side(shapes_repo: Path, tmp_path: P
     assert data["ratios"]["drain"] == pytest.approx(data["drain"]["throughput"] / limit)
     assert data["ratios"]["end_to_end"] == pytest.approx(data["burst"]["throughput"] / limit)
     assert data["steady"]["latency_ms"]["p99"] >= data["steady"]["latency_ms"]["p50"] > 0
+    assert data["steady"]["completed"] == data["steady"]["count"]
+    tail = data["steady"]["slowest_1pct_timing_ms"]  # from the slowest results' own timing
+    assert set(tail) == {
+        "queue_ms",
+        "batch_wait_ms",
+        "collate_ms",
+        "infer_ms",
+        "post_ms",
+        "batch_size",
+    }
+    assert 1 <= tail["batch_size"] <= 16 and tail["infer_ms"] > 0
+    assert "slowest 1% of (d), mean ms: queue " in out.stdout
     assert (tmp_path / "bench.png").stat().st_size > 0
     assert "(b) drain, 400 queued" in out.stdout and "one instance on all cores" in out.stdout

@@ -411,11 +411,20 @@ def render(result: BenchResult, cfg: BenchConfig, repo: Path) -> str:
         f"p50 {lat.get('p50', float('nan')):.1f} ms, p95 {lat.get('p95', float('nan')):.1f} ms, "
         f"p99 {lat.get('p99', float('nan')):.1f} ms "
         f"(bound max_wait + 3 x batch compute = {bound:.1f} ms)",
+        _tail_line(result.steady.get("slowest_1pct_timing_ms", {})),
         f"mean batch size: drain-free burst {result.burst.get('mean_batch', 0):.1f}",
         "raw by batch size: " + ", ".join(f"{s}: {v:.0f}/s" for s, v in result.raw.items()),
         f"written: {cfg.out / 'bench.json'}, {cfg.out / 'bench.png'}",
     ]
     return "\n".join(lines)
+
+
+def _tail_line(timing: dict[str, float]) -> str:
+    """Where the slowest 1% of (d) spent their time, by their results' own timing."""
+    if not timing:
+        return "    slowest 1% of (d): no timings"
+    parts = ", ".join(f"{k[:-3]} {v:.1f}" for k, v in timing.items() if k.endswith("_ms"))
+    return f"    slowest 1% of (d), mean ms: {parts}; batch size {timing.get('batch_size', 0):.1f}"
 
 
 def _processes(cfg: BenchConfig) -> str:
