@@ -11,7 +11,6 @@ limit, in the same round trip as the push. ``submit_many`` pushes many messages 
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -107,9 +106,12 @@ class SubmitJob(Task):
         return InferqResult(task_id, backend=backend, task_name=self.name, app=rt.app, **kwargs)
 
     async def async_delay(self, *args: Any, **kwargs: Any) -> InferqResult:
-        """``await submit_job.async_delay(img, model=...)``: ``delay`` on a worker thread, so that
-        preprocessing and the push's round trip never block the event loop."""
-        return await asyncio.to_thread(self.delay, *args, **kwargs)
+        """``await submit_job.async_delay(img, model=...)``: ``delay`` on the process's submit
+        thread (``inferq.aio``), so that preprocessing and the push's round trip never block the
+        event loop."""
+        from inferq.producer.aio import SUBMITTER  # the asyncio client builds on this module
+
+        return await SUBMITTER.submit(args, kwargs, {})
 
     def apply_async(
         self,
@@ -117,10 +119,19 @@ class SubmitJob(Task):
         kwargs: dict[str, Any] | None = None,
         **options: Any,
     ) -> Any:
-        refuse_workflow(options)
-        img, call = _split_call(args, kwargs)
-        prepared = prepare(img, call, options)
-        return _pushed([prepared], runtime().lanes.lane(str(call["model"])))[0]
+        prepared, lane = prepare_call(args, kwargs, options)
+        return _pushed([prepared], lane)[0]
+
+
+def prepare_call(
+    args: Sequence[Any] | None, kwargs: dict[str, Any] | None, options: dict[str, Any]
+) -> tuple[Prepared, Lane]:
+    """``apply_async``'s message, ready to push, and the lane it goes on (what raises here,
+    ``InvalidInput`` and the like, is the caller's error; nothing is pushed)."""
+    refuse_workflow(options)
+    img, call = _split_call(args, kwargs)
+    prepared = prepare(img, call, options)
+    return prepared, runtime().lanes.lane(str(call["model"]))
 
 
 def _split_call(
@@ -199,6 +210,27 @@ def _pushed(batch: list[Prepared], lane: Lane) -> list[Any]:
     runtime().lanes.remember([p.task_id for p in batch], lane)  # before: QueueFull's accepted
     epoch = lane.pusher.push(batch)
     return [_result(p.task_id, epoch, lane) for p in batch]
+
+
+def pushed_each(calls: Sequence[Prepared], lane: Lane) -> list[Any]:
+    """Push each of ``calls`` (one message each) on ``lane`` as its own ``apply_async`` would,
+    in one round trip where the lane's pusher can: per call, its AsyncResult or its error."""
+    runtime().lanes.remember([p.task_id for p in calls], lane)
+    push_each = getattr(lane.pusher, "push_each", None)
+    outcomes: list[str | BaseException]
+    if push_each is not None:
+        outcomes = push_each([[p] for p in calls])
+    else:  # a cluster's pusher: one call at a time
+        outcomes = []
+        for p in calls:
+            try:
+                outcomes.append(lane.pusher.push([p]))
+            except Exception as exc:
+                outcomes.append(exc)
+    return [
+        o if isinstance(o, BaseException) else _result(p.task_id, o, lane)
+        for p, o in zip(calls, outcomes, strict=True)
+    ]
 
 
 def _result(task_id: str, epoch: str, lane: Lane) -> Any:

@@ -99,24 +99,47 @@ class Pusher:
     def push(self, prepared: Sequence[Prepared]) -> str:
         """Push in one round trip (shared with concurrent callers) and return Redis' epoch; raise
         QueueFull (with ``accepted`` task ids) if any group was refused."""
-        groups = list(_groups(prepared))
+        [outcome] = self.push_each([prepared])
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def push_each(self, calls: Sequence[Sequence[Prepared]]) -> list[str | BaseException]:
+        """Push each of ``calls`` as if by its own ``push``, all of them in one round trip (shared
+        with concurrent callers): for each, Redis' epoch or the error its ``push`` would raise
+        (``QueueFull``, ``BrokerUnavailable``). The asyncio client's submitter hands over
+        everything its callers queued at once this way."""
+        if not calls:
+            return []
         token = ids.token()
-        call = _Call(groups, [_script_call(group, token) for group in groups])
-        self._take_part(call)
+        made = []
+        for prepared in calls:
+            groups = list(_groups(prepared))
+            made.append(_Call(groups, [_script_call(group, token) for group in groups]))
+        self._take_part(made)
+        return [self._outcome(call, len(p)) for call, p in zip(made, calls, strict=True)]
+
+    def _outcome(self, call: _Call, count: int) -> str | BaseException:
+        if isinstance(call.error, CONNECTION_ERRORS):
+            return BrokerUnavailable(
+                f"Redis at {self.where} must be reachable to submit, got "
+                f"{type(call.error).__name__}: {call.error}; {count} request(s) not queued"
+            )
         if call.error is not None:
-            if isinstance(call.error, CONNECTION_ERRORS):
-                raise BrokerUnavailable(
-                    f"Redis at {self.where} must be reachable to submit, got "
-                    f"{type(call.error).__name__}: {call.error}; {len(prepared)} request(s) not queued"
-                ) from None
-            raise call.error
-        return _outcome(groups, call.replies)
+            return call.error
+        try:
+            return _outcome(call.groups, call.replies)
+        except QueueFull as exc:
+            return exc
 
     # -- coalescing ---------------------------------------------------------------------------
 
-    def _take_part(self, call: _Call) -> None:
+    def _take_part(self, calls: list[_Call]) -> None:
+        """Queue ``calls`` together; lead, or wait for a leader to send them (their first
+        call carries the wait: a leader takes the whole queue at once, so they go together)."""
+        call = calls[0]
         with self._lock:
-            self._queued.append(call)
+            self._queued.extend(calls)
             follow = self._busy
             self._busy = True
             if follow:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -84,3 +86,129 @@ def test_broker_unavailable_reaches_every_caller_of_the_trip(producer, local_red
     outcomes = _race(4, lambda i: submit_job.delay(img, model="m").id)
     assert all(isinstance(o, BrokerUnavailable) for o in outcomes)
     assert all("1 request(s) not queued" in str(o) for o in outcomes)
+
+
+# -- the asyncio client's submit thread: everything queued at once, one round trip, own outcomes
+
+
+def _aio_race(submits: int, img_of: object) -> list[object]:
+    """``submits`` concurrent ``inferq.aio.submit`` calls on one loop; each one's id or error."""
+    from inferq import aio
+
+    async def one(i: int) -> object:
+        try:
+            return (await aio.submit(img_of(i), model="m")).id  # type: ignore[operator]
+        except Exception as exc:
+            return exc
+
+    async def main() -> list[object]:
+        return list(await asyncio.gather(*(one(i) for i in range(submits))))
+
+    return asyncio.run(main())
+
+
+@pytest.fixture
+def trips(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of commands in each push round trip the producer makes."""
+    from inferq.producer import pusher
+
+    made: list[int] = []
+    real = pusher.raw_pipeline
+
+    def counted(client: redis.Redis, commands: list[tuple[object, ...]]) -> list[object]:
+        made.append(len(commands))
+        return real(client, commands)
+
+    monkeypatch.setattr(pusher, "raw_pipeline", counted)
+    return made
+
+
+def test_aio_submits_share_round_trips_and_keep_their_own_errors(producer, trips) -> None:
+    good = np.zeros(SHAPE, dtype=np.uint8)
+    bad = np.zeros((3, 5, 4, 2), dtype=np.uint8)
+    outcomes = _aio_race(60, lambda i: bad if i % 6 == 0 else good)
+    kinds = Counter(type(o).__name__ for o in outcomes)
+    assert kinds == Counter(str=40, QueueFull=10, InvalidInput=10)  # 50 valid, limit 40
+    assert all(isinstance(o, InvalidInput) for i, o in enumerate(outcomes) if i % 6 == 0)
+    refused = [o for o in outcomes if isinstance(o, QueueFull)]
+    assert all(e.submitted == 1 and e.accepted == () for e in refused)
+    queued = _queued(producer)
+    accepted = [o for o in outcomes if isinstance(o, str)]
+    assert len(queued) == 40 and all(any(t.encode() in m for m in queued) for t in accepted)
+    # 50 pushes (one script call each) in far fewer round trips than one per submit
+    assert sum(trips) == 50 and len(trips) < 25, trips
+
+
+def test_aio_submit_prepares_in_the_callers_context(producer, monkeypatch) -> None:
+    """Trace context (OpenTelemetry's current span) lives in contextvars: the submit thread
+    prepares each request in its caller's context."""
+    from inferq.producer import aio
+
+    seen: list[str] = []
+    where = contextvars.ContextVar("where", default="the submit thread")
+    real = aio.prepare_call
+
+    def watching(*args: object) -> object:
+        seen.append(where.get())
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(aio, "prepare_call", watching)
+
+    async def one(i: int) -> str:
+        where.set(f"caller {i}")
+        return (await aio.submit(np.zeros(SHAPE, dtype=np.uint8), model="m")).id
+
+    async def main() -> list[str]:
+        return list(await asyncio.gather(*(one(i) for i in range(5))))
+
+    assert len(set(asyncio.run(main()))) == 5
+    assert sorted(seen) == [f"caller {i}" for i in range(5)]
+
+
+def test_aio_broker_unavailable_reaches_every_submit(producer, local_redis) -> None:
+    runtime().specs.route("m", None)
+    local_redis.stop()
+    outcomes = _aio_race(4, lambda i: np.zeros(SHAPE, dtype=np.uint8))
+    assert all(isinstance(o, BrokerUnavailable) for o in outcomes), outcomes
+    assert all("1 request(s) not queued" in str(o) for o in outcomes)
+
+
+def test_a_cancelled_submit_is_settled_quietly() -> None:
+    from inferq.producer.aio import _settle
+
+    async def main() -> tuple[bool, int]:
+        loop = asyncio.get_running_loop()
+        cancelled, waiting = loop.create_future(), loop.create_future()
+        cancelled.cancel()
+        _settle([(cancelled, "ignored"), (waiting, 7)])  # no InvalidStateError
+        return cancelled.cancelled(), await waiting
+
+    assert asyncio.run(main()) == (True, 7)
+
+
+def test_a_pusher_without_push_each_is_called_once_per_submit(producer) -> None:
+    """A sharded model's pusher (``ShardPusher``) pushes one call at a time: each submit still
+    gets its own result or error."""
+    from inferq.producer.client import prepare_call, pushed_each
+    from inferq.producer.placed import Lane
+
+    class OneAtATime:
+        def __init__(self) -> None:
+            self.calls: list[int] = []
+
+        def push(self, prepared: list[object]) -> str:
+            self.calls.append(len(prepared))
+            if len(self.calls) == 2:
+                raise QueueFull(queue="inferq.m", limit=1, waiting=1, submitted=1, accepted=[])
+            return "epoch-1"
+
+    img = np.zeros(SHAPE, dtype=np.uint8)
+    made = [prepare_call((img,), {"model": "m"}, {}) for _ in range(3)]
+    home = made[0][1]
+    pusher = OneAtATime()
+    lane = Lane(home.where, pusher, home.backend, home.broker, home.results)
+    outcomes = pushed_each([p for p, _ in made], lane)
+    assert pusher.calls == [1, 1, 1]
+    assert isinstance(outcomes[1], QueueFull)
+    assert [o.id for o in (outcomes[0], outcomes[2])] == [made[0][0].task_id, made[2][0].task_id]
+    assert outcomes[0].inferq_epoch == "epoch-1"

@@ -8,7 +8,9 @@ figures are the client's alone:
     delay            submit_job.delay(img), one after another
     get (stored)     AsyncResult.get() on a result already stored
     submit+gather    submit_many(imgs) then gather(results), per request
-    aio delay+get    inferq.aio.submit then await the result, results stored as they are pushed
+    aio submit+await inferq.aio.submit awaited one after another, then aio.gather of the results
+    aio concurrent   the same submits all awaited at once (asyncio.gather), as a busy service's
+                     handlers make them, then aio.gather
 
     paced            N threads each doing .delay(img).get(), requests due at a fixed rate, against
                      a real worker: client latency from each request's scheduled arrival beside
@@ -123,6 +125,11 @@ def client_costs(count: int) -> list[Cost]:
         gc.collect()
         rows.append(measure("aio submit + await", count, lambda: _aio(url, img, count)))
         _drop_queue(url)
+        gc.collect()
+        rows.append(
+            measure("aio concurrent + gather", count, lambda: _aio(url, img, count, at_once=True))
+        )
+        _drop_queue(url)
     return rows
 
 
@@ -143,11 +150,15 @@ def _many(url: str, img: np.ndarray, count: int) -> Cost:
     )
 
 
-def _aio(url: str, img: np.ndarray, count: int) -> None:
+def _aio(url: str, img: np.ndarray, count: int, at_once: bool = False) -> None:
     from inferq import aio
 
     async def main() -> None:
-        pending = [await aio.submit(img, model=MODEL) for _ in range(count)]
+        if at_once:
+            submits = (aio.submit(img, model=MODEL) for _ in range(count))
+            pending = list(await asyncio.gather(*submits))
+        else:
+            pending = [await aio.submit(img, model=MODEL) for _ in range(count)]
         threading.Thread(target=_store, args=(url, [p.id for p in pending])).start()
         await aio.gather(pending, timeout=30)
 
