@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import os
 import threading
 from collections.abc import Iterable, Sequence
@@ -29,9 +30,11 @@ from typing import Any, NamedTuple
 from inferq.producer.backend import InferqResult
 from inferq.producer.client import prepare_call, pushed_each
 from inferq.producer.client import submit_many as submit_many_sync
+from inferq.producer.listener import Meta, ready_meta
 from inferq.producer.placed import Lane
 from inferq.producer.preprocess import ImageLike
 from inferq.producer.pusher import Prepared
+from inferq.shared import keys
 
 __all__ = ["InferqResult", "gather", "submit", "submit_many"]
 
@@ -55,21 +58,94 @@ async def gather(
 ) -> list[Any]:
     """Every result's value, in order. A failed request raises its typed error, or stands in the
     list as the error with ``return_exceptions=True``; ``TimeoutError`` names how many are still
-    pending when ``timeout`` passes (the others' values stay cached on their results)."""
+    pending when ``timeout`` passes (the others' values stay cached on their results).
+
+    Results already stored are read with one MGET per Redis (on a thread, once per call, when
+    there are ``READ_FIRST`` or more to wait for); the rest are resolved by the process's
+    result listener, which wakes this loop once per round with every result that came."""
     if not results:
         return []
-    waits = [asyncio.ensure_future(r.async_get(propagate=False)) for r in results]
-    _, pending = await asyncio.wait(waits, timeout=timeout)
-    for waiting in pending:
-        waiting.cancel()
-    if pending:
-        raise TimeoutError(f"gather: {len(pending)} of {len(results)} results still pending")
-    values = [w.result() for w in waits]
+    waiting = [r for r in results if r._cache is None]
+    if len(waiting) >= READ_FIRST:
+        await asyncio.get_running_loop().run_in_executor(None, read_stored, waiting)
+        waiting = [r for r in waiting if r._cache is None]
+    if waiting:
+        arrivals = Arrivals(asyncio.get_running_loop(), waiting)
+        try:
+            await asyncio.wait_for(arrivals.done, timeout)
+        except TimeoutError:
+            left = sum(1 for r in results if r._cache is None)
+            raise TimeoutError(f"gather: {left} of {len(results)} results still pending") from None
+        finally:
+            arrivals.close()
+    values = [r.maybe_throw(propagate=False) for r in results]
     if not return_exceptions:
         for value in values:
             if isinstance(value, BaseException):
                 raise value
     return values
+
+
+READ_FIRST = 8  # results to wait for from which gather reads the stored ones first
+
+
+def read_stored(results: Sequence[InferqResult]) -> None:
+    """Fill the cache of every result already stored: one MGET per Redis and 1,000 results."""
+    by_backend: dict[int, list[InferqResult]] = {}
+    for r in results:
+        by_backend.setdefault(id(r.backend), []).append(r)
+    for members in by_backend.values():
+        client = members[0].backend.client
+        for i in range(0, len(members), 1000):
+            chunk = members[i : i + 1000]
+            stored = client.mget([keys.result_key(r.id) for r in chunk])
+            for r, raw in zip(chunk, stored, strict=True):
+                r._maybe_set_cache(ready_meta(raw))
+
+
+class Arrivals:
+    """Waits on many results through the listener: each arrives on the listener's thread (or at
+    once, on this one) into an inbox, and the loop is woken once per batch of arrivals, not
+    once per result."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, results: Sequence[InferqResult]) -> None:
+        self._loop = loop
+        self._results = results
+        self._lock = threading.Lock()
+        self._inbox: list[tuple[int, Meta]] = []
+        self._scheduled = False
+        self._left = len(results)
+        self.done: asyncio.Future[None] = loop.create_future()
+        self._cancels = [
+            r.backend.listener.notify(r.id, functools.partial(self._arrived, i))
+            for i, r in enumerate(results)
+        ]
+
+    def _arrived(self, i: int, meta: Meta) -> None:
+        with self._lock:
+            # A copy: Celery turns a failure's result into an exception in place, and other
+            # waiters on the same id share what the listener received.
+            self._inbox.append((i, dict(meta)))
+            if self._scheduled:
+                return
+            self._scheduled = True
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+            self._loop.call_soon_threadsafe(self._take)
+
+    def _take(self) -> None:
+        with self._lock:
+            inbox, self._inbox = self._inbox, []
+            self._scheduled = False
+        for i, meta in inbox:
+            self._results[i]._maybe_set_cache(meta)
+        self._left -= len(inbox)
+        if self._left <= 0 and not self.done.done():
+            self.done.set_result(None)
+
+    def close(self) -> None:
+        """Stop waiting for whatever has not come (a timeout, a cancelled gather)."""
+        for cancel in self._cancels:
+            cancel()
 
 
 ROUND_MAX = 256  # submits one round of the submit thread takes at most (as submit_many's chunk)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import redis
 
+from inferq.producer.client import reset_runtime
+from inferq.shared import keys
 from inferq.shared.redisconn import make_client
+from inferq.shared.settings import Settings, set_settings
+from inferq.shared.spec import InputSpec
 from inferq.worker.tools.localcluster import LocalCluster, cluster_support
 from inferq.worker.tools.localredis import LocalRedis
 
@@ -22,6 +26,24 @@ def local_redis() -> Iterator[LocalRedis]:
 @pytest.fixture
 def redis_client(local_redis: LocalRedis) -> redis.Redis:
     return make_client(local_redis.url)
+
+
+@pytest.fixture
+def producer_with(
+    local_redis: LocalRedis, redis_client: redis.Redis
+) -> Iterator[Callable[[InputSpec], redis.Redis]]:
+    """``producer_with(spec)``: this process's producer pointed at the private Redis with
+    ``spec`` published, and no worker; the client to inspect the Redis with."""
+
+    def make(spec: InputSpec) -> redis.Redis:
+        set_settings(Settings(broker_url=local_redis.url, metrics_port=0))
+        reset_runtime()
+        redis_client.set(keys.model_spec_key(spec.model), spec.to_json())
+        return redis_client
+
+    yield make
+    reset_runtime()
+    set_settings(None)
 
 
 @pytest.fixture(scope="session")

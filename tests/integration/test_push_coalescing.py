@@ -6,31 +6,23 @@ import asyncio
 import contextvars
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 import redis
 
-from inferq.producer.client import reset_runtime, runtime, submit_job
+from inferq.producer.client import runtime, submit_job
 from inferq.shared import keys
 from inferq.shared.errors import BrokerUnavailable, InvalidInput, QueueFull
-from inferq.shared.settings import Settings, set_settings
 from inferq.shared.spec import InputSpec
-from inferq.worker.tools.localredis import LocalRedis
 
 SHAPE = (3, 4, 4)
 
 
 @pytest.fixture
-def producer(local_redis: LocalRedis, redis_client: redis.Redis) -> Iterator[redis.Redis]:
-    set_settings(Settings(broker_url=local_redis.url, metrics_port=0))
-    reset_runtime()
-    spec = InputSpec(model="m", version=1, shape=SHAPE, queue_limit=40)
-    redis_client.set(keys.model_spec_key("m"), spec.to_json())
-    yield redis_client
-    reset_runtime()
-    set_settings(None)
+def producer(producer_with: Callable[[InputSpec], redis.Redis]) -> redis.Redis:
+    return producer_with(InputSpec(model="m", version=1, shape=SHAPE, queue_limit=40))
 
 
 def _queued(client: redis.Redis) -> list[bytes]:

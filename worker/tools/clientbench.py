@@ -9,6 +9,7 @@ figures are the client's alone:
     get (stored)     AsyncResult.get() on a result already stored
     submit+gather    submit_many(imgs) then gather(results), per request
     aio submit+await inferq.aio.submit awaited one after another, then aio.gather of the results
+                     once stored
     aio concurrent   the same submits all awaited at once (asyncio.gather), as a busy service's
                      handlers make them, then aio.gather
 
@@ -123,12 +124,10 @@ def client_costs(count: int) -> list[Cost]:
         rows.append(_many(url, img, count))
         _drop_queue(url)
         gc.collect()
-        rows.append(measure("aio submit + await", count, lambda: _aio(url, img, count)))
+        rows.append(_aio(url, img, count))
         _drop_queue(url)
         gc.collect()
-        rows.append(
-            measure("aio concurrent + gather", count, lambda: _aio(url, img, count, at_once=True))
-        )
+        rows.append(_aio(url, img, count, at_once=True))
         _drop_queue(url)
     return rows
 
@@ -150,19 +149,22 @@ def _many(url: str, img: np.ndarray, count: int) -> Cost:
     )
 
 
-def _aio(url: str, img: np.ndarray, count: int, at_once: bool = False) -> None:
+def _aio(url: str, img: np.ndarray, count: int, at_once: bool = False) -> Cost:
+    """inferq.aio's submits, then its gather once every result is stored (the storing is not
+    counted, as for submit_many + gather)."""
     from inferq import aio
 
-    async def main() -> None:
+    async def submits() -> list[Any]:
         if at_once:
-            submits = (aio.submit(img, model=MODEL) for _ in range(count))
-            pending = list(await asyncio.gather(*submits))
-        else:
-            pending = [await aio.submit(img, model=MODEL) for _ in range(count)]
-        threading.Thread(target=_store, args=(url, [p.id for p in pending])).start()
-        await aio.gather(pending, timeout=30)
+            return list(await asyncio.gather(*(aio.submit(img, model=MODEL) for _ in range(count))))
+        return [await aio.submit(img, model=MODEL) for _ in range(count)]
 
-    asyncio.run(main())
+    pending: list[Any] = []
+    submit = measure("", count, lambda: pending.extend(asyncio.run(submits())))
+    _store(url, [p.id for p in pending])
+    collect = measure("", count, lambda: asyncio.run(aio.gather(pending, timeout=30)))
+    name = "aio concurrent + gather" if at_once else "aio submit + await"
+    return Cost(name, count, submit.cpu_us + collect.cpu_us, submit.wall_us + collect.wall_us)
 
 
 @dataclass(frozen=True)
