@@ -27,7 +27,7 @@ from collections.abc import Iterable, Sequence
 from queue import Empty, SimpleQueue
 from typing import Any, NamedTuple
 
-from inferq.producer.backend import InferqResult
+from inferq.producer.backend import InferqResult, loop_inbox
 from inferq.producer.client import prepare_call, pushed_each
 from inferq.producer.client import submit_many as submit_many_sync
 from inferq.producer.listener import Meta, ready_meta
@@ -105,15 +105,12 @@ def read_stored(results: Sequence[InferqResult]) -> None:
 
 class Arrivals:
     """Waits on many results through the listener: each arrives on the listener's thread (or at
-    once, on this one) into an inbox, and the loop is woken once per batch of arrivals, not
-    once per result."""
+    once, on this one) into the loop's inbox, which wakes the loop once per batch of arrivals,
+    not once per result."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, results: Sequence[InferqResult]) -> None:
-        self._loop = loop
         self._results = results
-        self._lock = threading.Lock()
-        self._inbox: list[tuple[int, Meta]] = []
-        self._scheduled = False
+        self._inbox = loop_inbox(loop)
         self._left = len(results)
         self.done: asyncio.Future[None] = loop.create_future()
         self._cancels = [
@@ -122,23 +119,14 @@ class Arrivals:
         ]
 
     def _arrived(self, i: int, meta: Meta) -> None:
-        with self._lock:
-            # A copy: Celery turns a failure's result into an exception in place, and other
-            # waiters on the same id share what the listener received.
-            self._inbox.append((i, dict(meta)))
-            if self._scheduled:
-                return
-            self._scheduled = True
-        with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
-            self._loop.call_soon_threadsafe(self._take)
+        # A copy: Celery turns a failure's result into an exception in place, and other
+        # waiters on the same id share what the listener received.
+        self._inbox.put(self._take, (i, dict(meta)))
 
-    def _take(self) -> None:
-        with self._lock:
-            inbox, self._inbox = self._inbox, []
-            self._scheduled = False
-        for i, meta in inbox:
-            self._results[i]._maybe_set_cache(meta)
-        self._left -= len(inbox)
+    def _take(self, arrived: tuple[int, Meta]) -> None:
+        i, meta = arrived
+        self._results[i]._maybe_set_cache(meta)
+        self._left -= 1
         if self._left <= 0 and not self.done.done():
             self.done.set_result(None)
 

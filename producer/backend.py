@@ -15,8 +15,11 @@ nothing to track and both are free.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 import time
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from celery.app import app_or_default
@@ -164,9 +167,12 @@ async def wait_meta(backend: ListenerBackend, task_id: str, timeout: float | Non
     """The final meta of ``task_id``, resolved by the listener on this loop's thread."""
     loop = asyncio.get_running_loop()
     future: asyncio.Future[Meta] = loop.create_future()
+    inbox = loop_inbox(loop)
 
     def resolve(meta: Meta) -> None:  # on the listener's thread, or at once on ours
-        loop.call_soon_threadsafe(_settle, future, dict(meta))
+        # A copy: Celery turns a failure's result into an exception in place, and other
+        # waiters on the same id share what the listener received.
+        inbox.put(_settle, (future, dict(meta)))
 
     cancel = backend.listener.notify(task_id, resolve)
     try:
@@ -177,6 +183,50 @@ async def wait_meta(backend: ListenerBackend, task_id: str, timeout: float | Non
         cancel()
 
 
-def _settle(future: asyncio.Future[Meta], meta: Meta) -> None:
+def _settle(arrived: tuple[asyncio.Future[Meta], Meta]) -> None:
+    future, meta = arrived
     if not future.done():
         future.set_result(meta)
+
+
+class LoopInbox:
+    """What the result listener hands one event loop: calls queued from the listener's thread
+    and run on the loop's, one wake-up (``call_soon_threadsafe``, a write to the loop's
+    self-pipe) for everything that arrived since the last, not one per result."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._calls: list[tuple[Callable[[Any], None], Any]] = []
+        self._scheduled = False
+
+    def put(self, call: Callable[[Any], None], arg: Any) -> None:
+        with self._lock:
+            self._calls.append((call, arg))
+            if self._scheduled:
+                return
+            self._scheduled = True
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+            self._loop.call_soon_threadsafe(self._run)
+
+    def _run(self) -> None:
+        with self._lock:
+            calls, self._calls = self._calls, []
+            self._scheduled = False
+        for call, arg in calls:
+            call(arg)
+
+
+_inboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopInbox] = (
+    weakref.WeakKeyDictionary()
+)
+_inboxes_lock = threading.Lock()
+
+
+def loop_inbox(loop: asyncio.AbstractEventLoop) -> LoopInbox:
+    """``loop``'s inbox (made on first use, gone with the loop)."""
+    inbox = _inboxes.get(loop)
+    if inbox is None:
+        with _inboxes_lock:
+            inbox = _inboxes.setdefault(loop, LoopInbox(loop))
+    return inbox
