@@ -195,7 +195,7 @@ class LoopInbox:
     self-pipe) for everything that arrived since the last, not one per result."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        self._loop = weakref.ref(loop)  # a strong one would keep the loop in _inboxes for ever
         self._lock = threading.Lock()
         self._calls: list[tuple[Callable[[Any], None], Any]] = []
         self._scheduled = False
@@ -206,8 +206,11 @@ class LoopInbox:
             if self._scheduled:
                 return
             self._scheduled = True
+        loop = self._loop()
+        if loop is None:  # the loop is gone: nobody waits any more
+            return
         with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
-            self._loop.call_soon_threadsafe(self._run)
+            loop.call_soon_threadsafe(self._run)
 
     def _run(self) -> None:
         with self._lock:
