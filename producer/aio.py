@@ -202,6 +202,7 @@ class Submitter:
             except BaseException as exc:  # no caller is left waiting, whatever happened here
                 outcomes = [exc] * len(taken)
             settle_all(taken, outcomes)
+            del taken, outcomes  # nothing of a round (loops, futures, results) kept while idle
 
 
 def submit_round(taken: Sequence[_Submit]) -> list[Any]:

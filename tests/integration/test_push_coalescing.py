@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
 import threading
+import time
+import weakref
 from collections import Counter
 from collections.abc import Callable
 
@@ -204,3 +207,23 @@ def test_a_pusher_without_push_each_is_called_once_per_submit(producer) -> None:
     assert isinstance(outcomes[1], QueueFull)
     assert [o.id for o in (outcomes[0], outcomes[2])] == [made[0][0].task_id, made[2][0].task_id]
     assert outcomes[0].inferq_epoch == "epoch-1"
+
+
+def test_the_submit_thread_keeps_nothing_of_a_finished_round(producer) -> None:
+    """Its loops, futures and results go once the round is settled (an idle thread held the
+    last round's until the next submit)."""
+    from inferq import aio
+
+    async def main() -> weakref.ref[asyncio.AbstractEventLoop]:
+        await asyncio.gather(
+            *(aio.submit(np.zeros(SHAPE, dtype=np.uint8), model="m") for _ in range(5))
+        )
+        return weakref.ref(asyncio.get_running_loop())
+
+    loop = asyncio.run(main())
+    for _ in range(50):  # the thread drops the round right after waking the loop
+        gc.collect()
+        if loop() is None:
+            break
+        time.sleep(0.01)
+    assert loop() is None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import threading
+import weakref
 
 from inferq.producer.backend import LoopInbox, loop_inbox
 
@@ -50,15 +51,18 @@ def test_calls_from_another_thread_run_on_the_loop_in_one_wake_up() -> None:
 def test_one_inbox_per_loop_gone_with_the_loop() -> None:
     from inferq.producer import backend
 
-    async def inboxes() -> tuple[LoopInbox, LoopInbox]:
-        return loop_inbox(asyncio.get_running_loop()), loop_inbox(asyncio.get_running_loop())
+    async def inboxes() -> tuple[LoopInbox, LoopInbox, weakref.ref[asyncio.AbstractEventLoop]]:
+        loop = asyncio.get_running_loop()
+        return loop_inbox(loop), loop_inbox(loop), weakref.ref(loop)
 
     first = asyncio.run(inboxes())
     second = asyncio.run(inboxes())
     assert first[0] is first[1] and second[0] is second[1] and first[0] is not second[0]
+    loops = [first[2], second[2]]
     del first, second
     gc.collect()
-    assert len(backend._inboxes) == 0
+    assert [ref() for ref in loops] == [None, None]  # the inbox map does not keep a loop alive
+    assert len(backend._inboxes) == len(list(backend._inboxes.keys()))  # no dead entries
 
 
 def test_a_closed_loop_is_not_woken() -> None:
