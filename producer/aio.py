@@ -10,9 +10,11 @@ Submitting runs on the process's submit thread (preprocessing and the push's rou
 block the loop): it takes every submit queued meanwhile at once, prepares each in its caller's
 context, sends them in one round trip per Redis (``Pusher.push_each``; each keeps its own
 outcome, so ``QueueFull`` and ``InvalidInput`` reach the submit that caused them) and wakes each
-loop once with every outcome. Waiting never uses a thread: the process's result listener resolves
-each future with ``loop.call_soon_threadsafe``. Results are the same ``AsyncResult`` objects (``InferqResult``)
-the synchronous client returns, so ``.get()``, ``.state`` and ``gather`` work on them too.
+loop once with every outcome. Waiting holds no thread: the process's result listener resolves
+the futures through the loop's inbox (``producer/backend.py``), one wake-up for every result that
+came meanwhile; ``gather`` first reads the results already stored with one MGET, a short trip
+to the loop's executor. Results are the same ``AsyncResult`` objects (``InferqResult``) the
+synchronous client returns, so ``.get()``, ``.state`` and ``gather`` work on them too.
 """
 
 from __future__ import annotations
