@@ -20,7 +20,6 @@ synchronous client returns, so ``.get()``, ``.state`` and ``gather`` work on the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import functools
 import os
@@ -231,14 +230,12 @@ def submit_round(taken: Sequence[_Submit]) -> list[Any]:
 
 
 def settle_all(taken: Sequence[_Submit], outcomes: Sequence[Any]) -> None:
-    """Hand each loop its outcomes in one wake-up."""
+    """Hand each loop its outcomes through its inbox: one wake-up for all of them."""
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
     for s, outcome in zip(taken, outcomes, strict=True):
         by_loop.setdefault(s.loop, []).append((s.future, outcome))
     for loop, pairs in by_loop.items():
-        # RuntimeError: the loop was closed meanwhile, and nobody waits on these.
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(_settle, pairs)
+        loop_inbox(loop).put(_settle, pairs)
 
 
 def _settle(pairs: Sequence[tuple[asyncio.Future[Any], Any]]) -> None:

@@ -216,17 +216,7 @@ def pushed_each(calls: Sequence[Prepared], lane: Lane) -> list[Any]:
     """Push each of ``calls`` (one message each) on ``lane`` as its own ``apply_async`` would,
     in one round trip where the lane's pusher can: per call, its AsyncResult or its error."""
     runtime().lanes.remember([p.task_id for p in calls], lane)
-    push_each = getattr(lane.pusher, "push_each", None)
-    outcomes: list[str | BaseException]
-    if push_each is not None:
-        outcomes = push_each([[p] for p in calls])
-    else:  # a cluster's pusher: one call at a time
-        outcomes = []
-        for p in calls:
-            try:
-                outcomes.append(lane.pusher.push([p]))
-            except Exception as exc:
-                outcomes.append(exc)
+    outcomes = lane.pusher.push_each([[p] for p in calls])
     return [
         o if isinstance(o, BaseException) else _result(p.task_id, o, lane)
         for p, o in zip(calls, outcomes, strict=True)

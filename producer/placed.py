@@ -40,6 +40,8 @@ REMEMBERED = 200_000  # task ids whose lane this process remembers (about 30 MB 
 class Pushes(Protocol):
     def push(self, prepared: Sequence[Prepared]) -> str: ...
 
+    def push_each(self, calls: Sequence[Sequence[Prepared]]) -> list[str | BaseException]: ...
+
 
 @dataclass(frozen=True, eq=False)
 class Lane:

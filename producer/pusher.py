@@ -16,7 +16,7 @@ the ordinary client with its retries; each call's reply key makes that replay sa
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -204,6 +204,20 @@ class Pusher:
         for command in commands:
             pipe.execute_command(*command)
         return execute_with_scripts(pipe, self.client, [PUSH])
+
+
+def push_one_by_one(
+    push: Callable[[Sequence[Prepared]], str], calls: Sequence[Sequence[Prepared]]
+) -> list[str | BaseException]:
+    """``push_each`` for a pusher that sends one call at a time (a cluster's routes each group to
+    its shard): per call, what its ``push`` returned or raised."""
+    outcomes: list[str | BaseException] = []
+    for prepared in calls:
+        try:
+            outcomes.append(push(prepared))
+        except Exception as exc:
+            outcomes.append(exc)
+    return outcomes
 
 
 def _script_call(group: list[Prepared], token: str) -> tuple[Any, ...]:

@@ -20,7 +20,7 @@ from typing import Any
 
 from redis.cluster import RedisCluster
 
-from inferq.producer.pusher import PUSH, Prepared, _groups
+from inferq.producer.pusher import PUSH, Prepared, _groups, push_one_by_one
 from inferq.shared import ids, keys
 from inferq.shared.cluster import CLUSTER_CONNECTION_ERRORS, Book, shard_books
 from inferq.shared.errors import BrokerUnavailable, QueueFull
@@ -53,6 +53,11 @@ class ShardPusher:
                 ) from None
             accepted += [p.task_id for p in group]
         return ""
+
+    def push_each(self, calls: Sequence[Sequence[Prepared]]) -> list[str | BaseException]:
+        """Each of ``calls`` pushed as by its own ``push`` (one at a time: each group goes to
+        the shard its turn picks): per call, "" or its error."""
+        return push_one_by_one(self.push, calls)
 
     def _push_group(self, group: list[Prepared]) -> None:
         first = group[0]

@@ -70,7 +70,7 @@ def steady(model: str, rate: float, seconds: float, timeout: float) -> dict[str,
     polled = _poll(sent, lock, count, timeout + seconds)
     sender.join()
     last = max(stamp for _, stamp in sent) if sent else t0
-    latency = [seconds for seconds, _ in polled]
+    latency = [waited for waited, _ in polled]
     lat = np.sort(np.array(latency)) * 1e3
     return {
         "count": count,

@@ -181,15 +181,19 @@ def test_a_cancelled_submit_is_settled_quietly() -> None:
     assert asyncio.run(main()) == (True, 7)
 
 
-def test_a_pusher_without_push_each_is_called_once_per_submit(producer) -> None:
-    """A sharded model's pusher (``ShardPusher``) pushes one call at a time: each submit still
-    gets its own result or error."""
+def test_a_pusher_of_one_call_at_a_time_answers_each_submit(producer) -> None:
+    """A sharded model's pusher (``ShardPusher``) pushes one call at a time
+    (``push_one_by_one``): each submit still gets its own result or error."""
     from inferq.producer.client import prepare_call, pushed_each
     from inferq.producer.placed import Lane
+    from inferq.producer.pusher import push_one_by_one
 
     class OneAtATime:
         def __init__(self) -> None:
             self.calls: list[int] = []
+
+        def push_each(self, calls: list[list[object]]) -> list[object]:
+            return push_one_by_one(self.push, calls)  # type: ignore[arg-type]
 
         def push(self, prepared: list[object]) -> str:
             self.calls.append(len(prepared))

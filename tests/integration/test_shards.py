@@ -126,6 +126,14 @@ def test_queue_full_counts_the_limit_over_all_shards(pusher: ShardPusher) -> Non
     assert depths(pusher.client) == [10, 10, 10]
 
 
+def test_push_each_answers_every_call_as_push_would(pusher: ShardPusher) -> None:
+    """The asyncio client's submit thread hands a round of calls over at once (push_each)."""
+    outcomes = pusher.push_each([[prepared(n, limit=30)] for n in range(40)])
+    assert outcomes[:30] == [""] * 30  # a cluster keeps no epoch
+    assert all(isinstance(o, QueueFull) and o.limit == 30 for o in outcomes[30:])
+    assert depths(pusher.client) == [10, 10, 10]
+
+
 def test_expired_messages_come_back_to_their_own_shard(
     pusher: ShardPusher, broker: ShardedBroker
 ) -> None:
